@@ -1,0 +1,133 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix.
+
+``R[i][j]`` is the accuracy (in percent) on task ``j``'s test set after training task ``i``.
+Entries with ``j > i`` (tasks not seen yet) may be NaN; no metric reads them. Every number the
+suite reports is computed here from ``R`` (and, for sample-weighted step accuracies, the number
+of test clips of each task), so that every table can be regenerated from the run directory.
+
+Several papers use the word "forgetting" for different quantities; each function below names its
+definition, and :data:`DEFINITIONS` is written next to every reported number.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+DEFINITIONS = {
+    "avg_acc": "Average accuracy after the last task: mean over tasks j of R[T-1][j] "
+    "(CIGN Sec. 4.1, following L2P/DualPrompt).",
+    "forgetting": "Forgetting, max-minus-last: mean over tasks j < T-1 of "
+    "max_{i<T-1} R[i][j] - R[T-1][j] (CIGN Sec. 4.1, L2P definition).",
+    "step_acc": "Step accuracy at step i: accuracy over the test clips of all classes seen so far, "
+    "i.e. R[i][0..i] weighted by each task's number of test clips (AV-CIL code).",
+    "mean_inc_acc": "Mean incremental accuracy: mean over steps of step_acc "
+    "(AV-CIL's reported 'mean accuracy').",
+    "avcil_forgetting": "AV-CIL forgetting: at step k>=1, mean over old tasks i<k of "
+    "best_i - R[k][i], best_i being the best accuracy on task i over earlier steps, updated after "
+    "each step (so it can be negative); reported as the mean over steps 1..T-1 (AV-CIL code).",
+    "forgetting_first_last": "Forgetting, first-minus-last: mean over tasks j < T-1 of "
+    "R[j][j] - R[T-1][j] (Avalanche's ExperienceForgetting averaged).",
+    "bwt": "Backward transfer: mean over tasks j < T-1 of R[T-1][j] - R[j][j] "
+    "(Lopez-Paz & Ranzato 2017; equals -forgetting_first_last).",
+}
+
+
+def _as_matrix(R) -> np.ndarray:
+    m = np.asarray(R, dtype=float)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"accuracy matrix must be square T x T, got shape {m.shape}")
+    if m.shape[0] == 0:
+        raise ValueError("accuracy matrix is empty")
+    return m
+
+
+def average_accuracy(R) -> float:
+    """Mean over all tasks of the accuracy after the last task (L2P / CIGN)."""
+    m = _as_matrix(R)
+    return float(np.mean(m[-1, :]))
+
+
+def forgetting_max(R) -> float:
+    """Max-minus-last forgetting (L2P / CIGN): mean_j<T-1 [max_{i<T-1} R[i][j] - R[T-1][j]].
+
+    Only rows ``i >= j`` enter the maximum (a task cannot be forgotten before it is learnt).
+    Defined as 0.0 for a single task.
+    """
+    m = _as_matrix(R)
+    T = m.shape[0]
+    if T == 1:
+        return 0.0
+    drops = [np.max(m[j : T - 1, j]) - m[T - 1, j] for j in range(T - 1)]
+    return float(np.mean(drops))
+
+
+def forgetting_first_last(R) -> float:
+    """First-minus-last forgetting (Avalanche): mean_j<T-1 [R[j][j] - R[T-1][j]]."""
+    m = _as_matrix(R)
+    T = m.shape[0]
+    if T == 1:
+        return 0.0
+    return float(np.mean([m[j, j] - m[T - 1, j] for j in range(T - 1)]))
+
+
+def backward_transfer(R) -> float:
+    """BWT (Lopez-Paz & Ranzato): mean_j<T-1 [R[T-1][j] - R[j][j]]."""
+    return -forgetting_first_last(R)
+
+
+def step_accuracies(R, task_sizes: Sequence[int] | None = None) -> list[float]:
+    """Accuracy over all seen test clips after each step (AV-CIL's per-step accuracy).
+
+    With ``task_sizes`` (number of test clips per task) the tasks are weighted by their clip
+    counts, which equals the accuracy over the pooled test clips; without it, tasks weigh equally.
+    """
+    m = _as_matrix(R)
+    T = m.shape[0]
+    w = np.ones(T) if task_sizes is None else np.asarray(task_sizes, dtype=float)
+    if w.shape != (T,):
+        raise ValueError(f"task_sizes must have {T} entries, got {w.shape}")
+    return [float(np.sum(m[i, : i + 1] * w[: i + 1]) / np.sum(w[: i + 1])) for i in range(T)]
+
+
+def mean_incremental_accuracy(R, task_sizes: Sequence[int] | None = None) -> float:
+    """Mean over steps of the step accuracy (AV-CIL's 'mean accuracy')."""
+    return float(np.mean(step_accuracies(R, task_sizes)))
+
+
+def avcil_forgetting_per_step(R) -> list[float]:
+    """AV-CIL's forgetting at each step k >= 1, as its code computes it.
+
+    best[i] starts as R[i][i]; at step k the forgetting is mean_{i<k} (best[i] - R[k][i]), and only
+    then is best[i] updated with R[k][i]. Values may be negative.
+    """
+    m = _as_matrix(R)
+    T = m.shape[0]
+    best = {}
+    out = []
+    for k in range(T):
+        if k >= 1:
+            out.append(float(np.mean([best[i] - m[k, i] for i in range(k)])))
+        for i in range(k + 1):
+            best[i] = max(best.get(i, -np.inf), m[k, i])
+    return out
+
+
+def avcil_forgetting(R) -> float:
+    """Mean over steps 1..T-1 of :func:`avcil_forgetting_per_step` (0.0 for one task)."""
+    per_step = avcil_forgetting_per_step(R)
+    return float(np.mean(per_step)) if per_step else 0.0
+
+
+def all_metrics(R, task_sizes: Sequence[int] | None = None) -> dict:
+    """Every metric of this module for one accuracy matrix, keyed as in :data:`DEFINITIONS`."""
+    return {
+        "avg_acc": average_accuracy(R),
+        "forgetting": forgetting_max(R),
+        "step_acc": step_accuracies(R, task_sizes),
+        "mean_inc_acc": mean_incremental_accuracy(R, task_sizes),
+        "avcil_forgetting": avcil_forgetting(R),
+        "forgetting_first_last": forgetting_first_last(R),
+        "bwt": backward_transfer(R),
+    }

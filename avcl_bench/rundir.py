@@ -1,0 +1,126 @@
+"""Run directories: every file written atomically, ``COMPLETE`` written last.
+
+Layout of ``results/runs/<run-id>/``::
+
+    config.yaml            resolved configuration (written first)
+    status.json            running | failed (with the error) | complete
+    accuracy_<modality>.csv  accuracy matrix R[i][j] per predicted modality (rows: after task i)
+    metrics.json           every metric with its definition, per modality; timing, memory
+    environment.json       package versions, git commit, device
+    COMPLETE               marker; a run without it is not a result
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+COMPLETE = "COMPLETE"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` (no torn files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def config_hash(cfg: dict) -> str:
+    """Hash of the resolved config minus fields that do not change results."""
+    keep = {k: v for k, v in cfg.items() if k not in ("run_id", "results_dir", "progress", "device")}
+    text = json.dumps(keep, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def make_run_id(cfg: dict) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}_{cfg['strategy']['name']}_{cfg['benchmark']}_{cfg['modality']}_s{cfg['seed']}_{config_hash(cfg)[:6]}"
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, results_dir: Path, run_id: str) -> "RunDir":
+        path = Path(results_dir) / run_id
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            from .errors import UserError
+
+            raise UserError(f"results directory {results_dir} is not writable: {exc.strerror}") from None
+        return cls(path)
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE).is_file()
+
+    def write_config(self, cfg: dict) -> None:
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+    def write_status(self, state: str, **info) -> None:
+        atomic_write_json(self.path / "status.json", {"state": state, "time": time.time(), **info})
+
+    def write_matrix(self, modality: str, R, task_sizes) -> None:
+        lines = ["after_task," + ",".join(f"task_{j}" for j in range(len(R)))]
+        for i, row in enumerate(R):
+            lines.append(f"{i}," + ",".join("" if v is None else f"{v:.4f}" for v in row))
+        lines.append("test_clips," + ",".join(str(int(n)) for n in task_sizes))
+        atomic_write_text(self.path / f"accuracy_{modality}.csv", "\n".join(lines) + "\n")
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def mark_complete(self) -> None:
+        atomic_write_text(self.path / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+
+def read_matrix(path: Path):
+    """Inverse of :meth:`RunDir.write_matrix`: (R as list of lists with None, task_sizes)."""
+    rows, sizes = [], []
+    for line in Path(path).read_text().splitlines()[1:]:
+        head, *vals = line.split(",")
+        if head == "test_clips":
+            sizes = [int(v) for v in vals]
+        else:
+            rows.append([float(v) if v != "" else None for v in vals])
+    return rows, sizes

@@ -1,0 +1,221 @@
+"""One run: config -> data -> stream -> strategy -> accuracy matrices -> run directory.
+
+The run directory is written as the run goes (partial accuracy matrices after every experience,
+so nothing is lost on interruption) and marked ``COMPLETE`` only at the very end.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .config import resolve
+from .data.manifest import load_manifest
+from .errors import ConfigError
+from .paths import PROJECT_ROOT
+from .rundir import RunDir, make_run_id
+
+
+def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple[dict, object]:
+    """Resolve the layered config of a run; returns (cfg, manifest)."""
+    bench = benchmark or overrides.get("benchmark") or "synth-av"
+    manifest = load_manifest(bench)
+    layer = manifest.config_layer(overrides.get("protocol"))
+    cfg = resolve(strategy, bench, layer, overrides, benchmark_name=manifest.name)
+    if cfg["input"] is None:
+        cfg["input"] = manifest.inputs[0]
+    if cfg["input"] not in manifest.inputs:
+        raise ConfigError(f"benchmark '{manifest.name}' does not support input '{cfg['input']}' "
+                          f"(supports: {', '.join(manifest.inputs)})")
+    return cfg, manifest
+
+
+def quiet_third_party_warnings() -> None:
+    """Avalanche's import pulls in qpsolvers, which warns about missing optional solvers."""
+    warnings.filterwarnings("ignore", message="no QP solver found")
+    # Our evaluation writes the accuracy matrix itself; Avalanche's evaluator runs without loggers.
+    warnings.filterwarnings("ignore", message="No loggers specified")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def environment_info(device) -> dict:
+    pkgs = {}
+    for name in ("torch", "torchvision", "torchaudio", "avalanche-lib", "numpy", "av", "h5py", "pandas"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    info = {"packages": pkgs, "git_commit": commit, "git_dirty": dirty, "python": sys.version.split()[0],
+            "platform": platform.platform(), "device": str(device)}
+    import torch
+
+    info["torch_threads"] = torch.get_num_threads()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _peak_memory(device) -> dict:
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def run(strategy_name: str, benchmark: str | None = None, overrides: dict | None = None,
+        quiet: bool = False) -> RunDir:
+    """Execute one run end to end and return its (complete) run directory."""
+    overrides = dict(overrides or {})
+    cfg, manifest = build_config(strategy_name, benchmark, overrides)
+    from .strategies import get_strategy
+
+    quiet_third_party_warnings()
+    strategy_cls = get_strategy(strategy_name)
+    from .data.streams import check_divisible
+
+    if manifest.doc.get("num_classes"):  # fail before any data is decoded
+        check_divisible(manifest.doc["num_classes"], cfg["num_tasks"], manifest.name)
+
+    results_dir = Path(cfg["results_dir"])
+    if not results_dir.is_absolute():
+        results_dir = PROJECT_ROOT / results_dir
+    cfg["run_id"] = cfg["run_id"] or make_run_id(cfg)
+    rd = RunDir.create(results_dir, cfg["run_id"])
+    if rd.complete:
+        raise ConfigError(f"run directory {rd.path} already holds a complete run; choose another run_id")
+    rd.write_config(cfg)
+    rd.write_status("running")
+    t_start = time.time()
+    try:
+        return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet)
+    except KeyboardInterrupt:
+        rd.write_status("interrupted", after_s=time.time() - t_start)
+        raise
+    except BaseException as exc:
+        rd.write_status("failed", error=f"{type(exc).__name__}: {exc}", after_s=time.time() - t_start)
+        raise
+
+
+def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool) -> RunDir:
+    from .data.datasets import load_data
+    from .data.streams import make_streams
+
+    device = pick_device(cfg["device"])
+    seed_everything(cfg["seed"])
+    t0 = time.time()
+    manifest.materialize(cfg)
+    data = load_data(manifest, cfg)
+    num_tasks = cfg["num_tasks"]
+    scenario = make_streams(data, num_tasks, manifest.name)
+    t_data = time.time() - t0
+    C = len(data.classes)
+    _log(f"[avcl-bench] {cfg['strategy']['name']} on {manifest.name} ({cfg['input']}, {cfg['modality']}): "
+         f"{C} classes, {num_tasks} tasks, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}"
+         f", device {device}, run {rd.path.name}", quiet)
+    if data.missing:
+        _log(f"[avcl-bench] skipped {data.missing} missing clips (--allow-missing)", quiet)
+
+    seed_everything(cfg["seed"])  # the model's init must not depend on data preparation
+    strategy = strategy_cls(cfg=cfg, num_classes=C, num_tasks=num_tasks, device=device)
+    val_stream = list(getattr(scenario, "val_stream", []) or [])
+    strategy.val_experiences = val_stream
+    test_stream = list(scenario.test_stream)
+    mods = strategy.reported_modalities()
+    R = {m: [[None] * num_tasks for _ in range(num_tasks)] for m in mods}
+    task_sizes = [len(exp.dataset) for exp in test_stream]
+    t_train = t_eval = 0.0
+    for t, exp in enumerate(scenario.train_stream):
+        t1 = time.time()
+        strategy.train(exp, eval_streams=[])
+        t_train += time.time() - t1
+        t1 = time.time()
+        res = strategy.evaluate_experiences(test_stream[: t + 1])
+        t_eval += time.time() - t1
+        for m in mods:
+            for j, (correct, total) in enumerate(res[m]):
+                R[m][t][j] = 100.0 * correct / max(1, total)
+            rd.write_matrix(m, R[m], task_sizes)
+        rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
+        row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
+        _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
+
+    out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
+    for m in mods:
+        full = [[np.nan if v is None else v for v in row] for row in R[m]]
+        out["modalities"][m] = metrics.all_metrics(full, task_sizes)
+    n_params = sum(p.numel() for p in strategy.model.parameters())
+    out["run"] = {
+        "strategy": cfg["strategy"]["name"], "benchmark": manifest.name, "protocol": cfg["protocol"],
+        "modality": cfg["modality"], "input": cfg["input"], "seed": cfg["seed"], "num_tasks": num_tasks,
+        "num_classes": C, "classes": data.classes, "test_clips_per_task": task_sizes,
+        "missing_clips": data.missing, "parameters": n_params,
+        "buffer_size": _buffer_size(strategy),
+    }
+    out["timing"] = {"total_s": time.time() - t_start, "data_s": t_data, "train_s": t_train, "eval_s": t_eval}
+    out["memory"] = _peak_memory(device)
+    rd.write_json("metrics.json", out)
+    rd.write_json("environment.json", environment_info(device))
+    rd.write_status("complete", elapsed_s=time.time() - t_start)
+    rd.mark_complete()
+    _log(summary_table(out), quiet)
+    _log(f"[avcl-bench] results: {rd.path}", quiet)
+    return rd
+
+
+def _buffer_size(strategy) -> int:
+    for p in strategy.plugins:
+        storage = getattr(p, "storage_policy", None)
+        if storage is not None and hasattr(storage, "buffer"):
+            return len(storage.buffer)
+    buf = getattr(strategy, "buffer_len", None)
+    return int(buf()) if callable(buf) else 0
+
+
+def summary_table(out: dict) -> str:
+    lines = [f"{'modality':<14}{'avg acc %':>10}{'forgetting':>12}{'mean inc acc':>14}{'AV-CIL forg.':>14}"]
+    for m, v in out["modalities"].items():
+        lines.append(f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['mean_inc_acc']:>14.2f}"
+                     f"{v['avcil_forgetting']:>14.2f}")
+    lines.append("avg acc and forgetting (max-minus-last) as in CIGN/L2P; definitions in metrics.json")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""The strategy base: Avalanche's SupervisedTemplate made audio-visual.
+
+What it adds to the stock template (the training loop itself is Avalanche's, written once):
+- multimodal minibatches ``[[audio, visual], y, task]`` moved to the device (the stock
+  ``_unpack_minibatch`` calls ``.to`` on the list and fails);
+- modality selection (audio / visual / audio-visual) through the model;
+- a growing classifier (``model.grow``) at each experience, and a fresh optimizer per experience
+  over the trainable parameters;
+- evaluation of every test experience seen so far after each experience, for every modality the
+  model predicts (CIGN predicts three from one model);
+- optional model selection by best validation accuracy per step (the AV-CIL release);
+- exemplar memory in both forms (per class, or a fixed total over the classes seen so far).
+
+A method is a subclass that overrides a few hooks (``criterion``, ``_after_training_exp`` ...)
+and is registered by name with :func:`avcl_bench.strategies.register`.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader
+
+from ..models.avnet import AVNet
+
+
+def to_device(obj, device):
+    """Move a (nested list/tuple of) tensor(s) to ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return [to_device(o, device) for o in obj]
+    return obj
+
+
+def make_optimizer(params, train_cfg: dict):
+    params = [p for p in params if p.requires_grad]
+    if train_cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                               weight_decay=train_cfg["weight_decay"])
+    return torch.optim.Adam(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+
+
+class AVCLStrategy(SupervisedTemplate):
+    """Base of every avcl-bench strategy (fine-tuning when used as is)."""
+
+    #: registry name, set by @register
+    name = "base"
+
+    def __init__(self, *, cfg: dict, num_classes: int, num_tasks: int, device, plugins=None, model=None):
+        self.cfg = cfg
+        self.scfg = cfg["strategy"]
+        self.modality = cfg["modality"]
+        self.total_classes = num_classes
+        self.num_tasks = num_tasks
+        self.classes_per_task = num_classes // num_tasks
+        self.num_seen = 0  # classes seen including the current experience
+        self.num_old = 0  # classes of earlier experiences
+        self.task_id = -1
+        self.val_experiences = []
+        model = model if model is not None else self.build_model(cfg)
+        train = cfg["train"]
+        super().__init__(
+            model=model,
+            optimizer=make_optimizer(model.parameters(), train),
+            train_mb_size=train["batch_size"],
+            train_epochs=train["epochs"],
+            eval_mb_size=train["eval_batch_size"],
+            device=device,
+            plugins=list(plugins or []),
+            evaluator=EvaluationPlugin(),  # metrics come from our own evaluation (R matrix)
+            eval_every=-1,
+        )
+        self.use_amp = bool(train["amp"]) and torch.device(device).type == "cuda"
+
+    # ---- construction hooks ----------------------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg: dict):
+        return AVNet(cfg)
+
+    def reported_modalities(self) -> list[str]:
+        """The modalities whose accuracy matrix this strategy reports."""
+        return [self.modality]
+
+    # ---- Avalanche template overrides -----------------------------------------------------
+    def _unpack_minibatch(self):
+        self.mbatch = to_device(list(self.mbatch), self.device)
+
+    def model_adaptation(self, model=None):
+        model = self.model if model is None else model
+        if self.is_training and self.experience is not None:
+            classes = self.experience.classes_in_this_experience
+            model.grow(max(classes) + 1)
+        return model.to(self.device)
+
+    def make_optimizer(self, **kwargs):
+        """A fresh optimizer per experience over the trainable parameters (the grown classifier
+        included); the template calls this after ``model_adaptation``."""
+        self.optimizer = make_optimizer(self.model.parameters(), self.cfg["train"])
+
+    def check_model_and_optimizer(self, **kwargs):
+        self.model = self.model_adaptation()
+        self.make_optimizer()
+
+    def _before_training_exp(self, **kwargs):
+        classes = self.experience.classes_in_this_experience
+        self.task_id = self.experience.current_experience
+        self.num_old = min(classes)
+        self.num_seen = max(classes) + 1
+        super()._before_training_exp(**kwargs)
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def forward(self):
+        with self.autocast():
+            return self.model(self.mb_x)
+
+    def criterion(self):
+        """Cross-entropy over the logits of all classes seen so far (fine-tuning)."""
+        return F.cross_entropy(self.mb_output[:, : self.num_seen].float(), self.mb_y)
+
+    # ---- prediction and evaluation ---------------------------------------------------------
+    def predict(self, x) -> dict:
+        """Scores over the seen classes, one entry per reported modality."""
+        with self.autocast():
+            out = self.model(x)
+        return {self.modality: out[:, : self.num_seen].float()}
+
+    def _loader(self, dataset, batch_size=None, shuffle=False):
+        return DataLoader(dataset, batch_size=batch_size or self.eval_mb_size, shuffle=shuffle,
+                          num_workers=self.cfg["train"]["num_workers"],
+                          pin_memory=bool(self.cfg["train"]["pin_memory"]) and self.device.type == "cuda")
+
+    @torch.no_grad()
+    def evaluate_experiences(self, experiences) -> dict:
+        """{modality: [(correct, total) per experience]} with the current model."""
+        was_training = self.model.training
+        self.model.eval()
+        result = {m: [] for m in self.reported_modalities()}
+        for exp in experiences:
+            counts = {m: [0, 0] for m in result}
+            for batch in self._loader(exp.dataset.eval()):
+                x, y = to_device(batch[0], self.device), batch[1].to(self.device)
+                for m, scores in self.predict(x).items():
+                    counts[m][0] += int((scores.argmax(1) == y).sum())
+                    counts[m][1] += int(y.numel())
+            for m in result:
+                result[m].append(tuple(counts[m]))
+        self.model.train(was_training)
+        return result
+
+    def pooled_accuracy(self, experiences, modality=None) -> float:
+        res = self.evaluate_experiences(experiences)[modality or self.reported_modalities()[-1]]
+        return 100.0 * sum(c for c, _ in res) / max(1, sum(n for _, n in res))
+
+    # ---- model selection on validation (AV-CIL release) -----------------------------------
+    def _before_training_epoch(self, **kwargs):
+        super()._before_training_epoch(**kwargs)
+        if self.clock.train_exp_epochs == 0:
+            self._best_val = (-1.0, None)
+
+    def _after_training_epoch(self, **kwargs):
+        super()._after_training_epoch(**kwargs)
+        if self.cfg["train"]["select_best_on_val"] and self.val_experiences:
+            acc = self.pooled_accuracy(self.val_experiences[: self.task_id + 1])
+            if acc > self._best_val[0]:
+                state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self._best_val = (acc, state)
+
+    def _after_training_exp(self, **kwargs):
+        if self.cfg["train"]["select_best_on_val"] and getattr(self, "_best_val", (0, None))[1] is not None:
+            self.model.load_state_dict(self._best_val[1])
+            self._best_val = (-1.0, None)
+        super()._after_training_exp(**kwargs)
+
+    # ---- helpers for methods ------------------------------------------------------------------
+    def frozen_copy(self, module=None):
+        """A frozen deep copy (the 'previous model' of distillation methods)."""
+        old = copy.deepcopy(self.model if module is None else module)
+        old.eval()
+        for p in old.parameters():
+            p.requires_grad_(False)
+        return old
+
+
+def memory_plugin(cfg: dict, num_classes: int, batch_size_mem: int | None = None):
+    """Avalanche replay with a class-balanced buffer in the run's memory form, or None.
+
+    ``memory.per_class = m`` keeps exactly m random exemplars per old class (CIGN Sec. 4.1: 50);
+    ``memory.total = M`` splits M equally over the classes seen so far (AV-CIL: 340/500/1500).
+    """
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+
+    mem = cfg["memory"]
+    if mem.get("per_class"):
+        size = int(mem["per_class"]) * num_classes
+        policy = ClassBalancedBuffer(size, adaptive_size=False, total_num_classes=num_classes)
+    elif mem.get("total"):
+        size = int(mem["total"])
+        policy = ClassBalancedBuffer(size, adaptive_size=True)
+    else:
+        return None
+    return ReplayPlugin(mem_size=size, batch_size=cfg["train"]["batch_size"],
+                        batch_size_mem=batch_size_mem or cfg["train"]["batch_size"], storage_policy=policy)
