@@ -12,3 +12,40 @@ def _isolated_cache(tmp_path_factory):
     else:
         os.environ["AVCL_BENCH_CACHE"] = str(tmp_path_factory.mktemp("avcl-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def feature_benchmark(tmp_path_factory):
+    """Manifest YAML of a tiny generated AV-CIL-format feature benchmark (8 classes, 4 tasks)."""
+    from avcl_bench.data.featsynth import generate_feature_benchmark
+
+    return generate_feature_benchmark(tmp_path_factory.mktemp("featbench"))
+
+
+#: CLI arguments of the smallest end-to-end run on the embedded benchmark.
+TINY_RUN = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--quiet"]
+
+
+@pytest.fixture
+def run_tiny(tmp_path, feature_benchmark):
+    """``run_tiny(strategy, modality='audio-visual', input='clips', extra=[])`` -> metrics dict.
+
+    One complete run through the CLI on the tiny synthetic clips or the tiny generated features;
+    asserts exit code 0 and a complete run directory.
+    """
+    import json
+
+    from avcl_bench.cli import main
+
+    def _run(strategy, modality="audio-visual", input="clips", extra=()):
+        run_id = f"{strategy}-{modality}-{input}"
+        args = ["run", "--strategy", strategy, "--modality", modality, "--results-dir", str(tmp_path),
+                "--run-id", run_id] + TINY_RUN + list(extra)
+        if input == "features":
+            args += ["--benchmark", str(feature_benchmark)]
+        code = main(args)
+        assert code == 0, f"{strategy} {modality} {input} exited {code}"
+        assert (tmp_path / run_id / "COMPLETE").is_file()
+        return json.loads((tmp_path / run_id / "metrics.json").read_text())
+
+    return _run
