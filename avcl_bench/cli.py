@@ -18,10 +18,12 @@ MODALITIES = ("audio", "visual", "audio-visual")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", required=True, help="strategy name (strategies/<name>.yaml), e.g. cign, finetune")
+    p.add_argument("--strategy", default=None, help="strategy name (strategies/<name>.yaml), e.g. cign, finetune")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint (its saved config is used)")
     p.add_argument("--benchmark", default=None,
                    help="benchmark name (datasets/<name>.yaml) or path to your own manifest YAML; default synth-av")
-    p.add_argument("--modality", choices=MODALITIES, default=None, help="default audio-visual")
+    p.add_argument("--modality", default=None, help="audio | visual | audio-visual (default audio-visual)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     p.add_argument("--data-root", default=None, help="folder with the benchmark's clips or AV-CIL feature files")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
@@ -57,7 +59,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True, help="VGGSound annotation CSV (ytid,start,label,split)")
     p.add_argument("--data-root", required=True, help="the benchmark's data root (splits.csv is written there)")
     p.add_argument("--seed", type=int, default=0)
+    _add_sweep_parser(sub)
+    _add_report_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run strategies x benchmarks x modalities x seeds (presets, resumable, local or Ray)",
+        description="Run a grid of runs. Runs whose resolved config already has a complete run directory are "
+                    "skipped, so re-running an interrupted sweep resumes it; a failed run is recorded (status.json "
+                    "state failed) and the sweep goes on.")
+    p.add_argument("--preset", default=None,
+                   help="named sweep: cign-table1 | cign-table2 | cign-table3 | cign-tables | cign-table4 | "
+                        "cign-10tasks | avcil-tables (see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    p.add_argument("--strategies", default=None, help="comma-separated strategies (replaces the preset's)")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated benchmarks or manifest paths (replaces the preset's), e.g. synth-av")
+    p.add_argument("--modalities", default=None, help="comma-separated: audio,visual,audio-visual")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (preset default 0,1,2; otherwise 0)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied to every run (repeatable)")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="leave out strategies that have no YAML or module yet instead of recording them as failed")
+    p.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs recorded as failed")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local: 1 = sequential in this process; N > 1 = N concurrent child processes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
+    p.add_argument("--ray-cpus", type=int, default=None, help="ray: CPUs of the local instance it starts")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="ray: CPUs requested per run")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="ray: GPUs requested per run (default 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--data-root", default=None, help="data root passed to every run")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (every run)")
+    p.add_argument("--results-dir", default=None, help="where run directories go (default results/runs)")
+    p.add_argument("--name", default=None, help="name of the sweep record (default: the preset or 'custom')")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (run / skip) and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser(
+        "report", help="leaderboard CSV, the papers' tables and the figures from existing run directories",
+        description="Regenerate results/leaderboard*.csv and everything under reports/ (tables in Markdown, "
+                    "LaTeX and CSV; figures in PNG and PDF) from the run directories alone.")
+    p.add_argument("--results-dir", action="append", default=None,
+                   help="folder of run directories (repeatable; default results/runs)")
+    p.add_argument("--out", default=None, help="reports folder (default reports/)")
+    p.add_argument("--leaderboard", default=None, help="leaderboard CSV path (default results/leaderboard.csv)")
+    p.add_argument("--published-dir", default=None, help="folder of published values (default reports/published)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs whose resolved config has KEY=VALUE, e.g. --where synth.size=tiny (repeatable)")
+    p.add_argument("--no-plots", action="store_true", help="tables and leaderboard only")
+    p.add_argument("--quiet", action="store_true")
 
 
 def _overrides(args) -> dict:
@@ -78,9 +135,12 @@ def _overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    from .errors import ConfigError
     from .runner import run
 
-    run(args.strategy, args.benchmark, _overrides(args), quiet=args.quiet)
+    if not args.strategy and not args.resume:
+        raise ConfigError("run needs --strategy NAME (or --resume RUN_DIR)")
+    run(args.strategy, args.benchmark, _overrides(args), quiet=args.quiet, resume=args.resume)
     return 0
 
 
@@ -136,7 +196,94 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "generate": cmd_generate, "prepare": cmd_prepare}
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from . import sweep as sw
+    from .config import parse_set
+    from .errors import ConfigError
+    from .paths import PROJECT_ROOT
+
+    if args.list_presets:
+        for name, pre in sw.PRESETS.items():
+            variants = ", ".join(v for v in pre.variants if v)
+            print(f"{name:<14} {pre.title}\n{'':<14} benchmarks: {', '.join(pre.benchmarks)}"
+                  f"{'  protocol: ' + pre.protocol if pre.protocol else ''}\n{'':<14} strategies: "
+                  f"{', '.join(pre.strategies)}\n{'':<14} modalities: {', '.join(pre.modalities)}"
+                  f"{chr(10) + ' ' * 15 + 'variants: ' + variants if variants else ''}")
+        return 0
+    pre = None
+    if args.preset:
+        if args.preset not in sw.PRESETS:
+            raise ConfigError(f"unknown preset '{args.preset}' (known: {', '.join(sw.PRESETS)})")
+        pre = sw.PRESETS[args.preset]
+    strategies = sw.parse_list(args.strategies) or (list(pre.strategies) if pre else [])
+    benchmarks = sw.parse_list(args.benchmarks) or (list(pre.benchmarks) if pre else ["synth-av"])
+    modalities = sw.parse_list(args.modalities) or (list(pre.modalities) if pre else ["audio-visual"])
+    try:
+        seeds = sw.parse_list(args.seeds, int) or (list(pre.seeds) if pre else [0])
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, got '{args.seeds}'") from None
+    if not strategies:
+        raise ConfigError("sweep needs --preset or --strategies")
+    for m in modalities:
+        if m not in MODALITIES:
+            raise ConfigError(f"unknown modality '{m}' (known: {', '.join(MODALITIES)})")
+    extra = {}
+    if args.data_root:
+        extra["data_root"] = args.data_root
+    if args.device:
+        extra["device"] = args.device
+    results_dir = Path(args.results_dir) if args.results_dir else PROJECT_ROOT / "results" / "runs"
+    if not results_dir.is_absolute():
+        results_dir = PROJECT_ROOT / results_dir
+    specs = sw.plan(strategies, benchmarks, modalities, seeds, sets=parse_set(args.sets),
+                    variants=pre.variants if pre else None, protocol=pre.protocol if pre else None,
+                    results_dir=results_dir, skip_unavailable=args.skip_unavailable,
+                    retry_failed=not args.no_retry_failed, extra=extra,
+                    log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    counts = {st: sum(1 for s in specs if s.status == st) for st in ("pending", "skipped", "skipped-failed", "failed")}
+    print(f"[sweep] {len(specs)} runs: {counts['pending']} to run, {counts['skipped']} already complete"
+          + (f", {counts['skipped-failed']} failed before (not retried)" if counts["skipped-failed"] else "")
+          + (f", {counts['failed']} do not resolve" if counts["failed"] else ""), file=sys.stderr)
+    if args.dry_run:
+        for s in specs:
+            extra_info = s.existing or s.error or ""
+            print(f"{s.status:<15} {s.run_id}  {extra_info}")
+        return 0
+    name = args.name or args.preset or "custom"
+    record = sw.run_sweep(specs, name, results_dir, executor=args.executor, jobs=args.jobs, address=args.address,
+                          cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, ray_num_cpus=args.ray_cpus,
+                          threads=args.threads, progress=not args.quiet,
+                          description={"preset": args.preset, "argv": sys.argv[1:]})
+    c = record["counts"]
+    failed = [s for s in specs if s.status == "failed"]
+    print(f"[sweep] complete {c.get('complete', 0)}, skipped {c.get('skipped', 0)}, failed {c.get('failed', 0)}; "
+          f"record: {record['record_path']}", file=sys.stderr)
+    for s in failed:
+        print(f"[sweep] failed: {s.run_id}: {s.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .config import parse_set
+    from .reporting import generate_report
+
+    summary = generate_report(
+        results_dirs=[Path(p) for p in args.results_dir] if args.results_dir else None,
+        out_dir=Path(args.out) if args.out else None,
+        leaderboard_path=Path(args.leaderboard) if args.leaderboard else None,
+        published_dir=Path(args.published_dir) if args.published_dir else None,
+        where=parse_set(args.where), plots=not args.no_plots,
+        log=(lambda m: None) if args.quiet else print)
+    print(summary["message"])
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "generate": cmd_generate, "prepare": cmd_prepare,
+            "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv=None) -> int:

@@ -6,9 +6,11 @@ so nothing is lost on interruption) and marked ``COMPLETE`` only at the very end
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ from .config import resolve
 from .data.manifest import load_manifest
 from .errors import ConfigError
 from .paths import PROJECT_ROOT
-from .rundir import RunDir, make_run_id
+from .rundir import RunDir, config_hash, make_run_id
 
 
 def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple[dict, object]:
@@ -103,11 +105,43 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def run(strategy_name: str, benchmark: str | None = None, overrides: dict | None = None,
-        quiet: bool = False) -> RunDir:
-    """Execute one run end to end and return its (complete) run directory."""
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) received: the run stops; its last checkpoint allows ``--resume``."""
+
+
+def _on_signal(signum, frame):
+    raise RunInterrupted(f"signal {signum}")
+
+
+def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict | None = None,
+        quiet: bool = False, resume: str | None = None) -> RunDir:
+    """Execute one run end to end and return its (complete) run directory.
+
+    With ``resume`` (a run directory), the run's saved config is used and training continues
+    after the last experience checkpointed there.
+    """
     overrides = dict(overrides or {})
-    cfg, manifest = build_config(strategy_name, benchmark, overrides)
+    if resume:
+        rd = RunDir(Path(resume))
+        if not (rd.path / "config.yaml").is_file():
+            raise ConfigError(f"cannot resume: {rd.path} holds no config.yaml")
+        if rd.complete:
+            raise ConfigError(f"cannot resume: {rd.path} is already complete")
+        import yaml
+
+        try:
+            saved = yaml.safe_load((rd.path / "config.yaml").read_text())
+            strategy_name = saved["strategy"]["name"]
+            cfg, manifest = build_config(strategy_name, saved["benchmark"], _config_overrides(saved))
+        except (ConfigError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+            why = exc if isinstance(exc, ConfigError) else f"malformed ({type(exc).__name__}: {exc})"
+            raise ConfigError(f"cannot resume {rd.path}: its config.yaml does not match this version "
+                              f"of avcl-bench: {why}") from None
+        for key in ("device", "progress"):  # may differ on the machine that resumes
+            if key in overrides:
+                cfg[key] = overrides[key]
+    else:
+        cfg, manifest = build_config(strategy_name, benchmark, overrides)
     from .strategies import get_strategy
 
     quiet_third_party_warnings()
@@ -117,27 +151,83 @@ def run(strategy_name: str, benchmark: str | None = None, overrides: dict | None
     if manifest.doc.get("num_classes"):  # fail before any data is decoded
         check_divisible(manifest.doc["num_classes"], cfg["num_tasks"], manifest.name)
 
-    results_dir = Path(cfg["results_dir"])
-    if not results_dir.is_absolute():
-        results_dir = PROJECT_ROOT / results_dir
-    cfg["run_id"] = cfg["run_id"] or make_run_id(cfg)
-    rd = RunDir.create(results_dir, cfg["run_id"])
-    if rd.complete:
-        raise ConfigError(f"run directory {rd.path} already holds a complete run; choose another run_id")
-    rd.write_config(cfg)
+    if not resume:
+        results_dir = Path(cfg["results_dir"])
+        if not results_dir.is_absolute():
+            results_dir = PROJECT_ROOT / results_dir
+        cfg["run_id"] = cfg["run_id"] or make_run_id(cfg)
+        rd = RunDir.create(results_dir, cfg["run_id"])
+        if rd.complete:
+            raise ConfigError(f"run directory {rd.path} already holds a complete run; choose another run_id")
+        rd.write_config(cfg)
     rd.write_status("running")
     t_start = time.time()
+    previous = signal.signal(signal.SIGTERM, _on_signal) if _main_thread() else None
     try:
-        return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet)
+        return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet, resume=bool(resume))
     except KeyboardInterrupt:
-        rd.write_status("interrupted", after_s=time.time() - t_start)
+        rd.write_status("interrupted", after_s=time.time() - t_start,
+                        resume_with=f"avcl-bench run --resume {rd.path}")
         raise
     except BaseException as exc:
         rd.write_status("failed", error=f"{type(exc).__name__}: {exc}", after_s=time.time() - t_start)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool) -> RunDir:
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _config_overrides(saved: dict) -> dict:
+    """A saved resolved config as --set overrides (every key is known, so it re-resolves exactly)."""
+    over = {k: v for k, v in saved.items() if k != "strategy"}
+    over["strategy"] = {k: v for k, v in saved["strategy"].items() if k != "name"}
+    return over
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict) -> None:
+    """State dicts at an experience boundary, written atomically (Avalanche's pickling fails here)."""
+    import torch
+
+    state = {"task": task, "R": R, "timing": timing, "strategy": strategy.checkpoint_state(),
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    tmp = rd.path / f".{CHECKPOINT}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, rd.path / CHECKPOINT)
+
+
+def load_checkpoint(rd: RunDir) -> dict | None:
+    import torch
+
+    path = rd.path / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a checkpoint is written atomically; anything else is a foreign file
+        raise ConfigError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _restore_rng(rng: dict) -> None:
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool, resume: bool = False) -> RunDir:
     from .data.datasets import load_data
     from .data.streams import make_streams
 
@@ -161,24 +251,38 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     val_stream = list(getattr(scenario, "val_stream", []) or [])
     strategy.val_experiences = val_stream
     test_stream = list(scenario.test_stream)
+    train_stream = list(scenario.train_stream)
     mods = strategy.reported_modalities()
     R = {m: [[None] * num_tasks for _ in range(num_tasks)] for m in mods}
     task_sizes = [len(exp.dataset) for exp in test_stream]
-    t_train = t_eval = 0.0
-    for t, exp in enumerate(scenario.train_stream):
+    timing = {"train_s": 0.0, "eval_s": 0.0}
+    start_task = 0
+    if resume:
+        ckpt = load_checkpoint(rd)
+        if ckpt is not None:
+            strategy.load_checkpoint_state(ckpt["strategy"], train_stream)
+            R, timing, start_task = ckpt["R"], ckpt["timing"], ckpt["task"] + 1
+            _restore_rng(ckpt["rng"])
+            _log(f"[avcl-bench] resuming {rd.path.name} after task {start_task}/{num_tasks}", quiet)
+    stop_after = os.environ.get("AVCL_BENCH_STOP_AFTER_TASK")  # test hook: simulate an interruption
+    for t in range(start_task, num_tasks):
         t1 = time.time()
-        strategy.train(exp, eval_streams=[])
-        t_train += time.time() - t1
+        strategy.train(train_stream[t], eval_streams=[])
+        timing["train_s"] += time.time() - t1
         t1 = time.time()
         res = strategy.evaluate_experiences(test_stream[: t + 1])
-        t_eval += time.time() - t1
+        timing["eval_s"] += time.time() - t1
         for m in mods:
             for j, (correct, total) in enumerate(res[m]):
                 R[m][t][j] = 100.0 * correct / max(1, total)
             rd.write_matrix(m, R[m], task_sizes)
+        if t + 1 < num_tasks:
+            save_checkpoint(rd, strategy, t, R, timing)
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
         _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
+        if stop_after and int(stop_after) == t + 1:
+            raise RunInterrupted(f"AVCL_BENCH_STOP_AFTER_TASK={stop_after}")
 
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
     for m in mods:
@@ -190,26 +294,33 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
         "modality": cfg["modality"], "input": cfg["input"], "seed": cfg["seed"], "num_tasks": num_tasks,
         "num_classes": C, "classes": data.classes, "test_clips_per_task": task_sizes,
         "missing_clips": data.missing, "parameters": n_params,
-        "buffer_size": _buffer_size(strategy),
+        "buffer_size": _buffer_size(strategy), "resumed": bool(resume and start_task > 0),
+        "config_hash": config_hash(cfg),
     }
-    out["timing"] = {"total_s": time.time() - t_start, "data_s": t_data, "train_s": t_train, "eval_s": t_eval}
+    out["timing"] = {"total_s": time.time() - t_start, "data_s": t_data, **timing}
     out["memory"] = _peak_memory(device)
     rd.write_json("metrics.json", out)
     rd.write_json("environment.json", environment_info(device))
     rd.write_status("complete", elapsed_s=time.time() - t_start)
     rd.mark_complete()
+    ckpt_path = rd.path / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt_path.unlink()  # the complete result supersedes it
     _log(summary_table(out), quiet)
     _log(f"[avcl-bench] results: {rd.path}", quiet)
     return rd
 
 
 def _buffer_size(strategy) -> int:
+    """Exemplars held at the end (replay plugin memory, or a strategy's own ``memory``)."""
     for p in strategy.plugins:
-        storage = getattr(p, "storage_policy", None)
-        if storage is not None and hasattr(storage, "buffer"):
-            return len(storage.buffer)
-    buf = getattr(strategy, "buffer_len", None)
-    return int(buf()) if callable(buf) else 0
+        if hasattr(p, "memory"):
+            return len(p.memory)
+    mem = getattr(strategy, "memory", None)
+    try:
+        return len(mem) if mem is not None else 0
+    except TypeError:
+        return 0
 
 
 def summary_table(out: dict) -> str:

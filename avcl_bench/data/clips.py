@@ -436,6 +436,10 @@ def decode_clip(
         raise ClipError(f"clip file {path} does not exist")
     if not np.isfinite(wave).all():
         raise _corrupt(path, "audio contains NaN or infinite samples")
+    if wave.size and not np.any(wave):
+        # A silent track gives a constant log spectrogram: no audio information, usually a
+        # broken download. Reported like a corrupt clip (--allow-missing does not skip it).
+        raise _corrupt(path, "audio track is entirely silent")
     return _crop_or_pad(wave, audio), frames
 
 

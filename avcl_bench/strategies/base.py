@@ -22,6 +22,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
@@ -181,6 +182,47 @@ class AVCLStrategy(SupervisedTemplate):
             self._best_val = (-1.0, None)
         super()._after_training_exp(**kwargs)
 
+    # ---- checkpoints at experience boundaries ------------------------------------------------
+    #: Strategy attributes saved in checkpoints besides the model: tensors, modules (e.g. the
+    #: previous model), plain containers of those, and ExemplarMemory objects.
+    checkpoint_attrs: tuple = ()
+
+    def checkpoint_state(self) -> dict:
+        """State dicts (never a pickle of the Avalanche template, which fails here)."""
+        from .memory import ExemplarMemory
+
+        def pack(v):
+            return {"__exemplar_memory__": v.state()} if isinstance(v, ExemplarMemory) else v
+
+        return {
+            "model": self.model.state_dict(),
+            "num_seen": self.num_seen, "num_old": self.num_old, "task_id": self.task_id,
+            "attrs": {name: pack(getattr(self, name, None)) for name in self.checkpoint_attrs},
+            "replay_memories": [p.memory.state() for p in self.plugins if isinstance(p, ExemplarReplayPlugin)],
+        }
+
+    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
+        """Restore :meth:`checkpoint_state`; ``train_experiences`` re-link exemplar rows to data."""
+        from .memory import ExemplarMemory
+
+        def dataset_of_class(c):
+            return train_experiences[c // self.classes_per_task].dataset
+
+        def unpack(v):
+            if isinstance(v, dict) and "__exemplar_memory__" in v:
+                return ExemplarMemory.restore(v["__exemplar_memory__"], dataset_of_class)
+            return v
+
+        self.model.grow(state["num_seen"])
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device)
+        self.num_seen, self.num_old, self.task_id = state["num_seen"], state["num_old"], state["task_id"]
+        for name, value in state["attrs"].items():
+            setattr(self, name, unpack(value))
+        replay = [p for p in self.plugins if isinstance(p, ExemplarReplayPlugin)]
+        for plugin, mem_state in zip(replay, state["replay_memories"]):
+            plugin.memory = ExemplarMemory.restore(mem_state, dataset_of_class)
+
     # ---- helpers for methods ------------------------------------------------------------------
     def frozen_copy(self, module=None):
         """A frozen deep copy (the 'previous model' of distillation methods)."""
@@ -191,23 +233,48 @@ class AVCLStrategy(SupervisedTemplate):
         return old
 
 
-def memory_plugin(cfg: dict, num_classes: int, batch_size_mem: int | None = None):
-    """Avalanche replay with a class-balanced buffer in the run's memory form, or None.
+class ExemplarReplayPlugin(SupervisedPlugin):
+    """Replay from an :class:`~avcl_bench.strategies.memory.ExemplarMemory` (Avalanche plugin).
 
-    ``memory.per_class = m`` keeps exactly m random exemplars per old class (CIGN Sec. 4.1: 50);
+    Each training batch holds ``batch_size`` new samples and ``batch_size_mem`` exemplars
+    (Avalanche's ReplayDataLoader); after each experience the memory takes the new classes and
+    shrinks the old ones to the quota. Unlike Avalanche's storage policies, the memory is a list of
+    row indices, so it is saved in run checkpoints.
+    """
+
+    def __init__(self, memory, batch_size: int, batch_size_mem: int, feature_fn=None):
+        super().__init__()
+        self.memory = memory
+        self.batch_size = batch_size
+        self.batch_size_mem = batch_size_mem
+        self.feature_fn = feature_fn  # for herding selection
+
+    def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
+                            **kwargs):
+        from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
+
+        buffer = self.memory.dataset()
+        if buffer is None or len(buffer) == 0:
+            return
+        strategy.dataloader = ReplayDataLoader(
+            strategy.adapted_dataset, buffer, oversample_small_tasks=True, batch_size=self.batch_size,
+            batch_size_mem=self.batch_size_mem, num_workers=num_workers, shuffle=shuffle, drop_last=drop_last)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.memory.update(strategy.experience.dataset, strategy.num_seen, self.feature_fn)
+
+
+def memory_plugin(cfg: dict, num_classes: int | None = None, batch_size_mem: int | None = None,
+                  selection: str = "random", feature_fn=None):
+    """Replay plugin in the run's memory form, or None when the protocol has no memory.
+
+    ``memory.per_class = m`` keeps exactly m exemplars per old class (CIGN Sec. 4.1: 50);
     ``memory.total = M`` splits M equally over the classes seen so far (AV-CIL: 340/500/1500).
     """
-    from avalanche.training.plugins import ReplayPlugin
-    from avalanche.training.storage_policy import ClassBalancedBuffer
+    from .memory import ExemplarMemory
 
-    mem = cfg["memory"]
-    if mem.get("per_class"):
-        size = int(mem["per_class"]) * num_classes
-        policy = ClassBalancedBuffer(size, adaptive_size=False, total_num_classes=num_classes)
-    elif mem.get("total"):
-        size = int(mem["total"])
-        policy = ClassBalancedBuffer(size, adaptive_size=True)
-    else:
+    memory = ExemplarMemory.from_config(cfg, selection)
+    if memory is None:
         return None
-    return ReplayPlugin(mem_size=size, batch_size=cfg["train"]["batch_size"],
-                        batch_size_mem=batch_size_mem or cfg["train"]["batch_size"], storage_policy=policy)
+    bs = cfg["train"]["batch_size"]
+    return ExemplarReplayPlugin(memory, bs, batch_size_mem or bs, feature_fn)

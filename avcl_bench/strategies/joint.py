@@ -32,3 +32,7 @@ class JointTraining(AVCLStrategy):
             # Fresh weights at every step: the upper bound retrains from scratch.
             self.model = copy.deepcopy(self._initial_model)
         return super().model_adaptation(model)
+
+    def load_checkpoint_state(self, state, train_experiences):
+        super().load_checkpoint_state(state, train_experiences)
+        self._seen_datasets = [exp.dataset for exp in train_experiences[: state["task_id"] + 1]]

@@ -102,5 +102,15 @@ class ExemplarMemory:
             return None
         return concat_datasets([self.class_dataset(c) for c in self.classes])
 
-    def state_dict(self) -> dict:
-        return {c: list(rows) for c, (_, rows) in self.store.items()}
+    def state(self) -> dict:
+        """Everything but the datasets (row positions per class; see :meth:`restore`)."""
+        return {"per_class": self.per_class, "total": self.total, "selection": self.selection,
+                "rng": self.rng.get_state(), "rows": {c: list(rows) for c, (_, rows) in self.store.items()}}
+
+    @classmethod
+    def restore(cls, state: dict, dataset_of_class) -> "ExemplarMemory":
+        """Inverse of :meth:`state`; ``dataset_of_class(c)`` gives the dataset the rows index."""
+        mem = cls(state["per_class"], state["total"], state["selection"])
+        mem.rng.set_state(state["rng"])
+        mem.store = {int(c): (dataset_of_class(int(c)), list(rows)) for c, rows in state["rows"].items()}
+        return mem

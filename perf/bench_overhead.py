@@ -1,0 +1,107 @@
+"""Framework overhead: the suite's training loop (Avalanche SupervisedTemplate + our strategy base)
+against a plain PyTorch loop on the same model, data and number of steps.
+
+Both loops run in the same process, alternated `--repeats` times, and the ratio of the medians is
+reported (the machines are noisy; never compare numbers from different runs).
+
+    python perf/bench_overhead.py [--samples 4000 --batch 64 --epochs 3 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+warnings.filterwarnings("ignore")
+
+
+def make_data(n: int, classes: int, audio_dim: int, visual_shape, seed=0):
+    from avcl_bench.data.datasets import AVArrayDataset, LoadedData
+
+    rng = np.random.RandomState(seed)
+    labels = np.arange(n) % classes
+    audio = rng.randn(n, audio_dim).astype(np.float32)
+    visual = rng.randn(n, *visual_shape).astype(np.float32)
+    ds = AVArrayDataset(audio, visual, labels, np.arange(n))
+    return LoadedData(ds, ds.subset(np.arange(0, n, 10)), ds.subset(np.arange(0, n, 10)),
+                      [str(c) for c in range(classes)], None, 0)
+
+
+def config(batch: int, epochs: int, audio_dim: int, visual_shape):
+    from avcl_bench.runner import build_config
+
+    cfg, _ = build_config("finetune", "synth-av", {
+        "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3},
+        "model": {"dim": 64, "fusion_depth": 1, "heads": 4},
+        "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)},
+    })
+    cfg["input"] = "features"
+    return cfg
+
+
+def suite_loop(cfg, data, classes):
+    from avcl_bench.data.streams import make_streams
+    from avcl_bench.strategies import get_strategy
+
+    torch.manual_seed(0)
+    scenario = make_streams(data, 1)
+    strategy = get_strategy("finetune")(cfg=cfg, num_classes=classes, num_tasks=1, device=torch.device("cpu"))
+    exp = scenario.train_stream[0]
+    t = time.perf_counter()
+    strategy.train(exp, eval_streams=[])
+    return time.perf_counter() - t
+
+
+def plain_loop(cfg, data, classes):
+    from avcl_bench.models.avnet import AVNet
+
+    torch.manual_seed(0)
+    model = AVNet(cfg)
+    model.grow(classes)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"])
+    loader = DataLoader(data.train, batch_size=cfg["train"]["batch_size"], shuffle=True)
+    t = time.perf_counter()
+    model.train()
+    for _ in range(cfg["train"]["epochs"]):
+        for (a, v), y in loader:
+            opt.zero_grad()
+            loss = F.cross_entropy(model((a, v)), y)
+            loss.backward()
+            opt.step()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--audio-dim", type=int, default=128)
+    ap.add_argument("--visual-shape", default="2,4,64")
+    args = ap.parse_args()
+    vshape = tuple(int(x) for x in args.visual_shape.split(","))
+    data = make_data(args.samples, args.classes, args.audio_dim, vshape)
+    cfg = config(args.batch, args.epochs, args.audio_dim, vshape)
+    suite, plain = [], []
+    for _ in range(args.repeats):
+        plain.append(plain_loop(cfg, data, args.classes))
+        suite.append(suite_loop(cfg, data, args.classes))
+    ms, mp = statistics.median(suite), statistics.median(plain)
+    steps = args.epochs * -(-args.samples // args.batch)
+    print(f"samples {args.samples}, batch {args.batch}, epochs {args.epochs}, steps {steps}, threads {torch.get_num_threads()}")
+    print(f"plain PyTorch loop : {mp:8.3f} s  ({1000 * mp / steps:6.2f} ms/step)  runs {[round(x, 3) for x in plain]}")
+    print(f"avcl-bench loop    : {ms:8.3f} s  ({1000 * ms / steps:6.2f} ms/step)  runs {[round(x, 3) for x in suite]}")
+    print(f"overhead ratio     : {ms / mp:.3f}x (goal <= 1.10x)")
+
+
+if __name__ == "__main__":
+    main()

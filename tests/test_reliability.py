@@ -1,0 +1,75 @@
+"""Resume after interruption, real signals, determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from avcl_bench.cli import main
+from avcl_bench.rundir import read_matrix
+
+TINY = ["--set", "synth.size=tiny", "--set", "train.epochs=2", "--set", "train.batch_size=16", "--quiet"]
+
+
+def _matrix(run_dir: Path, modality="audio-visual"):
+    return read_matrix(run_dir / f"accuracy_{modality}.csv")[0]
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "joint"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path, monkeypatch):
+    base = ["run", "--strategy", strategy, "--results-dir", str(tmp_path)] + TINY
+    assert main(base + ["--run-id", "straight"]) == 0
+    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
+    assert main(base + ["--run-id", "cut"]) == 130
+    cut = tmp_path / "cut"
+    assert not (cut / "COMPLETE").exists()
+    assert json.loads((cut / "status.json").read_text())["state"] == "interrupted"
+    assert (cut / "checkpoint.pt").is_file()
+    partial = _matrix(cut)
+    assert partial[1][1] is not None and partial[2][0] is None  # two tasks measured, kept on disk
+    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    assert main(["run", "--resume", str(cut), "--quiet"]) == 0
+    assert (cut / "COMPLETE").is_file() and not (cut / "checkpoint.pt").exists()
+    assert _matrix(cut) == _matrix(tmp_path / "straight")
+    assert json.loads((cut / "metrics.json").read_text())["run"]["resumed"] is True
+
+
+def test_same_seed_gives_identical_matrices(tmp_path):
+    base = ["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--seed", "3"] + TINY
+    assert main(base + ["--run-id", "a"]) == 0
+    assert main(base + ["--run-id", "b"]) == 0
+    assert _matrix(tmp_path / "a") == _matrix(tmp_path / "b")
+
+
+def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", "finetune", "--results-dir", str(tmp_path),
+            "--run-id", "killed", "--set", "synth.size=tiny", "--set", "train.epochs=6", "--set",
+            "train.batch_size=16", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint after 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and "--resume" in status["resume_with"]
+    assert not (run_dir / "COMPLETE").exists()
+    assert not list(run_dir.glob(".*.tmp"))  # no torn file left behind
+    assert main(["run", "--resume", str(run_dir), "--quiet"]) == 0
+    assert (run_dir / "COMPLETE").is_file()
+
+
+def test_resume_refuses_a_complete_run(tmp_path, capsys):
+    assert main(["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--run-id", "done"] + TINY) == 0
+    assert main(["run", "--resume", str(tmp_path / "done")]) == 2
+    assert "already complete" in capsys.readouterr().err
