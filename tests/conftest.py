@@ -6,6 +6,17 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny test models run faster on one thread than two (thread start-up dominates)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     if "AVCL_BENCH_TEST_CACHE" in os.environ:  # reuse generated data across local runs
         os.environ["AVCL_BENCH_CACHE"] = os.environ["AVCL_BENCH_TEST_CACHE"]

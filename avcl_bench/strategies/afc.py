@@ -1,0 +1,413 @@
+"""AFC (Kang, Park, Han, "Class-Incremental Learning by Knowledge Distillation with Adaptive Feature
+Consolidation", CVPR 2022) as the AV-CIL release runs it as a baseline.
+
+Specification: ``shared/spec/av-cil.md`` (baseline table; release ``AFC/train_incremental_afc.py``,
+``model/layers.py``); independent implementation on :class:`avcl_bench.models.avcil.AVCILNet`.
+
+- **Classifier** — :class:`LSCClassifier`, PODNet's local similarity classifier (Douillard et al.
+  2020, Sec. 3.2): K = 10 proxies per class; a class's similarity is the softmax-weighted sum of
+  its proxies' similarities ``-||x_hat - w_hat||^2``. Proxies of earlier steps are frozen (release:
+  their parameter group has lr 0); a fresh learnable scale per step (release: ``factor = 1``).
+- **Loss** — :func:`nca_loss` (PODNet Eq. 8, margin 0.6) over all seen classes, on the new data
+  with the exemplars merged into it, plus from step 1 on
+  ``lam_disc * sqrt(step + 1) * L_disc`` (release: ``lam_disc = 0.5``, ``lam_t = (step+1)**0.5``).
+- **Importance-weighted feature distillation** — :func:`feature_distillation` on the
+  L2-normalised features the release distils (audio-visual: audio feature ``f_a``, visual feature
+  ``f_v`` and the pooled visual feature ``v``; one modality: its feature), weighted by the
+  importance of each channel for the previous model (:func:`channel_importance`): the gradient of
+  the previous model's NCA loss w.r.t. each channel (AFC Sec. 3: the loss increase of the old tasks
+  is bounded by importance x feature discrepancy).
+- **Weight imprinting** — new proxies = k-means centres (:func:`kmeans`) of the new classes'
+  normalised features, scaled by the mean norm of the old proxies (release ``imprint_weights``).
+- **Memory** — herding (iCaRL) on normalised features, a fixed total over the seen classes,
+  exemplars merged into the training data (release ``gen_step_exemplar_set``).
+- **Variants** — ``strategy.classifier: nme`` (nearest mean of exemplars over normalised features,
+  the release's default) or ``lsc`` (the proxy classifier's scores).
+
+Deviations (also in ``strategies/afc.yaml``): the release's ``nca()`` subtracts the margin from
+*every* similarity (so it cancels) and keeps the positive in the denominator as exp(0) after the
+max-shift; :func:`nca_loss` applies the margin to the target only and excludes the positive
+(PODNet Eq. 8), ``margin_mode='all'`` reproduces the cancelling margin. The release weighs three
+feature groups per sample by their gradient norms on each batch, taking the gradient through a
+copy of the grown model (random new proxies included); here the importance is per channel (AFC's
+formulation), computed once per step with the previous model on its own classes over the
+exemplar memory, and the group weights are its per-group norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.avcil import AVCILNet
+from . import register
+from .av_cil import epochs_for_modality
+from .base import AVCLStrategy, to_device
+from .memory import ExemplarMemory, herding_select
+
+# ----------------------------------------------------------------------------- classifier
+
+
+class LSCClassifier(nn.Module):
+    """PODNet's local similarity classifier with K proxies per class (AFC's LSC).
+
+    ``old_weight`` (frozen) holds the proxies of earlier steps, ``new_weight`` those of the current
+    step; :meth:`grow` freezes every current proxy and adds K fresh ones per new class, and resets
+    the learnable ``scale`` used by the NCA loss (the release builds a new classifier with
+    ``factor = 1`` at every step).
+    """
+
+    def __init__(self, in_features: int, proxies_per_class: int = 10):
+        super().__init__()
+        self.in_features = in_features
+        self.K = int(proxies_per_class)
+        self.old_weight = nn.Parameter(torch.empty(0, in_features), requires_grad=False)
+        self.new_weight = nn.Parameter(torch.empty(0, in_features))
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def num_classes(self) -> int:
+        return (self.old_weight.shape[0] + self.new_weight.shape[0]) // self.K
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.old_weight, self.new_weight])
+
+    @torch.no_grad()
+    def grow(self, num_classes: int) -> bool:
+        cur = self.num_classes
+        if num_classes <= cur:
+            return False
+        dev = self.new_weight.device
+        self.old_weight = nn.Parameter(self.weight.detach().clone(), requires_grad=False)
+        fresh = torch.empty((num_classes - cur) * self.K, self.in_features, device=dev)
+        nn.init.kaiming_normal_(fresh, nonlinearity="linear")  # release LSCLinear init
+        self.new_weight = nn.Parameter(fresh)
+        self.scale = nn.Parameter(torch.tensor(1.0, device=dev))
+        return True
+
+    def proxy_similarities(self, x: torch.Tensor) -> torch.Tensor:
+        """-||x_hat - w_hat||^2 = 2 cos - 2 for every proxy: (B, C*K)."""
+        xn = F.normalize(x.float(), dim=-1)
+        wn = F.normalize(self.weight.float(), dim=-1)
+        return 2.0 * xn @ wn.t() - 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.proxy_similarities(x).view(x.shape[0], -1, self.K)  # (B, C, K)
+        return (torch.softmax(s, dim=-1) * s).sum(-1)  # PODNet Eq. 7: proxy-attention pooling
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale=1.0, margin: float = 0.6,
+             margin_mode: str = "target", reduction: str = "mean") -> torch.Tensor:
+    """NCA loss with margin (PODNet Eq. 8; AFC's classification loss):
+
+        l_i = -log( exp(eta (s_{i,y_i} - delta)) / sum_{j != y_i} exp(eta s_{i,j}) )
+
+    ``margin_mode='target'`` subtracts delta from the target similarity only (the paper);
+    ``'all'`` subtracts it from every similarity, where it cancels (the release's ``nca()``).
+    ``scale`` is eta (a tensor for the learnable scale). ``reduction``: mean | sum | none.
+    """
+    if margin_mode not in ("target", "all"):
+        raise ValueError(f"margin_mode must be 'target' or 'all', got {margin_mode!r}")
+    s = similarities.float()
+    onehot = F.one_hot(y, s.shape[1]).bool()
+    s = s - margin * onehot if margin_mode == "target" else s - margin
+    s = scale * s
+    pos = s.gather(1, y[:, None]).squeeze(1)
+    if s.shape[1] < 2:  # no negative class: nothing to separate
+        losses = pos * 0.0
+    else:
+        losses = torch.logsumexp(s.masked_fill(onehot, float("-inf")), dim=1) - pos
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+#: The features AFC distils per modality (release ``AFC_train_out``): audio-visual the pooled visual
+#: feature ``v``, the audio feature ``f_a`` and the visual feature ``f_v``; one modality its feature.
+GROUPS = {"audio-visual": ("v", "f_a", "f_v"), "audio": ("f_a",), "visual": ("f_v",)}
+
+
+def feature_groups(out: dict, modality: str) -> dict:
+    """{group: feature} of a ``forward_all`` output (see :data:`GROUPS`)."""
+    return {n: out[n] for n in GROUPS[modality]}
+
+
+def feature_gradients(model: AVCILNet, x, y: torch.Tensor, num_classes: int, margin: float = 0.6,
+                      margin_mode: str = "target") -> dict:
+    """Per-sample gradients of ``model``'s NCA loss (summed over the batch, over its first
+    ``num_classes`` classes) w.r.t. each distilled feature group: {group: (B, C)}."""
+    with torch.no_grad():
+        a, V = model.encode(x)
+        v = None
+        if model.modality == "audio-visual":
+            v = model.pool(V, *model.attention(a, V))
+        elif model.modality == "visual":
+            v = V.mean(dim=(1, 2))
+        f_a = F.relu(model.audio_proj(a)) if a is not None else None
+    with torch.enable_grad():
+        leaves = {}
+        if f_a is not None:
+            f_a = leaves["f_a"] = f_a.detach().float().requires_grad_(True)
+        if v is not None:
+            v = leaves["v"] = v.detach().float().requires_grad_(True)
+        f_v, fused = model.head(f_a, v)
+        if f_v is not None:
+            leaves["f_v"] = f_v
+        sims = model.classifier(fused)[:, :num_classes]
+        loss = nca_loss(sims, y, model.classifier.scale.detach(), margin, margin_mode, reduction="sum")
+        names = GROUPS[model.modality]
+        grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(leaves[n])).detach() for n, g in zip(names, grads)}
+
+
+def channel_importance(grads: dict) -> dict:
+    """Importance of every channel of every group: the root mean square over samples of the
+    gradient of the previous model's loss w.r.t. that channel, {group: (C,)} (AFC Sec. 3)."""
+    return {n: g.float().pow(2).mean(0).sqrt() for n, g in grads.items()}
+
+
+def importance_weights(importance: dict | None, dims: dict) -> dict:
+    """{group: (w_g, c_g)}: group weights ``w_g = ||I_g|| / sum_h ||I_h||`` (sum 1, as the release
+    normalises its group importances) and channel weights ``c_g = I_g^2 / mean(I_g^2)`` (mean 1, so
+    uniform importance gives the plain distance). Uniform when ``importance`` is None or zero."""
+    G = len(dims)
+    if importance is None or not any(float(i.abs().sum()) > 0 for i in importance.values()):
+        return {n: (1.0 / G, None) for n in dims}
+    norms = {n: float(importance[n].norm()) for n in dims}
+    total = sum(norms.values())
+    out = {}
+    for n in dims:
+        sq = importance[n].float().pow(2)
+        c = sq / sq.mean() if float(sq.mean()) > 0 else None
+        out[n] = (norms[n] / total, c)
+    return out
+
+
+def feature_distillation(new: dict, old: dict, weights: dict, eps: float = 1e-12) -> torch.Tensor:
+    """Importance-weighted feature distillation (AFC's discrepancy loss, as the release on
+    normalised features):
+
+        L_disc = mean_x sum_g w_g * sqrt( sum_k c_{g,k} (f_hat_{g,k}(x) - f_hat'_{g,k}(x))^2 )
+
+    with ``f_hat`` / ``f_hat'`` the L2-normalised features of the current / previous model and
+    ``(w_g, c_g)`` from :func:`importance_weights` (``c_g = None``: all ones). ``eps`` keeps the
+    gradient finite where the features still agree.
+    """
+    total = None
+    for n, (w, c) in weights.items():
+        d = F.normalize(new[n].float(), dim=1) - F.normalize(old[n].float().detach(), dim=1)
+        sq = d.pow(2) if c is None else d.pow(2) * c.to(d.device)
+        term = w * torch.sqrt(sq.sum(1) + eps).mean()
+        total = term if total is None else total + term
+    return total
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding (deterministic from ``seed``): (k, D) centres.
+    With fewer than k points the points are repeated."""
+    x = x.float()
+    n = x.shape[0]
+    if n <= k:
+        return x[torch.arange(k) % n].clone()
+    g = torch.Generator().manual_seed(int(seed))
+    centres = [x[torch.randint(n, (1,), generator=g)].squeeze(0)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, torch.stack(centres)).pow(2).min(1).values
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full((n,), 1.0 / n)
+        centres.append(x[torch.multinomial(probs, 1, generator=g)].squeeze(0))
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(1)
+        new = c.clone()
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                new[j] = members.mean(0)
+        if torch.allclose(new, c):
+            break
+        c = new
+    return c
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+@register("afc")
+class AFC(AVCLStrategy):
+    """AFC with the LSC proxy classifier, NME or LSC prediction (``strategy.classifier``)."""
+
+    checkpoint_attrs = ("old_model", "memory", "importance", "class_means")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        s = self.scfg
+        if s["classifier"] not in ("nme", "lsc"):
+            raise ConfigError(f"strategy.classifier must be nme or lsc, got {s['classifier']!r}")
+        if s["margin_mode"] not in ("target", "all"):
+            raise ConfigError(f"strategy.margin_mode must be target or all, got {s['margin_mode']!r}")
+        self.train_epochs = epochs_for_modality(self.cfg)
+        self.memory = ExemplarMemory.from_config(self.cfg, s["selection"])
+        if self.memory is None and s["classifier"] == "nme":
+            raise ConfigError("afc with strategy.classifier=nme needs an exemplar memory (memory.total or memory.per_class)")
+        self.old_model = None
+        self.importance = None
+        self.class_means = None
+
+    @classmethod
+    def build_model(cls, cfg: dict):
+        k = int(cfg["strategy"]["proxies_per_class"])
+        return AVCILNet(cfg, feature_encoder=cfg["strategy"]["feature_encoder"],
+                        classifier=lambda d: LSCClassifier(d, k))
+
+    # ---- data: exemplars merged into the new data ---------------------------------------------
+    def train_dataset_adaptation(self, **kwargs):
+        from avalanche.benchmarks.utils import concat_datasets
+
+        super().train_dataset_adaptation(**kwargs)
+        mem = self.memory.dataset() if self.memory is not None else None
+        if mem is not None and len(mem):
+            self.adapted_dataset = concat_datasets([self.adapted_dataset, mem]).train()
+
+    def make_train_dataloader(self, num_workers=0, **kwargs):
+        bs = self.cfg["train"]["batch_size"]
+        self.train_mb_size = min(bs, len(self.adapted_dataset))  # release: drop_last=True
+        kwargs.update(drop_last=True, shuffle=True)
+        super().make_train_dataloader(num_workers=self.cfg["train"]["num_workers"], **kwargs)
+        self.train_mb_size = bs
+
+    # ---- start of a step: importance (previous model, memory) and weight imprinting ----------
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)  # grows the classifier (old proxies frozen)
+        if self.task_id > 0:
+            self.importance = self.compute_importance()
+            self.imprint()
+
+    @torch.no_grad()
+    def features(self, dataset, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L2-normalised fused features, labels) of a dataset, eval mode."""
+        model = self.model if model is None else model
+        was = model.training
+        model.eval()
+        feats, labels = [], []
+        for batch in self._loader(dataset):
+            with self.autocast():
+                f = model.forward_all(to_device(batch[0], self.device))["fused"].float()
+            feats.append(F.normalize(f, dim=1).cpu())
+            labels.append(batch[1])
+        model.train(was)
+        return torch.cat(feats), torch.cat(labels)
+
+    def compute_importance(self) -> dict | None:
+        """Channel importance of the previous model over the exemplar memory (old classes)."""
+        mem = self.memory.dataset() if self.memory is not None else None
+        if self.old_model is None or mem is None or not len(mem):
+            return None
+        s = self.scfg
+        sq = None
+        n = 0
+        for batch in self._loader(mem):
+            x, y = to_device(batch[0], self.device), batch[1].to(self.device)
+            grads = feature_gradients(self.old_model, x, y, self.num_old, float(s["nca_margin"]), s["margin_mode"])
+            part = {k: g.pow(2).sum(0) for k, g in grads.items()}
+            sq = part if sq is None else {k: sq[k] + part[k] for k in sq}
+            n += y.numel()
+        return {k: (v / max(1, n)).sqrt() for k, v in sq.items()}  # = channel_importance over the memory
+
+    @torch.no_grad()
+    def imprint(self) -> None:
+        """New proxies = k-means centres of each new class's normalised features x the mean norm of
+        the old proxies (release ``imprint_weights``, K clusters per class)."""
+        clf = self.model.classifier
+        feats, labels = self.features(self.experience.dataset)
+        norm = clf.old_weight.norm(dim=1).mean() if clf.old_weight.shape[0] else torch.tensor(1.0)
+        rows = []
+        for c in range(self.num_old, self.num_seen):
+            centres = kmeans(feats[labels == c], clf.K, seed=self.cfg["seed"] * 1000 + c)
+            rows.append(centres * norm.cpu())
+        clf.new_weight.data.copy_(torch.cat(rows).to(clf.new_weight.device))
+
+    # ---- forward and loss ------------------------------------------------------------------
+    def forward(self):
+        with self.autocast():
+            self._out = self.model.forward_all(self.mb_x)
+        return self._out["logits"]
+
+    def loss_terms(self, out: dict, old: dict | None, y: torch.Tensor) -> dict:
+        s = self.scfg
+        sims = out["logits"][:, : self.num_seen]
+        terms = {"nca": nca_loss(sims, y, self.model.classifier.scale, float(s["nca_margin"]), s["margin_mode"])}
+        if old is not None:
+            groups = feature_groups(out, self.model.modality)
+            weights = importance_weights(self.importance, groups)
+            lam_t = math.sqrt(self.task_id + 1)  # release: lam_t = (step + 1) ** 0.5
+            terms["disc"] = float(s["lam_disc"]) * lam_t * feature_distillation(
+                groups, feature_groups(old, self.model.modality), weights)
+        return terms
+
+    def criterion(self):
+        old = None
+        if self.old_model is not None and self.num_old > 0:
+            with torch.no_grad(), self.autocast():
+                old = self.old_model.forward_all(self.mb_x)
+        terms = self.loss_terms(self._out, old, self.mb_y)
+        return sum(terms.values())
+
+    # ---- prediction: NME or LSC -----------------------------------------------------------------
+    def predict(self, x) -> dict:
+        if self.scfg["classifier"] == "lsc" or self.class_means is None:
+            return super().predict(x)
+        with self.autocast():
+            f = F.normalize(self.model.forward_all(x)["fused"].float(), dim=1)
+        means = self.class_means[: self.num_seen].to(f.device)
+        return {self.modality: -torch.cdist(f, means)}  # nearest mean of exemplars
+
+    @torch.no_grad()
+    def compute_class_means(self, herd_current: bool) -> torch.Tensor:
+        """Means of the normalised features of each seen class's exemplars (release: the herded
+        exemplars' features, not re-normalised). Classes of the current step not yet in the memory
+        are herded from the current data with the current model (``herd_current``), as the release
+        does at every epoch for NME validation."""
+        q = self.memory.quota(self.num_seen)
+        means = torch.zeros(self.num_seen, self.model.dim)
+        for c in self.memory.classes:
+            if c < self.num_seen:
+                ds, rows = self.memory.store[c]
+                f, _ = self.features(ds.subset(rows[:q]))
+                means[c] = f.mean(0)
+        if herd_current:
+            missing = [c for c in range(self.num_old, self.num_seen) if c not in self.memory.store]
+            if missing:
+                f, lab = self.features(self.experience.dataset)
+                for c in missing:
+                    fc = f[lab == c]
+                    means[c] = fc[herding_select(fc, q)].mean(0)
+        return means
+
+    def _after_training_epoch(self, **kwargs):
+        if (self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"]
+                and self.val_experiences):
+            self.class_means = self.compute_class_means(herd_current=True)
+        super()._after_training_epoch(**kwargs)
+
+    # ---- end of a step -------------------------------------------------------------------------
+    def _after_training_exp(self, **kwargs):
+        super()._after_training_exp(**kwargs)  # the base restores the best-on-validation weights first
+        if self.memory is not None:
+            self.memory.update(self.experience.dataset, self.num_seen, lambda ds: self.features(ds)[0])
+            self.class_means = self.compute_class_means(herd_current=False)
+        self.old_model = self.frozen_copy()
+
+    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
+        # proxies of earlier steps are a separate (frozen) tensor: regrow in two stages
+        self.model.grow(state["num_old"])
+        super().load_checkpoint_state(state, train_experiences)
+        if self.old_model is not None:  # checkpoints are loaded on the CPU
+            self.old_model.to(self.device)
