@@ -1,0 +1,299 @@
+"""PODNet — Pooled Outputs Distillation for Small-Tasks Incremental Learning (Douillard et al.,
+ECCV 2020), audio-visual.
+
+Mechanism (PODNet, method section), on the shared AVNet of the run's modality:
+
+- **POD-spatial**: the outputs h_l of every stage l of the previous and the current
+  model are sum-pooled along each of their two spatial axes, the two pooled maps concatenated and
+  L2-normalised, and the Euclidean distance between old and new is averaged over the batch and
+  over the stages. Activations are squared before pooling (an energy statistic; the transformer
+  tokens are signed, so a plain sum could cancel; the PODNet release squares them as well).
+
+  *Mapping to the suite's token layout.* A ResNet stage output is a (C, H, W) map: POD-width
+  sums over H -> (C, W), POD-height sums over W -> (C, H). Here the stages are the encoders'
+  token output (the input of the fusion transformer) and the output of every fusion block
+  (CLS excluded: it becomes the flat embedding), and the channels are the D token features:
+
+  | tokens | axis pooled away | result | analogue of |
+  |---|---|---|---|
+  | visual (T frames, P positions, D) | positions | (T, D) per-frame profile | POD-width |
+  | visual (T, P, D) | frames | (P, D) per-position profile | POD-height |
+  | audio (Na tokens, D), a 1 x Na map | the length-1 axis | (Na, D) the tokens | POD-width |
+  | audio (Na, D) | tokens | (D) | POD-height |
+
+  Each modality's pooled vector is normalised and compared on its own (so a modality with large
+  activations does not hide the other); a stage's loss is the mean over the modalities present.
+
+- **POD-flat**: ||h^{t-1} - h^t||_2 between the final embeddings (the CLS feature).
+- **LSC**: a local similarity classifier with K proxies per class; the class score is the
+  softmax(over the class's proxies)-weighted cosine similarity
+  y_c = sum_k softmax_k(<theta_ck, h>) <theta_ck, h> (normalised theta and h).
+- **NCA loss with margin**: L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+
+  with a learned scale eta and margin delta.
+- Total: L_LSC + lambda_c * L_spatial + lambda_f * L_flat, both lambdas scaled by
+  sqrt(#seen classes / #new classes) (the adaptive factor PODNet takes from LUCIR).
+- New-class proxies imprinted from k-means centroids of the new classes' normalised features
+  (``strategy.imprint``); exemplars selected by herding and merged with the new data; memory in
+  the run's form (``memory.per_class`` for CIGN protocols, ``memory.total`` for AV-CIL ones).
+- Prediction with the LSC (``strategy.classifier: lsc``, PODNet-CNN) or the nearest mean of
+  exemplars (``nme``, PODNet-NME; cosine to the L2-normalised exemplar mean).
+
+Not implemented: PODNet's class-balanced fine-tuning of the classifier after each task.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from avalanche.benchmarks.utils import concat_datasets
+from torch import nn
+
+from ..errors import ConfigError
+from . import register
+from .base import AVCLStrategy, to_device
+from .memory import ExemplarMemory
+
+
+# ---- POD: pooled outputs distillation -------------------------------------------------------------
+def pod_pool(audio: torch.Tensor | None = None, visual: torch.Tensor | None = None, square: bool = True) -> dict:
+    """Pooled, flattened maps of one stage: {'audio': (B, (Na+1)*D), 'visual': (B, (T+P)*D)}.
+
+    ``audio`` is (B, Na, D), ``visual`` (B, T, P, D); see the module docstring for the mapping."""
+    out = {}
+    if visual is not None:
+        v = visual.float()
+        v = v * v if square else v
+        per_frame = v.sum(2)  # (B, T, D): positions pooled away (POD-width analogue)
+        per_position = v.sum(1)  # (B, P, D): frames pooled away (POD-height analogue)
+        out["visual"] = torch.cat([per_frame.flatten(1), per_position.flatten(1)], 1)
+    if audio is not None:
+        a = audio.float()
+        a = a * a if square else a
+        out["audio"] = torch.cat([a.flatten(1), a.sum(1)], 1)
+    return out
+
+
+def pod_spatial_loss(old_stages: list[dict], new_stages: list[dict]) -> torch.Tensor:
+    """PODNet POD-spatial: mean over stages (and modalities) of the batch-mean Euclidean distance
+    between the L2-normalised pooled maps of the previous and the current model."""
+    stage_losses = []
+    for old, new in zip(old_stages, new_stages):
+        dists = [torch.linalg.vector_norm(F.normalize(old[m], dim=1) - F.normalize(new[m], dim=1), dim=1).mean()
+                 for m in new]
+        stage_losses.append(torch.stack(dists).mean())
+    return torch.stack(stage_losses).mean()
+
+
+def pod_flat_loss(old_feat: torch.Tensor, new_feat: torch.Tensor) -> torch.Tensor:
+    """PODNet POD-flat: batch mean of ||h^{t-1} - h^t||_2 on the final embedding."""
+    return torch.linalg.vector_norm(old_feat.float() - new_feat.float(), dim=1).mean()
+
+
+# ---- LSC: local similarity classifier ---------------------------------------------------------------
+class LSCClassifier(nn.Module):
+    """K proxies per class (rows c*K .. c*K+K-1 of ``weight``) and a learned NCA scale ``eta``.
+
+    ``forward`` returns the class similarities y_c in [-1, 1] (PODNet's LSC); the NCA loss applies
+    eta. Grows like ``IncrementalLinear``."""
+
+    def __init__(self, in_features: int, proxies: int, eta_init: float = 1.0):
+        super().__init__()
+        self.in_features, self.proxies = in_features, int(proxies)
+        self.weight = nn.Parameter(torch.empty(0, in_features))
+        self.eta = nn.Parameter(torch.tensor(float(eta_init)))
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0] // self.proxies
+
+    @torch.no_grad()
+    def grow(self, num_classes: int) -> bool:
+        old = self.num_classes
+        if num_classes <= old:
+            return False
+        fresh = torch.empty((num_classes - old) * self.proxies, self.in_features, device=self.weight.device)
+        nn.init.kaiming_normal_(fresh, nonlinearity="linear")
+        self.weight = nn.Parameter(torch.cat([self.weight.data, fresh.to(self.weight.dtype)]))
+        return True
+
+    def proxy_similarities(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, C, K) cosine similarities between features and proxies."""
+        sims = F.normalize(feat.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+        return sims.view(feat.shape[0], -1, self.proxies)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        sims = self.proxy_similarities(feat)
+        return (F.softmax(sims, dim=2) * sims).sum(2)
+
+
+def nca_loss(similarities: torch.Tensor, y: torch.Tensor, eta: torch.Tensor | float, margin: float) -> torch.Tensor:
+    """PODNet's NCA loss: mean over the batch of [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+."""
+    sims = similarities.float()
+    onehot = F.one_hot(y, sims.shape[1]).bool()
+    z = eta * (sims - margin * onehot.float())
+    pos = z.gather(1, y.view(-1, 1)).squeeze(1)
+    neg = torch.logsumexp(z.masked_fill(onehot, float("-inf")), dim=1)
+    return torch.clamp(neg - pos, min=0.0).mean()
+
+
+@torch.no_grad()
+def spherical_kmeans(feats: torch.Tensor, k: int, iters: int = 10, generator=None) -> torch.Tensor:
+    """k unit-norm centroids of L2-normalised features (Lloyd iterations on cosine similarity)."""
+    x = F.normalize(feats.float(), dim=1)
+    n = x.shape[0]
+    idx = torch.randperm(n, generator=generator)[:k] if n >= k else torch.randint(n, (k,), generator=generator)
+    cent = x[idx].clone()
+    if n < k:  # more proxies than samples: jitter the duplicates apart
+        cent += 1e-3 * torch.randn(cent.shape, generator=generator)
+    for _ in range(iters):
+        assign = (x @ cent.t()).argmax(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                cent[j] = members.mean(0)
+        cent = F.normalize(cent, dim=1)
+    return cent
+
+
+# ---- token layout --------------------------------------------------------------------------------
+def tokens_and_layout(model, x):
+    """The token sequence ``model.tokens(x)`` builds, plus (Na or None, (T, P) or None)."""
+    audio, visual = x
+    parts, na, tp = [], None, None
+    if model.modality in ("audio", "audio-visual"):
+        a = model.encoders.encode_audio(audio) + model.type_embed[0]
+        na = a.shape[1]
+        parts.append(a)
+    if model.modality in ("visual", "audio-visual"):
+        v = model.encoders.encode_visual(visual)
+        tp = (v.shape[1], v.shape[2])
+        parts.append(v.flatten(1, 2) + model.type_embed[1])
+    return torch.cat(parts, 1), (na, tp)
+
+
+def split_stage(seq: torch.Tensor, layout):
+    """(B, L, D) modality tokens -> (audio (B, Na, D) | None, visual (B, T, P, D) | None)."""
+    na, tp = layout
+    audio = visual = None
+    start = 0
+    if na is not None:
+        audio, start = seq[:, :na], na
+    if tp is not None:
+        visual = seq[:, start: start + tp[0] * tp[1]].reshape(seq.shape[0], tp[0], tp[1], seq.shape[-1])
+    return audio, visual
+
+
+def pod_forward(model, x, square: bool = True):
+    """-> (final embedding (B, D), pooled stages [encoder tokens, block 1, ..., block L])."""
+    seq, layout = tokens_and_layout(model, x)
+    feat, blocks = model.forward_features(x, tokens=seq, return_blocks=True)
+    stages = [pod_pool(*split_stage(seq, layout), square=square)]
+    stages += [pod_pool(*split_stage(h[:, 1:], layout), square=square) for h in blocks]
+    return feat, stages
+
+
+@register("podnet")
+class PODNet(AVCLStrategy):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        s = self.scfg
+        if s["classifier"] not in ("lsc", "nme"):
+            raise ConfigError(f"strategy.classifier must be lsc or nme, got {s['classifier']!r}")
+        self.memory = ExemplarMemory.from_config(self.cfg, selection=s["exemplar_selection"])
+        if s["classifier"] == "nme" and self.memory is None:
+            raise ConfigError("PODNet's NME classifier needs an exemplar memory (memory.per_class or memory.total)")
+        self.model.classifier = LSCClassifier(self.model.dim, int(s["proxies_per_class"]), float(s["eta_init"]))
+        self.model.to(self.device)
+        self.old_model = None
+        self.class_means = None  # (C, D) normalised exemplar means for NME
+        self._gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+
+    def buffer_len(self) -> int:
+        return len(self.memory) if self.memory is not None else 0
+
+    # ---- data: new experience + exemplars, merged ---------------------------------------------
+    def train_dataset_adaptation(self, **kwargs):
+        super().train_dataset_adaptation(**kwargs)
+        mem = self.memory.dataset() if self.memory is not None else None
+        if mem is not None:
+            self.adapted_dataset = concat_datasets([self.adapted_dataset, mem]).train()
+
+    # ---- model: LSC growth + imprinting ----------------------------------------------------------
+    def check_model_and_optimizer(self, **kwargs):
+        self.model = self.model_adaptation()
+        if self.scfg["imprint"] and self.task_id > 0:
+            self.imprint_new_proxies()
+        self.make_optimizer()
+
+    @torch.no_grad()
+    def features(self, dataset) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()
+        feats = []
+        for batch in self._loader(dataset):
+            with self.autocast():
+                feats.append(self.model.forward_features(to_device(batch[0], self.device)).float().cpu())
+        self.model.train(was)
+        return torch.cat(feats)
+
+    @torch.no_grad()
+    def imprint_new_proxies(self) -> None:
+        """New classes' K proxies := spherical k-means centroids of their normalised features."""
+        clf = self.model.classifier
+        ds = self.experience.dataset.eval()
+        feats = self.features(ds)
+        targets = torch.as_tensor(list(ds.targets))
+        K = clf.proxies
+        for c in range(self.num_old, self.num_seen):
+            rows = feats[targets == c]
+            if len(rows):
+                cent = spherical_kmeans(rows, K, generator=self._gen)
+                clf.weight.data[c * K:(c + 1) * K] = cent.to(clf.weight.device, clf.weight.dtype)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def forward(self):
+        with self.autocast():
+            feat, self._stages = pod_forward(self.model, self.mb_x, bool(self.scfg["pod_square"]))
+            self._feat = feat
+            return self.model.classifier(feat)
+
+    def criterion(self):
+        s = self.scfg
+        sims = self.mb_output[:, : self.num_seen].float()
+        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, float(s["nca_margin"]))
+        if self.old_model is not None and self.num_old > 0:
+            with torch.no_grad(), self.autocast():
+                old_feat, old_stages = pod_forward(self.old_model, self.mb_x, bool(s["pod_square"]))
+            adapt = math.sqrt(self.num_seen / max(1, self.num_seen - self.num_old))
+            loss = loss + float(s["lambda_spatial"]) * adapt * pod_spatial_loss(old_stages, self._stages)
+            loss = loss + float(s["lambda_flat"]) * adapt * pod_flat_loss(old_feat, self._feat)
+        return loss
+
+    def _after_training_exp(self, **kwargs):
+        super()._after_training_exp(**kwargs)
+        if self.memory is not None:
+            fn = (lambda sub: self.features(sub.eval())) if self.memory.selection == "herding" else None
+            self.memory.update(self.experience.dataset.eval(), self.num_seen, feature_fn=fn)
+            if self.scfg["classifier"] == "nme":
+                self.class_means = self.compute_class_means()
+        self.old_model = self.frozen_copy()
+
+    @torch.no_grad()
+    def compute_class_means(self) -> torch.Tensor:
+        means = torch.zeros(self.num_seen, self.model.dim)
+        for c in self.memory.classes:
+            f = F.normalize(self.features(self.memory.class_dataset(c)), dim=1)
+            means[c] = F.normalize(f.mean(0), dim=0)
+        return means.to(self.device)
+
+    # ---- prediction --------------------------------------------------------------------------------
+    def predict(self, x) -> dict:
+        with self.autocast():
+            feat = self.model.forward_features(x)
+        if self.scfg["classifier"] == "nme" and self.class_means is not None:
+            scores = F.normalize(feat.float(), dim=1) @ self.class_means[: self.num_seen].t()
+        else:
+            scores = self.model.classifier(feat)[:, : self.num_seen]
+        return {self.modality: scores.float()}

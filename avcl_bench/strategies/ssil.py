@@ -1,0 +1,104 @@
+"""SS-IL — Separated Softmax for Incremental Learning (Ahn et al., ICCV 2021), audio-visual.
+
+Mechanism (SS-IL, method section), on the shared AVNet of the run's modality:
+- replay drawn in *separate* mini-batches: every step concatenates a batch of the new task's data
+  (``train.batch_size``) with an independently drawn batch of exemplars
+  (``strategy.replay_batch_size``), cycling through the exemplar memory (:class:`PairedReplayLoader`);
+  an epoch is one pass over the new data;
+- separated softmax (SS-IL Eq. 4, ``losses.separated_ce``): new-task samples get a softmax over
+  the new classes' logits only, exemplars a softmax over the old classes' logits only, so the new
+  data never pushes old-class logits down;
+- task-wise knowledge distillation (SS-IL Eq. 5, ``losses.taskwise_kd``): for every old task, KL
+  between the previous model's and the current model's softmax over that task's logit slice
+  (temperature T), on the whole batch (new data and exemplars);
+- exemplars drawn at random per class (SS-IL; the AV-CIL release), in the run's memory form
+  (``memory.per_class`` for CIGN protocols, ``memory.total`` split over the seen classes for the
+  AV-CIL ones), shrunk to the quota as classes arrive;
+- inference: argmax over all seen classes (one softmax).
+The first task is plain cross-entropy over its classes (separated CE with no old classes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import register
+from .base import AVCLStrategy
+from .losses import separated_ce, taskwise_kd
+from .memory import ExemplarMemory
+
+
+def _cat(a, b):
+    """Concatenate two collated batches (nested lists of tensors) along the batch axis."""
+    if torch.is_tensor(a):
+        return torch.cat([a, b], 0)
+    return [_cat(x, y) for x, y in zip(a, b)]
+
+
+class PairedReplayLoader:
+    """Yields new-data batches each concatenated with a separately drawn exemplar batch.
+
+    One epoch = one pass over ``new_loader``; the exemplar loader is reshuffled whenever it runs
+    out. The exemplars are appended after the new samples (``n_new`` leading rows)."""
+
+    def __init__(self, new_loader: DataLoader, mem_loader: DataLoader | None):
+        self.new_loader, self.mem_loader = new_loader, mem_loader
+        self._mem_iter = None
+
+    def __len__(self):
+        return len(self.new_loader)
+
+    def _next_mem(self):
+        if self._mem_iter is None:
+            self._mem_iter = iter(self.mem_loader)
+        try:
+            return next(self._mem_iter)
+        except StopIteration:
+            self._mem_iter = iter(self.mem_loader)
+            return next(self._mem_iter)
+
+    def __iter__(self):
+        for batch in self.new_loader:
+            if self.mem_loader is None:
+                yield batch
+            else:
+                yield _cat(list(batch), list(self._next_mem()))
+
+
+@register("ssil")
+class SSIL(AVCLStrategy):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.memory = ExemplarMemory.from_config(self.cfg, selection="random")
+        self.old_model = None
+
+    def buffer_len(self) -> int:
+        return len(self.memory) if self.memory is not None else 0
+
+    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
+                              drop_last=False, **kwargs):
+        new_loader = self._loader(self.adapted_dataset, batch_size=self.train_mb_size, shuffle=True)
+        mem_loader = None
+        mem = self.memory.dataset() if self.memory is not None and self.task_id > 0 else None
+        if mem is not None and len(mem):
+            mem_loader = self._loader(mem.train(), batch_size=int(self.scfg["replay_batch_size"]), shuffle=True)
+        self.dataloader = PairedReplayLoader(new_loader, mem_loader)
+
+    def criterion(self):
+        logits = self.mb_output.float()
+        loss = separated_ce(logits, self.mb_y, self.num_old, self.num_seen)
+        if self.old_model is not None and self.num_old > 0:
+            with torch.no_grad(), self.autocast():
+                old_logits = self.old_model(self.mb_x)
+            kd = taskwise_kd(logits[:, : self.num_old], old_logits[:, : self.num_old].float(),
+                             self.classes_per_task, self.num_old, T=float(self.scfg["temperature"]))
+            loss = loss + float(self.scfg["kd_weight"]) * kd
+        return loss
+
+    def _after_training_exp(self, **kwargs):
+        super()._after_training_exp(**kwargs)  # (restores the best-on-val weights when enabled)
+        if self.memory is not None:
+            self.memory.update(self.experience.dataset, self.num_seen)
+        self.old_model = self.frozen_copy()
+
