@@ -58,10 +58,10 @@ def test_layout_and_manifest(tiny0):
         assert v.codec_context.name == "h264" and a.codec_context.name == "aac"
         assert (v.width, v.height, a.sample_rate) == (64, 64, 16000)
         assert abs(c.duration / 1e6 - p["duration"]) < 0.2
-    # Decoded with the manifest's preprocessing: full-resolution frame, 1 x 129 x 251 spectrogram.
+    # Decoded with the manifest's preprocessing: full-resolution frame, 1 x 129 x 126 spectrogram.
     aspec, vspec = _yaml_specs()
     w, frames = decode_clip(tiny0 / "clips" / f"{rows[0]['id']}.mp4", aspec, vspec)
-    assert frames.shape == (1, 64, 64, 3) and tuple(log_spectrogram(w, aspec).shape) == (1, 129, 251)
+    assert frames.shape == (1, 64, 64, 3) and tuple(log_spectrogram(w, aspec).shape) == (1, 129, 126)
 
 
 def test_determinism(tiny0, tmp_path):
