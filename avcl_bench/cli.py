@@ -258,8 +258,9 @@ def cmd_sweep(args) -> int:
                           description={"preset": args.preset, "argv": sys.argv[1:]})
     c = record["counts"]
     failed = [s for s in specs if s.status == "failed"]
-    print(f"[sweep] complete {c.get('complete', 0)}, skipped {c.get('skipped', 0)}, failed {c.get('failed', 0)}; "
-          f"record: {record['record_path']}", file=sys.stderr)
+    print(f"[sweep] complete {c.get('complete', 0)}, skipped {c.get('skipped', 0)}, failed {c.get('failed', 0)}"
+          + (f", run by another sweep {c['busy']}" if c.get("busy") else "")
+          + f"; record: {record['record_path']}", file=sys.stderr)
     for s in failed:
         print(f"[sweep] failed: {s.run_id}: {s.error}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,0 +1,331 @@
+"""Read run directories and group them; every metric is recomputed from the accuracy matrices.
+
+A *group* is every complete run with the same resolved configuration except the seed (same
+``config_id``) and the same predicted modality: the unit that is averaged over seeds. Metric
+values come from :func:`avcl_bench.metrics.all_metrics` applied to ``accuracy_<modality>.csv``;
+``metrics.json`` is only read for what is not a function of the matrix (names, timing, memory,
+parameters, buffer size) and is cross-checked against the recomputation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .. import metrics
+from ..rundir import COMPLETE, config_hash, read_matrix
+
+#: Config keys that do not distinguish a configuration (seed is what groups average over).
+NOT_CONFIG = ("seed", "run_id", "results_dir", "progress", "device")
+#: Scalar metrics (all keys of metrics.all_metrics except the per-step list).
+SCALAR_METRICS = ("avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting", "forgetting_first_last", "bwt")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_id(cfg: dict) -> str:
+    """Hash of the resolved config without the seed (and fields that do not change results)."""
+    keep = {k: v for k, v in cfg.items() if k not in NOT_CONFIG}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass
+class ModalityResult:
+    R: np.ndarray  # T x T, NaN above the diagonal
+    task_sizes: list[int]
+    metrics: dict  # metrics.all_metrics(R, task_sizes)
+
+
+@dataclass
+class Run:
+    run_id: str
+    path: Path
+    cfg: dict
+    strategy: str
+    benchmark: str
+    protocol: str
+    trained_modality: str
+    input: str
+    seed: int
+    num_tasks: int
+    num_classes: int | None
+    results: dict[str, ModalityResult]
+    info: dict  # metrics.json without the metric values (run, timing, memory)
+    completed_at: float
+    config_id: str
+    config_hash: str
+    variant: str = ""
+    git_commit: str | None = None
+
+    def flat_cfg(self) -> dict:
+        return flatten(self.cfg)
+
+
+@dataclass
+class Group:
+    """Complete runs of one configuration and one predicted modality (over seeds)."""
+
+    config_id: str
+    modality: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    strategy = property(lambda self: self.first.strategy)
+    benchmark = property(lambda self: self.first.benchmark)
+    protocol = property(lambda self: self.first.protocol)
+    trained_modality = property(lambda self: self.first.trained_modality)
+    variant = property(lambda self: self.first.variant)
+    cfg = property(lambda self: self.first.cfg)
+    num_tasks = property(lambda self: self.first.num_tasks)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def latest(self) -> float:
+        return max(r.completed_at for r in self.runs)
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r.results[self.modality].metrics[metric]) for r in self.runs]
+
+    def stat(self, metric: str) -> "Stat":
+        return Stat.of(self.values(metric))
+
+    def matrices(self) -> np.ndarray:
+        return np.stack([r.results[self.modality].R for r in self.runs])
+
+    def step_acc(self) -> np.ndarray:
+        """seeds x T step accuracies (AV-CIL), from metrics.step_accuracies."""
+        return np.array([r.results[self.modality].metrics["step_acc"] for r in self.runs], dtype=float)
+
+    def avg_acc_curve(self) -> np.ndarray:
+        """seeds x T: average accuracy over the tasks seen after each step (CIGN's metric applied
+        to the leading sub-matrix R[:i+1, :i+1])."""
+        out = []
+        for r in self.runs:
+            R = r.results[self.modality].R
+            out.append([metrics.average_accuracy(R[: i + 1, : i + 1]) for i in range(R.shape[0])])
+        return np.array(out, dtype=float)
+
+
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None
+    n: int
+    ci95: float | None
+
+    @classmethod
+    def of(cls, values) -> "Stat":
+        vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        n = len(vals)
+        if n == 0:
+            return cls(None, None, 0, None)
+        mean = float(np.mean(vals))
+        if n == 1:
+            return cls(mean, None, 1, None)
+        std = float(np.std(vals, ddof=1))
+        return cls(mean, std, n, t_quantile_975(n - 1) * std / math.sqrt(n))
+
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile_975(df: int) -> float:
+    """Student t 0.975 quantile (two-sided 95 % CI half-width factor)."""
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn / avalanche
+        keys = sorted(_T975)
+        for k in keys:
+            if df <= k:
+                return _T975[k]
+        return 1.96
+
+
+@dataclass
+class Collection:
+    runs: list[Run]
+    groups: list[Group]
+    incomplete: list[dict]  # run dirs without COMPLETE: {run_id, path, state, error}
+    warnings: list[str]
+
+
+def _benchmark_name(cfg: dict, info: dict) -> str:
+    name = (info.get("run") or {}).get("benchmark")
+    if name:
+        return str(name)
+    b = str(cfg.get("benchmark") or "")
+    return Path(b).stem if b.endswith((".yaml", ".yml")) else b
+
+
+def load_run(path: Path, warnings: list[str]) -> Run | None:
+    """A complete run directory -> Run (None, with a warning, if it cannot be read)."""
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        warnings.append(f"{path}: unreadable config.yaml ({exc})")
+        return None
+    try:
+        info = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    results = {}
+    for csv in sorted(path.glob("accuracy_*.csv")):
+        modality = csv.stem[len("accuracy_"):]
+        try:
+            rows, sizes = read_matrix(csv)
+            R = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+            if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
+                raise ValueError(f"not square: {R.shape}")
+            if np.isnan(R[np.tril_indices(R.shape[0])]).any():
+                raise ValueError("missing entries on or below the diagonal")
+            if len(sizes) != R.shape[0]:
+                sizes = None
+        except (OSError, ValueError) as exc:
+            warnings.append(f"{csv}: skipped ({exc})")
+            continue
+        m = metrics.all_metrics(R, sizes)
+        stored = ((info.get("modalities") or {}).get(modality) or {})
+        for key in SCALAR_METRICS:
+            if key in stored and stored[key] is not None and not math.isclose(float(stored[key]), m[key], abs_tol=1e-3):
+                warnings.append(f"{path.name}: metrics.json {modality}.{key}={stored[key]} differs from the value "
+                                f"recomputed from {csv.name} ({m[key]:.4f}); the recomputed value is reported")
+        results[modality] = ModalityResult(R, list(sizes or []), m)
+    if not results:
+        warnings.append(f"{path}: complete but holds no readable accuracy matrix")
+        return None
+    run_info = info.get("run") or {}
+    try:
+        completed_at = (path / COMPLETE).stat().st_mtime
+    except OSError:
+        completed_at = 0.0
+    env = {}
+    try:
+        env = json.loads((path / "environment.json").read_text())
+    except (OSError, ValueError):
+        pass
+    T = next(iter(results.values())).R.shape[0]
+    strategy = (cfg.get("strategy") or {}).get("name") or run_info.get("strategy") or "?"
+    return Run(
+        run_id=path.name, path=path, cfg=cfg, strategy=str(strategy), benchmark=_benchmark_name(cfg, info),
+        protocol=str(cfg.get("protocol") or run_info.get("protocol") or ""),
+        trained_modality=str(cfg.get("modality") or run_info.get("modality") or ""),
+        input=str(cfg.get("input") or run_info.get("input") or ""), seed=int(cfg.get("seed", run_info.get("seed", 0))),
+        num_tasks=T, num_classes=run_info.get("num_classes"), results=results,
+        info={k: v for k, v in info.items() if k not in ("modalities", "definitions")},
+        completed_at=completed_at, config_id=config_id(cfg), config_hash=config_hash(cfg),
+        git_commit=env.get("git_commit"))
+
+
+def matches(cfg: dict, where: dict | None) -> bool:
+    """``where`` (nested dict from --where KEY=VALUE) holds in ``cfg``."""
+    if not where:
+        return True
+    flat, want = flatten(cfg), flatten(where)
+    for k, v in want.items():
+        if k not in flat:
+            return False
+        if flat[k] != v and str(flat[k]) != str(v):
+            return False
+    return True
+
+
+def _label_variants(runs: list[Run]) -> None:
+    """Within each (strategy, benchmark, protocol), name each configuration by the config keys
+    whose values differ between the configurations present (empty when there is only one)."""
+    by_cell: dict[tuple, dict[str, dict]] = {}
+    for r in runs:
+        flat = {k: v for k, v in r.flat_cfg().items() if k.split(".")[0] not in NOT_CONFIG and k != "modality"}
+        by_cell.setdefault((r.strategy, r.benchmark, r.protocol), {})[r.config_id] = flat
+    labels: dict[str, str] = {}
+    for cfgs in by_cell.values():
+        if len(cfgs) < 2:
+            continue
+        keys = sorted({k for f in cfgs.values() for k in f})
+        varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in cfgs.values()}) > 1]
+        for cid, f in cfgs.items():
+            labels[cid] = ", ".join(f"{k}={f.get(k)}" for k in varying)
+    for r in runs:
+        r.variant = labels.get(r.config_id, "")
+
+
+def collect(results_dirs, where: dict | None = None) -> Collection:
+    """Scan run directories (``<dir>/<run-id>/``) and build the seed groups."""
+    warnings: list[str] = []
+    runs: list[Run] = []
+    incomplete: list[dict] = []
+    seen: set[Path] = set()
+    for rdir in results_dirs:
+        rdir = Path(rdir)
+        if not rdir.is_dir():
+            warnings.append(f"results folder {rdir} does not exist")
+            continue
+        for path in sorted(p for p in rdir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            if not (path / COMPLETE).is_file():
+                try:
+                    status = json.loads((path / "status.json").read_text())
+                except (OSError, ValueError):
+                    status = {}
+                incomplete.append({"run_id": path.name, "path": str(path), "state": status.get("state", "unknown"),
+                                   "error": status.get("error", "")})
+                continue
+            run = load_run(path, warnings)
+            if run is not None and matches(run.cfg, where):
+                runs.append(run)
+    _label_variants(runs)
+    groups: dict[tuple, Group] = {}
+    for r in sorted(runs, key=lambda r: (r.seed, r.completed_at)):
+        for m in r.results:
+            g = groups.setdefault((r.config_id, m), Group(r.config_id, m))
+            if r.seed in g.seeds:  # the same config and seed twice: keep the latest
+                old = next(x for x in g.runs if x.seed == r.seed)
+                if r.completed_at >= old.completed_at:
+                    g.runs[g.runs.index(old)] = r
+                warnings.append(f"runs {old.run_id} and {r.run_id} have the same config and seed; the latest is used")
+                continue
+            g.runs.append(r)
+    return Collection(runs, list(groups.values()), incomplete, warnings)
+
+
+def pick_group(groups: list[Group], strategy: str, benchmark: str, protocol: str, modality: str,
+               predicate=None) -> tuple[Group | None, int]:
+    """The group shown in a table cell, and how many other configurations were left out.
+
+    Preference: a run trained in the predicted modality, then the most seeds, then the latest.
+    """
+    cands = [g for g in groups if g.strategy == strategy and g.benchmark == benchmark and g.protocol == protocol
+             and g.modality == modality and (predicate is None or predicate(g.cfg))]
+    if not cands:
+        return None, 0
+    cands.sort(key=lambda g: (g.trained_modality == modality, g.n, g.latest), reverse=True)
+    return cands[0], len({g.config_id for g in cands}) - 1

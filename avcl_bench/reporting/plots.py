@@ -1,0 +1,311 @@
+"""Figures (PNG and PDF, matplotlib with the Agg backend, seaborn heatmaps).
+
+- forgetting curves: accuracy on each task's test set after every step, one panel per strategy;
+- average accuracy versus number of classes seen, all strategies of a benchmark on one figure
+  (one panel per modality);
+- accuracy-matrix heatmaps, one panel per strategy;
+- t-SNE (PCA without scikit-learn) of the final model's embeddings on the first task's classes,
+  one panel per strategy, from each run's ``embeddings.npz`` (CIGN Fig. 3).
+
+Each figure is one configuration per strategy (the one the tables show) averaged over its seeds;
+shaded bands / error bars are ± one standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .collect import Collection, Group, pick_group
+from .tables import AVCIL_ROWS, CIGN_ROWS, DISPLAY, MOD_TITLE, MODALITIES, full_method
+
+#: Fixed colour per strategy across every figure.
+ORDER = ["finetune", "ewc", "lwf", "icarl", "il2m", "bic", "podnet", "ssil", "afc", "l2p", "dualprompt", "av-cil",
+         "cign", "joint"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+                         "xtick.labelsize": 8, "ytick.labelsize": 8, "savefig.dpi": 200, "pdf.fonttype": 42,
+                         "ps.fonttype": 42, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+#: Fixed, distinguishable colours (the upper bound black and dashed in line plots).
+COLORS = {"finetune": "#7f7f7f", "ewc": "#1f77b4", "lwf": "#ff7f0e", "icarl": "#2ca02c", "il2m": "#d62728",
+          "bic": "#9467bd", "podnet": "#8c564b", "ssil": "#e377c2", "afc": "#bcbd22", "l2p": "#17becf",
+          "dualprompt": "#1b2a6b", "av-cil": "#e6ab02", "cign": "#a50f15", "joint": "#000000"}
+_EXTRA = ["#66a61e", "#7570b3", "#e7298a", "#a6761d", "#1b9e77", "#d95f02"]
+
+
+def color_of(strategy: str):
+    if strategy in COLORS:
+        return COLORS[strategy]
+    return _EXTRA[sum(map(ord, strategy)) % len(_EXTRA)]
+
+
+def save(fig, base: Path) -> list[Path]:
+    """Write ``base.png`` and ``base.pdf`` atomically; returns both paths."""
+    plt = _plt()
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        path = base.with_name(base.name + f".{ext}")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{ext}")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, bbox_inches="tight")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def label_of(strategy: str) -> str:
+    return DISPLAY.get(strategy, strategy)
+
+
+def representatives(col: Collection, benchmark: str, protocol: str, modality: str) -> list[Group]:
+    """The group per strategy that the tables show for this cell, in the papers' row order."""
+    rows = AVCIL_ROWS if protocol == "av-cil" else CIGN_ROWS
+    order = [s for s, _ in rows if s != "joint"]
+    present = sorted({g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol
+                      and g.modality == modality})
+    ordered = [s for s in order if s in present] + [s for s in present if s not in order and s != "joint"]
+    ordered += ["joint"] if "joint" in present else []
+    out = []
+    for s in ordered:
+        g, _ = pick_group(col.groups, s, benchmark, protocol, modality, full_method)
+        if g is not None:
+            out.append(g)
+    return out
+
+
+def _grid(n: int, max_cols: int = 4, w: float = 3.0, h: float = 2.6):
+    plt = _plt()
+    ncols = min(max_cols, max(1, n))
+    nrows = math.ceil(max(1, n) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), squeeze=False,
+                             sharex=False, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat[:n]
+
+
+def _task_classes(g: Group, j: int) -> str:
+    C, T = g.first.num_classes, g.num_tasks
+    if not C or C % T:
+        return f"Task {j + 1}"
+    k = C // T
+    return f"Task {j + 1} (classes {j * k + 1}–{(j + 1) * k})"
+
+
+def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]:
+    """One panel per strategy: R[i][j] against step i for every task j (mean ± std over seeds)."""
+    import matplotlib
+
+    fig, axes = _grid(len(groups))
+    T = max(g.num_tasks for g in groups)
+    cmap = matplotlib.colormaps["viridis"]
+    handles = None
+    for ax, g in zip(axes, groups):
+        Rs = g.matrices()
+        with warnings.catch_warnings():  # entries above the diagonal are NaN in every seed
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(Rs, axis=0), (np.nanstd(Rs, axis=0, ddof=1) if len(Rs) > 1 else None)
+        lines = []
+        for j in range(g.num_tasks):
+            x = np.arange(j, g.num_tasks) + 1
+            y = mean[j:, j]
+            c = cmap(j / max(1, T - 1))
+            (ln,) = ax.plot(x, y, marker="o", ms=3, lw=1.4, color=c, label=_task_classes(g, j))
+            if std is not None:
+                ax.fill_between(x, y - std[j:, j], y + std[j:, j], color=c, alpha=0.15, lw=0)
+            lines.append(ln)
+        if handles is None or len(lines) > len(handles):
+            handles = lines
+        ax.set_title(f"{label_of(g.strategy)} (n={g.n})")
+        ax.set_xticks(range(1, g.num_tasks + 1))
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("Tasks learnt (step)")
+        ax.set_ylabel("Accuracy on the task's test set (%)")
+        ax.label_outer()
+    fig.suptitle(title)
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08 if T <= 5 else 0.14, 1, 1))
+    return save(fig, base)
+
+
+def accuracy_vs_classes(by_modality: dict[str, list[Group]], title: str, base: Path, step_accuracy: bool) -> list[Path]:
+    """Average accuracy (or AV-CIL step accuracy) after each step against the classes seen so far."""
+    plt = _plt()
+    mods = [m for m in MODALITIES if by_modality.get(m)]
+    fig, axes = plt.subplots(1, len(mods), figsize=(3.6 * len(mods), 3.2), squeeze=False, sharey=True)
+    seen_labels = {}
+    for ax, m in zip(axes.flat, mods):
+        for g in by_modality[m]:
+            curves = g.step_acc() if step_accuracy else g.avg_acc_curve()
+            T = g.num_tasks
+            C = g.first.num_classes
+            x = (np.arange(T) + 1) * (C // T) if C and C % T == 0 else np.arange(T) + 1
+            y = curves.mean(axis=0)
+            err = curves.std(axis=0, ddof=1) if len(curves) > 1 else None
+            h = ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, lw=1.5, capsize=2, color=color_of(g.strategy),
+                            ls="--" if g.strategy == "joint" else "-", label=label_of(g.strategy))
+            seen_labels[label_of(g.strategy)] = h
+        ax.set_title(MOD_TITLE[m])
+        ax.set_xlabel("Number of classes seen" if by_modality[m] and by_modality[m][0].first.num_classes else "Step")
+        ax.set_ylabel("Accuracy on all seen classes (%)" if step_accuracy else "Average accuracy over seen tasks (%)")
+        ax.set_ylim(-3, 103)
+        ax.label_outer()
+    fig.suptitle(title)
+    fig.legend(list(seen_labels.values()), list(seen_labels.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
+    fig.tight_layout()
+    return save(fig, base)
+
+
+def heatmaps(groups: list[Group], title: str, base: Path) -> list[Path]:
+    """Mean accuracy matrix per strategy (rows: after task i, columns: task j)."""
+    import matplotlib
+    import seaborn as sns
+
+    plt = _plt()
+    fig, axes = _grid(len(groups), w=2.9, h=2.7)
+    for ax, g in zip(axes, groups):
+        with warnings.catch_warnings():  # entries above the diagonal are NaN in every seed
+            warnings.simplefilter("ignore", RuntimeWarning)
+            R = np.nanmean(g.matrices(), axis=0)
+        mask = np.triu(np.ones_like(R, dtype=bool), k=1)
+        ticks = [str(i + 1) for i in range(g.num_tasks)]
+        sns.heatmap(R, mask=mask, vmin=0, vmax=100, cmap="viridis", annot=g.num_tasks <= 6, fmt=".0f",
+                    annot_kws={"fontsize": 7}, cbar=False, square=True, ax=ax, xticklabels=ticks, yticklabels=ticks,
+                    linewidths=0.3, linecolor="white")
+        ax.grid(False)
+        ax.set_title(f"{label_of(g.strategy)} (n={g.n})")
+        ax.set_xlabel("Evaluated on task")
+        ax.set_ylabel("After training task")
+    sm = matplotlib.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.Normalize(0, 100))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    fig.colorbar(sm, cax=cax, label="Accuracy (%)")
+    return save(fig, base)
+
+
+def project_2d(X: np.ndarray, method: str = "tsne", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(N, 2) projection and the name of the method used (t-SNE, or PCA as a fallback)."""
+    X = np.asarray(X, dtype=np.float64)
+    X = X - X.mean(axis=0, keepdims=True)
+    if method == "tsne" and len(X) >= 5:
+        try:
+            from sklearn.manifold import TSNE
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            perplexity = float(min(30.0, max(2.0, (len(X) - 1) / 3.0)))
+            # One thread: sklearn's Barnes-Hut gradient with all OpenMP threads on a busy machine is
+            # orders of magnitude slower (oversubscription); the points are few.
+            with threadpool_limits(1):
+                Z = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
+            return Z, "t-SNE"
+    if X.shape[1] < 2:
+        X = np.hstack([X, np.zeros((len(X), 2 - X.shape[1]))])
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    return X @ vt[:2].T, "PCA"
+
+
+def embeddings_figure(items: list[tuple[str, Path]], title: str, base: Path, method: str = "tsne",
+                      modality: str | None = None) -> list[Path]:
+    """One panel per (label, embeddings.npz), points coloured by class (first task's classes)."""
+    import matplotlib
+
+    from .embeddings import load_npz
+
+    plt = _plt()
+    n = len(items)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False)
+    legend = {}
+    used = None
+    for ax, (label, path) in zip(axes.flat, items):
+        d = load_npz(path)
+        emb = d["embeddings"]
+        key = modality if modality in emb else ("audio-visual" if "audio-visual" in emb else sorted(emb)[0])
+        Z, used = project_2d(emb[key], method)
+        labels = np.asarray(d["labels"]).astype(int)
+        names = d["class_names"]
+        classes = sorted(set(labels.tolist()))
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for k, c in enumerate(classes):
+            sel = labels == c
+            name = names[c] if 0 <= c < len(names) else (names[k] if k < len(names) else str(c))
+            sc = ax.scatter(Z[sel, 0], Z[sel, 1], s=10, color=cmap(k % cmap.N), label=name, alpha=0.85, lw=0)
+            legend.setdefault(name, sc)
+        ax.set_title(f"{label} ({key})")
+        ax.set_xlabel(f"{used} dimension 1 (a.u.)")
+        ax.set_ylabel(f"{used} dimension 2 (a.u.)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.legend(list(legend.values()), list(legend.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False, title="Class")
+    fig.tight_layout()
+    return save(fig, base)
+
+
+def _slug(s: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(s)).strip("-")
+
+
+def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
+    """Every figure for every benchmark/protocol in the collection; returns the files written."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    cells = sorted({(g.benchmark, g.protocol) for g in col.groups})
+    for b, p in cells:
+        by_mod = {m: representatives(col, b, p, m) for m in MODALITIES}
+        for m, groups in by_mod.items():
+            if not groups:
+                continue
+            name = f"{_slug(b)}_{_slug(p)}_{m}"
+            written += forgetting_curves(groups, f"Forgetting curves: {b} ({p}), {MOD_TITLE[m]}",
+                                         out_dir / "forgetting_curves" / name)
+            written += heatmaps(groups, f"Accuracy matrices R[i][j] (%): {b} ({p}), {MOD_TITLE[m]}",
+                                out_dir / "heatmaps" / name)
+        if any(by_mod.values()):
+            step = p == "av-cil"
+            what = "Accuracy on all seen classes" if step else "Average accuracy"
+            written += accuracy_vs_classes(by_mod, f"{what} vs. classes seen: {b} ({p})",
+                                           out_dir / "accuracy_vs_classes" / f"{_slug(b)}_{_slug(p)}", step)
+        # embeddings (CIGN Fig. 3): one panel per strategy, the first seed's run that has the file
+        for m in ("audio-visual", "audio", "visual"):
+            items = []
+            for g in by_mod.get(m) or []:
+                for r in sorted(g.runs, key=lambda r: r.seed):
+                    if (r.path / "embeddings.npz").is_file():
+                        items.append((label_of(g.strategy), r.path / "embeddings.npz"))
+                        break
+            if items:
+                written += embeddings_figure(items, f"Embeddings of the first task's test clips: {b} ({p})",
+                                             out_dir / "embeddings" / f"{_slug(b)}_{_slug(p)}", modality=m)
+                break
+    log(f"[report] {len(written)} figure files")
+    return written

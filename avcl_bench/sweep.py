@@ -1,0 +1,619 @@
+"""Sweeps: strategies x benchmarks x variants x modalities x seeds, resumable, on several executors.
+
+A sweep is first *planned*: every cell is resolved with :func:`avcl_bench.runner.build_config`
+(the same resolution as ``avcl-bench run``), hashed with :func:`avcl_bench.rundir.config_hash`
+and given a deterministic run id ``<strategy>_<benchmark>_<protocol>_<modality>_s<seed>_<hash>``.
+A cell whose resolved config already has a complete run directory anywhere under the results
+folder (same hash, ``COMPLETE`` present) is skipped, so re-running an interrupted sweep resumes
+it. Failed runs are retried on the next invocation (``--no-retry-failed`` keeps them).
+
+Executors
+---------
+``local`` with ``--jobs 1``
+    sequential, in this process (fastest to start; a crash of the interpreter ends the sweep).
+``local`` with ``--jobs N``
+    a pool of N concurrent child processes, one fresh process per run (a crashed or killed run
+    is recorded as failed and the sweep goes on); each gets ``cpu_count // N`` torch threads.
+``ray``
+    one run per Ray task on a local instance or a cluster (``--address``); each task asks for
+    ``--cpus-per-run`` CPUs and, where the cluster has GPUs, ``--gpus-per-run`` GPUs (default 1).
+    On a cluster the package must be installed on every node and the results folder must be on a
+    shared file system.
+
+A run that fails (any exception, a crashed process, a config that does not resolve) leaves a run
+directory whose ``status.json`` has ``state: failed`` and the error; the sweep continues. The sweep
+itself is recorded in ``<results>/../sweeps/<name>/sweep.json`` (per-run state, error, seconds)
+with one log per child-process run under ``logs/``.
+
+Strategies that predict every modality from one model (CIGN: audio, visual and audio-visual from
+one run, :data:`ALL_MODALITY_STRATEGIES`) are run once, trained audio-visually, whatever
+modalities the sweep asks for; the report reads each predicted modality from that run.
+
+This module imports neither torch nor Avalanche at import time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+MODALITIES = ("audio", "visual", "audio-visual")
+
+#: Strategies whose one (audio-visual) run reports the accuracy matrices of all three modalities
+#: (CIGN Sec. 3.3: p_a, p_v and p_av = p_a * p_v from the same model; strategies/cign.yaml: "audio-visual
+#: reports all three from one model"). A set, so that planning needs no import of the strategies.
+ALL_MODALITY_STRATEGIES = {"cign"}
+
+#: CIGN Tables 1-3 rows, in the paper's order (Sec. 4.2), then the upper bound.
+CIGN_METHODS = ("ewc", "lwf", "icarl", "il2m", "bic", "podnet", "ssil", "l2p", "dualprompt", "cign", "joint")
+#: The AV-CIL release's baselines, AV-CIL itself and the upper bound.
+AVCIL_METHODS = ("finetune", "lwf", "icarl", "ssil", "afc", "av-cil", "joint")
+
+
+@dataclass(frozen=True)
+class Preset:
+    title: str
+    benchmarks: tuple[str, ...]
+    strategies: tuple[str, ...]
+    modalities: tuple[str, ...] = MODALITIES
+    protocol: str | None = None  # applied to the preset's own benchmarks only
+    #: label -> overrides merged into each run's config (e.g. the ablation switches)
+    variants: dict = field(default_factory=lambda: {"": {}})
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+#: Named sweeps. ``--benchmarks``, ``--strategies``, ``--modalities``, ``--seeds`` and ``--set``
+#: adapt any of them (e.g. ``--preset cign-table1 --benchmarks synth-av --set synth.size=tiny``).
+PRESETS: dict[str, Preset] = {
+    "cign-table1": Preset("CIGN Table 1: VGGSound-Instruments", ("vggsound-instruments",), CIGN_METHODS,
+                          protocol="cign"),
+    "cign-table2": Preset("CIGN Table 2: VGGSound-100", ("vggsound-100",), CIGN_METHODS, protocol="cign"),
+    "cign-table3": Preset("CIGN Table 3: VGG-Sound Sources", ("vggsound-sources",), CIGN_METHODS, protocol="cign"),
+    "cign-tables": Preset("CIGN Tables 1-3", ("vggsound-instruments", "vggsound-100", "vggsound-sources"),
+                          CIGN_METHODS, protocol="cign"),
+    "cign-table4": Preset(
+        "CIGN Table 4: ablation of AVCTD / AVCG on VGGSound-100", ("vggsound-100",), ("cign",),
+        modalities=("audio-visual",), protocol="cign",
+        variants={
+            "no-avctd-no-avcg": {"strategy": {"avctd": False, "avcg": False}},
+            "avctd-only": {"strategy": {"avctd": True, "avcg": False}},
+            "avcg-only": {"strategy": {"avctd": False, "avcg": True}},
+            "avctd-avcg": {"strategy": {"avctd": True, "avcg": True}},
+        }),
+    "cign-10tasks": Preset("CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100", ("vggsound-100",), ("cign",),
+                           protocol="cign-10"),
+    "avcil-tables": Preset("AV-CIL protocol: AVE-CI, K-S-CI, VS100-CI", ("ave-ci", "ks-ci", "vs100-ci"),
+                           AVCIL_METHODS, protocol="av-cil"),
+}
+
+
+# ---- planning --------------------------------------------------------------------------------
+
+@dataclass
+class RunSpec:
+    """One planned run: what to call ``runner.run`` with, and where it lands."""
+
+    strategy: str
+    benchmark: str
+    modality: str
+    seed: int
+    variant: str
+    overrides: dict
+    run_id: str
+    config_hash: str | None  # None when the config does not resolve (error set)
+    error: str | None = None  # planning error (unknown strategy, bad key ...)
+    status: str = "pending"  # pending | skipped (complete) | skipped-failed | complete | failed | busy
+    existing: str | None = None  # path of the complete run that made it skip
+    predicted: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("strategy", "benchmark", "modality", "seed", "variant", "overrides",
+                                              "run_id", "config_hash", "error", "status", "existing")}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-") or "x"
+
+
+def strategy_available(name: str) -> bool:
+    """Whether a strategy has its YAML and its module (without importing it)."""
+    from .paths import PROJECT_ROOT, STRATEGIES_DIR
+    from .strategies import module_name  # light: the registry module imports no torch
+
+    return ((STRATEGIES_DIR / f"{name}.yaml").is_file()
+            and (PROJECT_ROOT / "avcl_bench" / "strategies" / f"{module_name(name)}.py").is_file())
+
+
+def predicts_all_modalities(name: str) -> bool:
+    return name in ALL_MODALITY_STRATEGIES
+
+
+def index_complete_runs(results_dirs) -> dict[str, Path]:
+    """config_hash -> path of a complete run directory, over every run directory found."""
+    from .rundir import COMPLETE, config_hash
+
+    found: dict[str, Path] = {}
+    for rdir in results_dirs:
+        rdir = Path(rdir)
+        if not rdir.is_dir():
+            continue
+        for marker in sorted(rdir.glob(f"*/{COMPLETE}")):
+            try:
+                cfg = yaml.safe_load((marker.parent / "config.yaml").read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(cfg, dict):
+                found.setdefault(config_hash(cfg), marker.parent)
+    return found
+
+
+def _run_state(path: Path) -> str | None:
+    try:
+        return json.loads((path / "status.json").read_text()).get("state")
+    except (OSError, ValueError):
+        return None
+
+
+def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, variants: dict | None = None,
+         protocol: str | None = None, results_dir: Path | None = None, skip_unavailable: bool = False,
+         retry_failed: bool = True, extra: dict | None = None, log=print) -> list[RunSpec]:
+    """Resolve every cell of the grid into a :class:`RunSpec` (skips marked, duplicates dropped).
+
+    ``sets`` are the user's ``--set`` overrides (nested dict); ``variants`` label -> overrides;
+    ``protocol`` is used for a benchmark only if the benchmark has it and ``sets`` names none;
+    ``extra`` are the sweep's own run options (device, data root), merged last.
+    """
+    from .data.manifest import load_manifest
+    from .errors import UserError
+    from .paths import PROJECT_ROOT
+    from .rundir import config_hash
+    from .runner import build_config
+
+    results_dir = Path(results_dir or PROJECT_ROOT / "results" / "runs")
+    complete = index_complete_runs([results_dir])
+    variants = variants or {"": {}}
+    sets = sets or {}
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
+    for bench in benchmarks:
+        proto = None
+        if protocol and "protocol" not in sets:
+            try:
+                man = load_manifest(bench)
+                if protocol in man.protocols:
+                    proto = protocol
+                else:
+                    log(f"[sweep] benchmark '{bench}' has no protocol '{protocol}': using its default "
+                        f"'{man.doc.get('default_protocol')}'")
+            except UserError:
+                proto = protocol  # reported per run below
+        for strategy in strategies:
+            if skip_unavailable and not strategy_available(strategy):
+                log(f"[sweep] strategy '{strategy}' is not available yet (no strategies/{strategy}.yaml or module): skipped")
+                continue
+            mods = list(modalities)
+            predicted = ()
+            if predicts_all_modalities(strategy):
+                predicted = tuple(MODALITIES)
+                mods = ["audio-visual"]
+            for vlabel, vover in variants.items():
+                for modality in mods:
+                    for seed in seeds:
+                        over = deep_merge(vover, sets)
+                        if proto is not None:
+                            over["protocol"] = proto
+                        over.update({"modality": modality, "seed": int(seed)})
+                        over = deep_merge(over, extra or {})
+                        over.update({"results_dir": str(results_dir), "progress": False})
+                        bname = Path(bench).stem if bench.endswith((".yaml", ".yml")) else bench
+                        try:
+                            cfg, manifest = build_config(strategy, bench, over)
+                            h = config_hash(cfg)
+                            run_id = "_".join(_slug(p) for p in (strategy, manifest.name, cfg["protocol"], modality,
+                                                                 f"s{seed}")) + f"_{h}"
+                            err = None
+                        except UserError as exc:
+                            h, err = None, str(exc)
+                            run_id = "_".join(_slug(p) for p in (strategy, bname, over.get("protocol") or "default",
+                                                                 modality, f"s{seed}", vlabel or "base", "unresolved"))
+                        key = h or run_id
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        over["run_id"] = run_id
+                        spec = RunSpec(strategy, bench, modality, int(seed), vlabel, over, run_id, h, err,
+                                       predicted=predicted)
+                        if err:
+                            spec.status = "failed"
+                        elif h in complete:
+                            spec.status, spec.existing = "skipped", str(complete[h])
+                        elif not retry_failed and _run_state(results_dir / run_id) == "failed":
+                            spec.status = "skipped-failed"
+                        specs.append(spec)
+    return specs
+
+
+# ---- executing one run ------------------------------------------------------------------------
+
+def _record_failure(results_dir: Path, spec_json: dict, error: str, tb: str | None = None) -> None:
+    """Make sure the run directory says ``failed`` with the error (never touching a complete run)."""
+    from .rundir import RunDir, atomic_write_json, atomic_write_text
+
+    path = Path(results_dir) / spec_json["run_id"]
+    rd = RunDir(path)
+    if rd.complete:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    status = {}
+    try:
+        status = json.loads((path / "status.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if not (path / "config.yaml").is_file():
+        # The config did not resolve (or the run died before writing it): keep what was asked.
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(
+            {"unresolved": True, "strategy": {"name": spec_json["strategy"]}, "benchmark": spec_json["benchmark"],
+             "requested_overrides": spec_json["overrides"]}, sort_keys=False))
+    if status.get("state") == "interrupted":  # the runner's own record (resumable): keep it, add the error
+        status["sweep_error"] = error
+    elif status.get("state") != "failed":
+        status = {"state": "failed", "time": time.time(), "error": error, **{k: v for k, v in status.items()
+                                                                          if k not in ("state", "time", "error")}}
+    status["error"] = status.get("error") or error
+    if tb:
+        status["traceback"] = tb
+    status["recorded_by"] = "sweep"
+    atomic_write_json(path / "status.json", status)
+
+
+def _resumable(path: Path, expected_hash: str | None) -> bool:
+    """An incomplete run directory of the same resolved config holding a task-boundary checkpoint."""
+    from .rundir import COMPLETE, config_hash
+
+    if not (path / "checkpoint.pt").is_file() or (path / COMPLETE).exists() or not expected_hash:
+        return False
+    try:
+        return config_hash(yaml.safe_load((path / "config.yaml").read_text())) == expected_hash
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return False
+
+
+LOCK = ".sweep-lock"
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """A lock of a process that no longer runs on this host (locks of other hosts are respected)."""
+    try:
+        text = lock.read_text().split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    if len(text) < 2:
+        return age > 60  # being written right now, or a torn write long ago
+    host, pid = text[0], text[1]
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def acquire_run_lock(path: Path) -> Path | None:
+    """Claim a run directory for this process (O_EXCL lock file); None if another live process has it."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _lock_is_stale(lock):
+                return None
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
+        return lock
+    return None
+
+
+def execute_spec(spec_json: dict) -> dict:
+    """Run one planned run in this process; never raises except KeyboardInterrupt.
+
+    Returns ``{"run_id", "state", "error", "seconds"}`` with state ``complete`` or ``failed``, or
+    ``skipped`` when the run became complete meanwhile or ``busy`` when another live process (a
+    concurrent sweep) holds it. Used by every executor (in process, in a child process, in a Ray
+    task). A run interrupted at a task boundary (checkpoint present) is resumed, not restarted.
+    """
+    from .rundir import COMPLETE
+
+    t0 = time.time()
+    results_dir = Path(spec_json["overrides"]["results_dir"])
+    path = results_dir / spec_json["run_id"]
+    base = {"run_id": spec_json["run_id"], "error": None}
+    if (path / COMPLETE).is_file():
+        return {**base, "state": "skipped", "seconds": 0.0}
+    lock = acquire_run_lock(path)
+    if lock is None:
+        return {**base, "state": "busy", "error": "held by another running sweep", "seconds": 0.0}
+    try:
+        if (path / COMPLETE).is_file():  # finished by another sweep between the check and the lock
+            return {**base, "state": "skipped", "seconds": 0.0}
+        threads = spec_json.get("threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        from .runner import run
+
+        resumed = _resumable(path, spec_json.get("config_hash"))
+        if resumed:
+            # An interrupted (or failed) attempt left a checkpoint at a task boundary: continue it.
+            run(None, None, {k: v for k, v in spec_json["overrides"].items() if k in ("device", "progress")},
+                quiet=True, resume=str(path))
+        else:
+            run(spec_json["strategy"], spec_json["benchmark"], copy.deepcopy(spec_json["overrides"]), quiet=True)
+        return {**base, "state": "complete", "seconds": time.time() - t0, "resumed": resumed}
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure is recorded, the sweep goes on
+        error = f"{type(exc).__name__}: {exc}"
+        _record_failure(results_dir, spec_json, error, traceback.format_exc())
+        return {**base, "state": "failed", "error": error, "seconds": time.time() - t0}
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _spec_payload(spec: RunSpec, threads: int | None = None) -> dict:
+    d = spec.to_json()
+    d["threads"] = threads
+    return d
+
+
+# ---- executors -----------------------------------------------------------------------------------
+
+class Progress:
+    """tqdm bar over the runs to execute, with done / failed counts."""
+
+    def __init__(self, total: int, enabled: bool = True, desc: str = "sweep"):
+        self.ok = self.failed = self.other = 0
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+    def update(self, result: dict) -> None:
+        if result["state"] == "complete":
+            self.ok += 1
+        elif result["state"] == "failed":
+            self.failed += 1
+        else:  # skipped (completed meanwhile) or busy (another sweep runs it)
+            self.other += 1
+        if self.bar is not None:
+            other = f" skipped={self.other}" if self.other else ""
+            self.bar.set_postfix_str(f"ok={self.ok} failed={self.failed}{other} last={result['run_id'][:40]}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_local(specs: list[RunSpec], jobs: int = 1, on_result=None, progress: bool = True, log_dir: Path | None = None,
+              threads: int | None = None) -> list[dict]:
+    """Sequential in-process (jobs=1) or a pool of ``jobs`` concurrent child processes."""
+    bar = Progress(len(specs), progress)
+    results = []
+
+    def done(res):
+        results.append(res)
+        bar.update(res)
+        if on_result:
+            on_result(res)
+
+    try:
+        if jobs <= 1:
+            for spec in specs:
+                done(execute_spec(_spec_payload(spec, threads)))
+        else:
+            per_run = threads or max(1, (os.cpu_count() or 1) // jobs)
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futs = [pool.submit(_run_child, _spec_payload(spec, per_run), log_dir) for spec in specs]
+                for fut in as_completed(futs):
+                    done(fut.result())
+    finally:
+        bar.close()
+    return results
+
+
+def _run_child(payload: dict, log_dir: Path | None) -> dict:
+    """One run in a fresh Python process (``python -m avcl_bench.sweep --worker``)."""
+    t0 = time.time()
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(payload.get("threads") or 1))
+    log_path = None
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        log_path = Path(log_dir) / f"{payload['run_id']}.log"
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    try:
+        proc = subprocess.run([sys.executable, "-m", "avcl_bench.sweep", "--worker", json.dumps(payload)],
+                              stdout=subprocess.PIPE, stderr=out, text=True, env=env)
+    finally:
+        if log_path:
+            out.close()
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    error = f"run process exited with code {proc.returncode}" + (f" (log: {log_path})" if log_path else "")
+    results_dir = Path(payload["overrides"]["results_dir"])
+    _record_failure(results_dir, payload, error)
+    return {"run_id": payload["run_id"], "state": "failed", "error": error, "seconds": time.time() - t0}
+
+
+def run_ray(specs: list[RunSpec], address: str | None = None, num_cpus: int | None = None,
+            cpus_per_run: float = 1, gpus_per_run: float | None = None, on_result=None,
+            progress: bool = True) -> list[dict]:
+    """One run per Ray task; GPUs are requested per task when the cluster has any."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray executor needs Ray: pip install 'avcl-bench[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        env_vars = {k: os.environ[k] for k in ("AVCL_BENCH_CACHE", "AVCL_BENCH_TEST_CACHE") if k in os.environ}
+        kwargs = {"runtime_env": {"env_vars": env_vars}, "log_to_driver": False}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        started = True
+    try:
+        if gpus_per_run is None:
+            gpus_per_run = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(execute_spec)
+        payloads = {}
+        pending = []
+        for spec in specs:
+            ref = remote.remote(_spec_payload(spec, max(1, int(cpus_per_run))))
+            payloads[ref] = spec
+            pending.append(ref)
+        bar = Progress(len(specs), progress, desc="sweep (ray)")
+        results = []
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ref = ready[0]
+                spec = payloads[ref]
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # worker crash, OOM kill, node loss ...
+                    error = f"ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    _record_failure(Path(spec.overrides["results_dir"]), spec.to_json(), error)
+                    res = {"run_id": spec.run_id, "state": "failed", "error": error, "seconds": None}
+                results.append(res)
+                bar.update(res)
+                if on_result:
+                    on_result(res)
+        finally:
+            bar.close()
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---- the sweep as a whole -----------------------------------------------------------------------
+
+def sweeps_dir(results_dir: Path) -> Path:
+    results_dir = Path(results_dir)
+    return results_dir.parent / "sweeps" if results_dir.name == "runs" else results_dir / "_sweeps"
+
+
+def run_sweep(specs: list[RunSpec], name: str, results_dir: Path, executor: str = "local", jobs: int = 1,
+              address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
+              ray_num_cpus: int | None = None, threads: int | None = None, progress: bool = True,
+              description: dict | None = None) -> dict:
+    """Execute the pending specs, recording failures; returns the sweep record."""
+    from .rundir import atomic_write_json
+
+    results_dir = Path(results_dir)
+    record_dir = sweeps_dir(results_dir) / _slug(name)
+    record_path = record_dir / "sweep.json"
+    by_id = {s.run_id: s for s in specs}
+    for s in specs:  # planning failures: recorded like any failed run
+        if s.status == "failed" and s.error:
+            _record_failure(results_dir, s.to_json(), s.error)
+    record = {"name": name, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": executor,
+              "results_dir": str(results_dir), **(description or {}), "runs": {}}
+
+    def save():
+        record["runs"] = {s.run_id: s.to_json() for s in specs}
+        record["counts"] = {st: sum(1 for s in specs if s.status == st)
+                            for st in sorted({s.status for s in specs})}
+        atomic_write_json(record_path, record)
+
+    def on_result(res):
+        s = by_id[res["run_id"]]
+        s.status = res["state"]
+        s.error = res.get("error")
+        save()
+
+    save()
+    todo = [s for s in specs if s.status == "pending"]
+    try:
+        if not todo:
+            pass
+        elif executor == "ray":
+            run_ray(todo, address=address, num_cpus=ray_num_cpus, cpus_per_run=cpus_per_run,
+                    gpus_per_run=gpus_per_run, on_result=on_result, progress=progress)
+        elif executor == "local":
+            run_local(todo, jobs=jobs, on_result=on_result, progress=progress, log_dir=record_dir / "logs",
+                      threads=threads)
+        else:
+            raise ConfigError(f"unknown executor '{executor}' (known: local, ray)")
+    except KeyboardInterrupt:
+        record["interrupted"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        save()
+        raise
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    save()
+    record["record_path"] = str(record_path)
+    return record
+
+
+def parse_list(text: str | None, cast=str) -> list:
+    if text is None:
+        return []
+    return [cast(x.strip()) for x in str(text).split(",") if x.strip()]
+
+
+def _worker_main(argv) -> int:
+    payload = json.loads(argv[1])
+    res = execute_spec(payload)
+    print(json.dumps(res), flush=True)
+    return 0 if res["state"] == "complete" else 1
+
+
+if __name__ == "__main__":  # child process of the local pool
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        sys.exit(_worker_main(sys.argv[1:]))
+    print("usage: python -m avcl_bench.sweep --worker SPEC_JSON (internal; use 'avcl-bench sweep')", file=sys.stderr)
+    sys.exit(2)
