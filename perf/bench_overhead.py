@@ -30,7 +30,7 @@ def make_data(n: int, classes: int, audio_dim: int, visual_shape, seed=0):
     audio = rng.randn(n, audio_dim).astype(np.float32)
     visual = rng.randn(n, *visual_shape).astype(np.float32)
     ds = AVArrayDataset(audio, visual, labels, np.arange(n))
-    return LoadedData(ds, ds.subset(np.arange(0, n, 10)), ds.subset(np.arange(0, n, 10)),
+    return LoadedData(ds, ds.subset(np.arange(0, n, 7)), ds.subset(np.arange(0, n, 7)),
                       [str(c) for c in range(classes)], None, 0)
 
 
