@@ -1,6 +1,7 @@
 """Sweeps: planning from presets, skip-if-complete (resume), failure recording, the local process
 pool and the Ray executor (a local Ray instance with 2 CPUs running two tiny real runs)."""
 
+import os
 import json
 import subprocess
 
@@ -120,12 +121,8 @@ def test_concurrent_sweeps_do_not_run_the_same_run_twice(tmp_path):
     assert lock is not None and sw.acquire_run_lock(results / spec.run_id) is None
     assert sw.execute_spec(payload)["state"] == "busy"
     assert not (results / spec.run_id / "status.json").exists()  # nothing was run or recorded
-    lock.write_text(f"{__import__('socket').gethostname()} {2 ** 22 + 12345} 0\n")  # a pid that does not run
-    try:
-        os.kill(2 ** 22 + 12345, 0)
-        pytest.skip("unlikely: the fake pid exists")
-    except ProcessLookupError:
-        pass
+    dead_pid = next(p for p in range(2 ** 22 + 12345, 2 ** 22 + 22345) if not _pid_exists(p))
+    lock.write_text(f"{__import__('socket').gethostname()} {dead_pid} 0\n")  # a pid that does not run
     lock2 = sw.acquire_run_lock(results / spec.run_id)
     assert lock2 is not None
     lock2.unlink()
@@ -217,3 +214,13 @@ def test_sweep_cli_dry_run_and_presets(tmp_path, capsys):
     assert len(lines) == 2 * 3 * 2  # strategies x modalities x seeds
     assert main(["sweep", "--preset", "nope", "--dry-run"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
