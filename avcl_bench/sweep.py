@@ -347,6 +347,30 @@ def acquire_run_lock(path: Path) -> Path | None:
     return None
 
 
+def _refresh(spec_json: dict, results_dir: Path) -> tuple[dict, Path | None]:
+    """Resolve the run's config again right before running it.
+
+    The strategy and benchmark YAMLs may have changed since the sweep was planned (hours earlier,
+    or a tree other people edit): the run id must name the config the run will really save. If the
+    hash changed, the run gets the run id of the new hash, and is skipped if a complete run of the
+    new config exists. Returns (spec, path of that complete run or None).
+    """
+    from .rundir import config_hash
+    from .runner import build_config
+
+    if not spec_json.get("config_hash"):
+        return spec_json, None
+    cfg, _ = build_config(spec_json["strategy"], spec_json["benchmark"], copy.deepcopy(spec_json["overrides"]))
+    h = config_hash(cfg)
+    if h == spec_json["config_hash"]:
+        return spec_json, None
+    prefix = spec_json["run_id"][: -len(spec_json["config_hash"])]
+    new_id = prefix + h if spec_json["run_id"].endswith(spec_json["config_hash"]) else f"{spec_json['run_id']}_{h}"
+    spec_json = {**spec_json, "config_hash": h, "run_id": new_id,
+                 "overrides": {**spec_json["overrides"], "run_id": new_id}}
+    return spec_json, index_complete_runs([results_dir]).get(h)
+
+
 def execute_spec(spec_json: dict) -> dict:
     """Run one planned run in this process; never raises except KeyboardInterrupt.
 
@@ -359,8 +383,19 @@ def execute_spec(spec_json: dict) -> dict:
 
     t0 = time.time()
     results_dir = Path(spec_json["overrides"]["results_dir"])
-    path = results_dir / spec_json["run_id"]
     base = {"run_id": spec_json["run_id"], "error": None}
+    try:
+        spec_json, existing = _refresh(spec_json, results_dir)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the config no longer resolves: a failed run
+        error = f"{type(exc).__name__}: {exc}"
+        _record_failure(results_dir, spec_json, error, traceback.format_exc())
+        return {**base, "state": "failed", "error": error, "seconds": time.time() - t0}
+    base["ran_as"] = spec_json["run_id"]
+    if existing is not None:
+        return {**base, "state": "skipped", "seconds": 0.0, "existing": str(existing)}
+    path = results_dir / spec_json["run_id"]
     if (path / COMPLETE).is_file():
         return {**base, "state": "skipped", "seconds": 0.0}
     lock = acquire_run_lock(path)
