@@ -119,10 +119,11 @@ class RunSpec:
     status: str = "pending"  # pending | skipped (complete) | skipped-failed | complete | failed | busy
     existing: str | None = None  # path of the complete run that made it skip
     predicted: tuple[str, ...] = ()
+    ran_as: str | None = None  # the run id it ran under, when the config changed after planning
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in ("strategy", "benchmark", "modality", "seed", "variant", "overrides",
-                                              "run_id", "config_hash", "error", "status", "existing")}
+                                              "run_id", "config_hash", "error", "status", "existing", "ran_as")}
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -609,6 +610,10 @@ def run_sweep(specs: list[RunSpec], name: str, results_dir: Path, executor: str 
         s = by_id[res["run_id"]]
         s.status = res["state"]
         s.error = res.get("error")
+        if res.get("ran_as") and res["ran_as"] != s.run_id:
+            s.ran_as = res["ran_as"]
+        if res.get("existing"):
+            s.existing = res["existing"]
         save()
 
     save()

@@ -130,6 +130,24 @@ def test_concurrent_sweeps_do_not_run_the_same_run_twice(tmp_path):
     assert sw.execute_spec(payload)["state"] == "skipped"
 
 
+def test_config_changed_since_planning_runs_under_the_new_hash(tmp_path):
+    """The YAMLs may change between planning and running (a long sweep, a tree others edit): the
+    run is re-resolved just before it runs, so its run id names the config it saves, and a
+    complete run of the new config is not redone."""
+    results = tmp_path / "runs"
+    (spec,) = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], sets=TINY, results_dir=results)
+    true_hash = spec.config_hash
+    h = fake_complete(results, "finetune", {**TINY, "modality": "audio", "seed": 0})
+    assert h == true_hash
+    stale = sw._spec_payload(spec)
+    stale["run_id"] = stale["run_id"][: -len(true_hash)] + "0123456789ab"  # as planned before a YAML change
+    stale["config_hash"] = "0123456789ab"
+    res = sw.execute_spec(stale)
+    assert res["state"] == "skipped" and res["existing"].endswith("done-by-hand")
+    assert res["ran_as"].endswith(true_hash) and res["run_id"] == stale["run_id"]
+    assert not (results / stale["run_id"]).exists()
+
+
 def test_crashed_child_process_is_recorded(tmp_path, monkeypatch):
     results = tmp_path / "runs"
     (spec,) = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], sets=TINY, results_dir=results)

@@ -120,7 +120,7 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
 
     fig, axes = _grid(len(groups))
     T = max(g.num_tasks for g in groups)
-    cmap = matplotlib.colormaps["viridis"]
+    cmap = matplotlib.colormaps["viridis"]  # task colours: first task dark, last task yellow
     handles = None
     for ax, g in zip(axes, groups):
         Rs = g.matrices()
@@ -134,7 +134,8 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
             c = cmap(j / max(1, T - 1))
             (ln,) = ax.plot(x, y, marker="o", ms=3, lw=1.4, color=c, label=_task_classes(g, j))
             if std is not None:
-                ax.fill_between(x, y - std[j:, j], y + std[j:, j], color=c, alpha=0.15, lw=0)
+                ax.fill_between(x, np.clip(y - std[j:, j], 0, 100), np.clip(y + std[j:, j], 0, 100), color=c,
+                                alpha=0.15, lw=0)
             lines.append(ln)
         if handles is None or len(lines) > len(handles):
             handles = lines
@@ -145,9 +146,11 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
         ax.set_ylabel("Accuracy on the task's test set (%)")
         ax.label_outer()
     fig.suptitle(title)
+    legend_rows = math.ceil(len(handles) / 5)
+    height = fig.get_size_inches()[1]
     fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.08 if T <= 5 else 0.14, 1, 1))
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, min(0.3, (0.15 + 0.22 * legend_rows) / height), 1, 1))
     return save(fig, base)
 
 
