@@ -255,13 +255,14 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     mods = strategy.reported_modalities()
     R = {m: [[None] * num_tasks for _ in range(num_tasks)] for m in mods}
     task_sizes = [len(exp.dataset) for exp in test_stream]
-    timing = {"train_s": 0.0, "eval_s": 0.0}
+    timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0}
     start_task = 0
     if resume:
         ckpt = load_checkpoint(rd)
         if ckpt is not None:
             strategy.load_checkpoint_state(ckpt["strategy"], train_stream)
             R, timing, start_task = ckpt["R"], ckpt["timing"], ckpt["task"] + 1
+            timing.setdefault("earlier_sessions_s", 0.0)
             _restore_rng(ckpt["rng"])
             _log(f"[avcl-bench] resuming {rd.path.name} after task {start_task}/{num_tasks}", quiet)
     stop_after = os.environ.get("AVCL_BENCH_STOP_AFTER_TASK")  # test hook: simulate an interruption
@@ -277,13 +278,16 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
                 R[m][t][j] = 100.0 * correct / max(1, total)
             rd.write_matrix(m, R[m], task_sizes)
         if t + 1 < num_tasks:
-            save_checkpoint(rd, strategy, t, R, timing)
+            # the wall time up to this boundary, so a resumed run's total counts every session
+            save_checkpoint(rd, strategy, t, R,
+                            {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start})
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
         _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
         if stop_after and int(stop_after) == t + 1:
             raise RunInterrupted(f"AVCL_BENCH_STOP_AFTER_TASK={stop_after}")
 
+    _export_embeddings(strategy, test_stream[0].dataset, rd, data.classes[: C // num_tasks], cfg, quiet)
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
     for m in mods:
         full = [[np.nan if v is None else v for v in row] for row in R[m]]
@@ -297,7 +301,11 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
         "buffer_size": _buffer_size(strategy), "resumed": bool(resume and start_task > 0),
         "config_hash": config_hash(cfg),
     }
-    out["timing"] = {"total_s": time.time() - t_start, "data_s": t_data, **timing}
+    earlier = timing.pop("earlier_sessions_s")
+    # total_s: wall time of every session up to its last checkpoint plus this one (work lost to an
+    # interruption after a checkpoint is not counted); sessions > 1 marks a resumed run
+    out["timing"] = {"total_s": earlier + time.time() - t_start, "data_s": t_data, **timing,
+                     "sessions": 1 + int(bool(resume and start_task > 0))}
     out["memory"] = _peak_memory(device)
     rd.write_json("metrics.json", out)
     rd.write_json("environment.json", environment_info(device))
@@ -309,6 +317,20 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     _log(summary_table(out), quiet)
     _log(f"[avcl-bench] results: {rd.path}", quiet)
     return rd
+
+
+def _export_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, quiet: bool) -> None:
+    """embeddings.npz of the final model on the first task's test clips (CIGN Fig. 3), for the
+    t-SNE in ``avcl-bench report``; a model that exposes no embedding is skipped."""
+    from .reporting.embeddings import export_embeddings
+
+    model = strategy.model
+    if not any(callable(getattr(o, name, None))
+               for o, name in ((strategy, "embed"), (model, "embed"), (model, "forward_features"))):
+        _log(f"[avcl-bench] no embeddings exported: {type(model).__name__} exposes none", quiet)
+        return
+    export_embeddings(strategy, first_task_test, rd.path, class_names=class_names,
+                      batch_size=cfg["train"]["eval_batch_size"])
 
 
 def _buffer_size(strategy) -> int:

@@ -308,10 +308,18 @@ def test_unknown_negatives_form_is_a_config_error(cfg):
 FAST = ["--set", "model.dim=32", "--set", "model.heads=4", "--set", "strategy.depth=1"]
 
 
-def test_end_to_end_clips_reports_three_modalities(run_tiny):
+def test_end_to_end_clips_reports_three_modalities(run_tiny, tmp_path):
+    from avcl_bench.reporting.embeddings import load_npz
+
     m = run_tiny("cign", "audio-visual", "clips")
     assert set(m["modalities"]) == {"audio", "visual", "audio-visual"}
     assert m["run"]["buffer_size"] == 8 * 10  # tiny synth-av: 10 per class, 10 train clips per class
+    # CIGN Fig. 3: the class-aware embedding g of each first-task test clip's true class, per modality
+    emb = load_npz(tmp_path / "cign-audio-visual-clips" / "embeddings.npz")
+    assert set(emb["embeddings"]) == {"audio", "visual"} and emb["meta"]["source"] == "embed(x, y)"
+    n = len(emb["labels"])
+    assert n > 0 and set(emb["labels"].tolist()) == {0, 1} and len(emb["class_names"]) == 2
+    assert emb["embeddings"]["audio"].shape == (n, 64)  # D of the synth-av CPU config
 
 
 def test_end_to_end_single_modalities(run_tiny):

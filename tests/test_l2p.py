@@ -150,8 +150,12 @@ def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_b
 
 @pytest.mark.parametrize("input", ["clips", "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
-def test_l2p_smoke(run_tiny, modality, input):
+def test_l2p_smoke(run_tiny, modality, input, tmp_path):
+    from avcl_bench.reporting.embeddings import load_npz
+
     m = run_tiny("l2p", modality, input, SMALL_FEATURES if input == "features" else [])
+    # embeddings.npz holds the prompted feature the classifier sees, not the frozen query feature
+    assert load_npz(tmp_path / f"l2p-{modality}-{input}" / "embeddings.npz")["meta"]["source"] == "strategy.embed"
     assert set(m["modalities"]) == {modality}
     assert 0.0 <= m["modalities"][modality]["avg_acc"] <= 100.0
     assert m["run"]["buffer_size"] == 0  # rehearsal-free

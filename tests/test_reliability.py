@@ -36,7 +36,10 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
     assert (cut / "COMPLETE").is_file() and not (cut / "checkpoint.pt").exists()
     assert _matrix(cut) == _matrix(tmp_path / "straight")
-    assert json.loads((cut / "metrics.json").read_text())["run"]["resumed"] is True
+    m = json.loads((cut / "metrics.json").read_text())
+    assert m["run"]["resumed"] is True and m["timing"]["sessions"] == 2
+    # the total counts the first session too: at least the training and evaluation of all tasks
+    assert m["timing"]["total_s"] >= m["timing"]["train_s"] + m["timing"]["eval_s"]
 
 
 def test_same_seed_gives_identical_matrices(tmp_path):

@@ -148,5 +148,9 @@ class AVCILNet(nn.Module):
     def forward(self, x):
         return self.forward_all(x)["logits"]
 
+    def forward_features(self, x) -> torch.Tensor:
+        """The classifier's input (fused audio-visual feature, or the single modality's): (B, D)."""
+        return self.forward_all(x)["fused"]
+
     def grow(self, num_classes: int) -> bool:
         return self.classifier.grow(num_classes)

@@ -179,6 +179,12 @@ class CIGNNet(nn.Module):
             out[b] = self.heads[b](g).squeeze(-1)  # logit of p_{m,i} = Sigmoid(FC(g_{m,i}))
         return out
 
+    def embed(self, x, y: torch.Tensor) -> dict:
+        """{branch: (B, D)} class-aware embedding g_{m,y} of each clip's ground-truth class (CIGN Fig. 3)."""
+        out = self.forward(x)
+        rows = torch.arange(y.shape[0], device=y.device)
+        return {b: out["g_" + b][rows, y] for b in self.branches}
+
     def token_logits(self, idx: slice | None = None) -> torch.Tensor:
         """FC(c_i) over all tokens (or the slice ``idx``): (K', C_seen) logits of e_i (Sec. 3.2)."""
         c = self.class_tokens()

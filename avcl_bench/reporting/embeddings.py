@@ -10,7 +10,8 @@ The runner calls, after the last task and before marking the run complete::
     k = C // num_tasks
     export_embeddings(strategy, test_stream[0].dataset, rd.path, class_names=data.classes[:k])
 
-What is embedded: ``model.embed(x)`` -- or ``model.embed(x, y)`` if it takes the labels too --
+What is embedded: the strategy's own ``embed(x)`` when it defines one (the prompt methods: the
+prompted feature the classifier sees), else ``model.embed(x)`` -- or ``model.embed(x, y)`` if it takes the labels too --
 when the model defines it (a tensor ``(B, D)`` or a dict ``{modality: (B, D)}``, e.g. CIGN's
 class-aware embedding g of each clip's ground-truth class per modality), otherwise ``model.forward_features(x)`` (AVNet's CLS feature, for the
 AVNet-based strategies).
@@ -71,7 +72,9 @@ def export_embeddings(strategy_or_model, dataset, run_dir, *, class_names=None, 
             device = next(model.parameters()).device
         except StopIteration:
             device = torch.device("cpu")
-    if callable(getattr(model, "embed", None)):
+    if model is not strategy_or_model and callable(getattr(strategy_or_model, "embed", None)):
+        fn, source = strategy_or_model.embed, "strategy.embed"  # e.g. the prompted feature of L2P
+    elif callable(getattr(model, "embed", None)):
         fn, source = model.embed, "embed"
         if _takes_labels(model.embed):  # embed(x, y): e.g. the class-aware embedding of the true class
             source = "embed(x, y)"

@@ -47,7 +47,7 @@ class DualPrompt(FrozenBackbonePromptStrategy):
     def num_tasks_seen(self) -> int:
         return self.task_id + 1
 
-    def forward_with_aux(self, x, task=None):
+    def prompted_features(self, x, task=None):
         """``task`` (B,) = the known task in training; None = match the task key (inference)."""
         model = self.model
         with torch.no_grad():
@@ -61,5 +61,4 @@ class DualPrompt(FrozenBackbonePromptStrategy):
         self.last_task = task
         prefixes = {i: (pk.to(tokens.dtype), pv.to(tokens.dtype))
                     for i, (pk, pv) in model.prompt.prefixes(task).items()}
-        feat = model.forward_features(x, prefixes=prefixes, tokens=tokens)
-        return model.classifier(feat), aux
+        return model.forward_features(x, prefixes=prefixes, tokens=tokens), aux

@@ -36,7 +36,7 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
     """Shared by L2P and DualPrompt: a frozen pretrained backbone, trainable prompts + classifier.
 
     Subclasses build ``model.prompt`` in :meth:`build_prompt` and implement
-    :meth:`forward_with_aux` -> (logits, auxiliary loss)."""
+    :meth:`prompted_features` -> (classifier input, auxiliary loss)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -76,8 +76,18 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
             to_device, self.autocast)
 
     # ---- training ------------------------------------------------------------------------------
-    def forward_with_aux(self, x, task=None):
+    def prompted_features(self, x, task=None):
+        """(classifier input (B, D), auxiliary key loss or None) of the prompted backbone."""
         raise NotImplementedError
+
+    def forward_with_aux(self, x, task=None):
+        feat, aux = self.prompted_features(x, task)
+        return self.model.classifier(feat), aux
+
+    def embed(self, x) -> torch.Tensor:
+        """The prompted feature the classifier sees at inference (for the embeddings export)."""
+        with self.autocast():
+            return self.prompted_features(x, None)[0]
 
     def forward(self):
         task = None
@@ -118,7 +128,7 @@ class L2P(FrozenBackbonePromptStrategy):
             raise ConfigError(f"strategy.head must be prompt_avg or cls, got {s['head']!r}")
         return PromptPool(int(s["pool_size"]), int(s["prompt_length"]), self.model.dim, int(s["top_n"])).to(self.device)
 
-    def forward_with_aux(self, x, task=None):
+    def prompted_features(self, x, task=None):
         model = self.model
         with torch.no_grad():
             tokens = model.tokens(x)  # the frozen encoders; computed once for query and prompted pass
@@ -132,4 +142,4 @@ class L2P(FrozenBackbonePromptStrategy):
             feat = model.norm(blocks[-1][:, 1: 1 + n_prompt]).mean(1)
         else:
             feat = model.norm(blocks[-1][:, 0])
-        return model.classifier(feat), surrogate
+        return feat, surrogate
