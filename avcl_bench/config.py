@@ -60,6 +60,8 @@ BASE: dict[str, Any] = {
         "select_best_on_val": False,  # keep the epoch with the best val accuracy (AV-CIL release)
         "amp": False,  # autocast (bf16 on CUDA) for the forward pass
         "pin_memory": False,
+        # read whole mini-batches by array row (data/loading.py); false = Avalanche's per-item path
+        "batched_loading": True,
     },
     "model": {
         "dim": 512,  # token dimension D (CIGN Sec. 4.1: 512)

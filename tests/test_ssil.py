@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from avcl_bench.strategies.losses import separated_ce, taskwise_kd
-from avcl_bench.strategies.ssil import PairedReplayLoader
+from avcl_bench.data.loading import PairedReplayLoader
 
 
 #: the paper-level model (D = 512) is not needed to exercise the feature path

@@ -35,4 +35,8 @@ def make_streams(data: LoadedData, num_tasks: int, benchmark: str = ""):
             missing = sorted(set(range(C)) - present)
             raise ConfigError(f"split '{name}' of '{benchmark}' has no clip of class '{data.classes[missing[0]]}'"
                               f" ({len(missing)} classes empty)")
-    return class_incremental_benchmark(datasets, class_order=list(range(C)), num_experiences=num_tasks)
+    from .loading import as_avalanche
+
+    # wrapped here so that every experience and memory keeps each clip's array row (batched reads)
+    return class_incremental_benchmark({name: as_avalanche(ds) for name, ds in datasets.items()},
+                                       class_order=list(range(C)), num_experiences=num_tasks)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.loading import PairedReplayLoader
 from ..errors import ConfigError
 from ..models.avcil import AVCILNet
 from . import register
@@ -125,17 +126,15 @@ def epochs_for_modality(cfg: dict) -> int:
     return value
 
 
-def replay_loader(strategy, memory_dataset, batch_size: int, batch_size_mem: int, num_workers: int = 0):
+def replay_loader(strategy, memory_dataset, batch_size: int, batch_size_mem: int):
     """New data and exemplars in separate parts of each batch (release: the training loader zipped
     with a cycled exemplar loader, both shuffled, ``drop_last=True``, batch sizes capped by the
     dataset sizes). The epoch length is set by the new data."""
-    from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
-
     data = strategy.adapted_dataset
-    return ReplayDataLoader(data, memory_dataset, oversample_small_tasks=True,
-                            batch_size=min(batch_size, len(data)),
-                            batch_size_mem=min(batch_size_mem, len(memory_dataset)),
-                            num_workers=num_workers, shuffle=True, drop_last=True)
+    return PairedReplayLoader(
+        strategy._loader(data, min(batch_size, len(data)), shuffle=True, drop_last=True),
+        strategy._loader(memory_dataset.train(), min(batch_size_mem, len(memory_dataset)), shuffle=True,
+                         drop_last=True))
 
 
 # ----------------------------------------------------------------------------- strategy
@@ -168,8 +167,7 @@ class AVCIL(AVCLStrategy):
         mem = self.memory.dataset() if self.memory is not None and self.task_id > 0 else None
         bs = self.cfg["train"]["batch_size"]
         if mem is not None and len(mem):
-            self.dataloader = replay_loader(self, mem, bs, self.scfg["exemplar_batch_size"],
-                                            self.cfg["train"]["num_workers"])
+            self.dataloader = replay_loader(self, mem, bs, self.scfg["exemplar_batch_size"])
             return
         # release: drop_last=True with the batch capped by the dataset size
         self.train_mb_size = min(bs, len(self.adapted_dataset))

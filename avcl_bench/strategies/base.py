@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
-from torch.utils.data import DataLoader
-
+from ..data.loading import PairedReplayLoader, make_loader
 from ..models.avnet import AVNet
 
 
@@ -135,10 +134,19 @@ class AVCLStrategy(SupervisedTemplate):
             out = self.model(x)
         return {self.modality: out[:, : self.num_seen].float()}
 
-    def _loader(self, dataset, batch_size=None, shuffle=False):
-        return DataLoader(dataset, batch_size=batch_size or self.eval_mb_size, shuffle=shuffle,
-                          num_workers=self.cfg["train"]["num_workers"],
-                          pin_memory=bool(self.cfg["train"]["pin_memory"]) and self.device.type == "cuda")
+    def _loader(self, dataset, batch_size=None, shuffle=False, drop_last=False):
+        """Every loader of the suite: whole batches read by array rows (``data/loading.py``)."""
+        return make_loader(dataset, batch_size or self.eval_mb_size, shuffle=shuffle, drop_last=drop_last,
+                           num_workers=self.cfg["train"]["num_workers"],
+                           pin_memory=bool(self.cfg["train"]["pin_memory"]) and self.device.type == "cuda",
+                           batched=bool(self.cfg["train"]["batched_loading"]))
+
+    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
+                              drop_last=False, **kwargs):
+        """The experience's training loader (replaces Avalanche's per-item DataLoader; same
+        sampler, so the same batches)."""
+        self.dataloader = self._loader(self.adapted_dataset, self.train_mb_size, shuffle=shuffle,
+                                       drop_last=drop_last)
 
     @torch.no_grad()
     def evaluate_experiences(self, experiences) -> dict:
@@ -237,8 +245,8 @@ class ExemplarReplayPlugin(SupervisedPlugin):
     """Replay from an :class:`~avcl_bench.strategies.memory.ExemplarMemory` (Avalanche plugin).
 
     Each training batch holds ``batch_size`` new samples and ``batch_size_mem`` exemplars
-    (Avalanche's ReplayDataLoader); after each experience the memory takes the new classes and
-    shrinks the old ones to the quota. Unlike Avalanche's storage policies, the memory is a list of
+    (``PairedReplayLoader``, as Avalanche's ReplayDataLoader); after each experience the memory
+    takes the new classes and shrinks the old ones to the quota. Unlike Avalanche's storage policies, the memory is a list of
     row indices, so it is saved in run checkpoints.
     """
 
@@ -249,16 +257,13 @@ class ExemplarReplayPlugin(SupervisedPlugin):
         self.batch_size_mem = batch_size_mem
         self.feature_fn = feature_fn  # for herding selection
 
-    def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, drop_last: bool = False,
-                            **kwargs):
-        from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
-
+    def before_training_exp(self, strategy, shuffle: bool = True, drop_last: bool = False, **kwargs):
         buffer = self.memory.dataset()
         if buffer is None or len(buffer) == 0:
             return
-        strategy.dataloader = ReplayDataLoader(
-            strategy.adapted_dataset, buffer, oversample_small_tasks=True, batch_size=self.batch_size,
-            batch_size_mem=self.batch_size_mem, num_workers=num_workers, shuffle=shuffle, drop_last=drop_last)
+        strategy.dataloader = PairedReplayLoader(
+            strategy._loader(strategy.adapted_dataset, self.batch_size, shuffle=shuffle, drop_last=drop_last),
+            strategy._loader(buffer.train(), self.batch_size_mem, shuffle=True))
 
     def after_training_exp(self, strategy, **kwargs):
         self.memory.update(strategy.experience.dataset, strategy.num_seen, self.feature_fn)

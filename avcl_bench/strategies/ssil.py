@@ -21,49 +21,12 @@ The first task is plain cross-entropy over its classes (separated CE with no old
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
 
+from ..data.loading import PairedReplayLoader
 from . import register
 from .base import AVCLStrategy
 from .losses import separated_ce, taskwise_kd
 from .memory import ExemplarMemory
-
-
-def _cat(a, b):
-    """Concatenate two collated batches (nested lists of tensors) along the batch axis."""
-    if torch.is_tensor(a):
-        return torch.cat([a, b], 0)
-    return [_cat(x, y) for x, y in zip(a, b)]
-
-
-class PairedReplayLoader:
-    """Yields new-data batches each concatenated with a separately drawn exemplar batch.
-
-    One epoch = one pass over ``new_loader``; the exemplar loader is reshuffled whenever it runs
-    out. The exemplars are appended after the new samples (``n_new`` leading rows)."""
-
-    def __init__(self, new_loader: DataLoader, mem_loader: DataLoader | None):
-        self.new_loader, self.mem_loader = new_loader, mem_loader
-        self._mem_iter = None
-
-    def __len__(self):
-        return len(self.new_loader)
-
-    def _next_mem(self):
-        if self._mem_iter is None:
-            self._mem_iter = iter(self.mem_loader)
-        try:
-            return next(self._mem_iter)
-        except StopIteration:
-            self._mem_iter = iter(self.mem_loader)
-            return next(self._mem_iter)
-
-    def __iter__(self):
-        for batch in self.new_loader:
-            if self.mem_loader is None:
-                yield batch
-            else:
-                yield _cat(list(batch), list(self._next_mem()))
 
 
 @register("ssil")
