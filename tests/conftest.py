@@ -33,6 +33,17 @@ def feature_benchmark(tmp_path_factory):
     return generate_feature_benchmark(tmp_path_factory.mktemp("featbench"))
 
 
+@pytest.fixture(scope="session")
+def total_memory_benchmark(tmp_path_factory):
+    """Generated features with AVE-CI's memory form: 8 classes, 4 tasks, 40/10/20 clips per class,
+    a fixed total of 48 exemplars (enough data for forgetting comparisons)."""
+    from avcl_bench.data.featsynth import generate_feature_benchmark
+
+    return generate_feature_benchmark(tmp_path_factory.mktemp("fb"), num_classes=8, num_tasks=4,
+                                      clips={"train": 40, "val": 10, "test": 20}, audio_dim=16,
+                                      visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-total")
+
+
 #: CLI arguments of the smallest end-to-end run on the embedded benchmark.
 TINY_RUN = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--quiet"]
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from avcl_bench.cli import main
 from avcl_bench.models.avcil import AVCILNet
 from avcl_bench.strategies.afc import (AFC, LSCClassifier, channel_importance, feature_distillation,
-                                       feature_gradients, importance_weights, kmeans, nca_loss)
+                                       feature_gradients, importance_weights, kmeans)
+from avcl_bench.strategies.losses import nca_loss
 
 
 def tiny_cfg(modality="audio-visual", audio_dim=4, visual_shape=(2, 3, 4)):
@@ -137,20 +138,8 @@ def test_imprinting_sets_new_proxies_to_scaled_cluster_centres():
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on oversubscribed shared cores
-    yield
-    torch.set_num_threads(n)
-
-
-def test_afc_both_variants_end_to_end(tmp_path, one_thread):
-    from avcl_bench.data.featsynth import generate_feature_benchmark
-
-    bench = generate_feature_benchmark(tmp_path / "fb", num_classes=8, num_tasks=4,
-                                       clips={"train": 40, "val": 10, "test": 20}, audio_dim=16,
-                                       visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-afc")
+def test_afc_both_variants_end_to_end(tmp_path, total_memory_benchmark):
+    bench = total_memory_benchmark
     common = ["--benchmark", str(bench), "--results-dir", str(tmp_path), "--set", "train.epochs=6",
               "--set", "train.batch_size=16", "--set", "train.lr=0.01", "--set", "model.dim=32", "--quiet"]
     res = {}

@@ -204,22 +204,8 @@ def _metrics(rd):
     return json.loads((rd / "metrics.json").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    """Runs on the shared 2-core machine: one intra-op thread is ~10x faster for these tiny tensors
-    when the cores are oversubscribed (OpenMP barrier waits); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_av_cil_forgets_less_than_finetuning(tmp_path, one_thread):
-    from avcl_bench.data.featsynth import generate_feature_benchmark
-
-    bench = generate_feature_benchmark(tmp_path / "fb", num_classes=8, num_tasks=4,
-                                       clips={"train": 40, "val": 10, "test": 20}, audio_dim=16,
-                                       visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-avcil")
+def test_av_cil_forgets_less_than_finetuning(tmp_path, total_memory_benchmark):
+    bench = total_memory_benchmark
     common = ["--benchmark", str(bench), "--results-dir", str(tmp_path / "runs"), "--set", "train.epochs=10",
               "--set", "train.batch_size=16", "--set", "train.lr=0.01", "--set", "model.dim=32"]
     _run(["--strategy", "finetune", "--run-id", "ft"] + common)
@@ -234,7 +220,7 @@ def test_av_cil_forgets_less_than_finetuning(tmp_path, one_thread):
     assert a["step_acc"][-1] > f["step_acc"][-1] + 20
 
 
-def test_cli_on_the_official_ave_ci_layout(tmp_path, one_thread):
+def test_cli_on_the_official_ave_ci_layout(tmp_path):
     """All 4079 AVE-CI ids in the official feature layout (npy dicts) at tiny dimensions, through
     the ave-ci manifest (its counts check, 28 classes, 4 tasks, memory total 340)."""
     from avcl_bench.data.features import AUDIO_FILE, VISUAL_NPY_FILE, write_avcil_features
@@ -264,7 +250,7 @@ def test_cli_on_the_official_ave_ci_layout(tmp_path, one_thread):
     assert "total: 340" in cfg and "seed: 42" in cfg
 
 
-def test_av_cil_runs_on_raw_clips(run_tiny, one_thread):
+def test_av_cil_runs_on_raw_clips(run_tiny):
     m = run_tiny("av-cil", "audio-visual", "clips", ["--set", "strategy.exemplar_batch_size=8"])
     av = m["modalities"]["audio-visual"]
     assert m["run"]["input"] == "clips" and len(av["step_acc"]) == 4
@@ -272,8 +258,7 @@ def test_av_cil_runs_on_raw_clips(run_tiny, one_thread):
 
 
 @pytest.mark.parametrize("strategy", ["av-cil", "afc"])
-def test_resume_after_interruption_matches_a_straight_run(strategy, feature_benchmark, tmp_path, monkeypatch,
-                                                          one_thread):
+def test_resume_after_interruption_matches_a_straight_run(strategy, feature_benchmark, tmp_path, monkeypatch):
     """The previous model, the exemplar memory (and AFC's frozen proxies, importance and class
     means) survive a checkpoint at an experience boundary."""
     base = ["--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path),

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from avcl_bench.strategies.podnet import (LSCClassifier, nca_loss, pod_flat_loss, pod_forward, pod_pool,
+from avcl_bench.strategies.losses import nca_loss
+from avcl_bench.strategies.podnet import (LSCClassifier, pod_flat_loss, pod_forward, pod_pool,
                                           pod_spatial_loss, spherical_kmeans, split_stage, tokens_and_layout)
 
 
@@ -77,7 +78,7 @@ def test_nca_loss_with_margin_hand_value():
     # sample 2: log(2 exp(-2)) - 2 * 0.3 = -1.907 < 0 -> hinge gives 0
     l2 = max(0.0, math.log(2 * math.exp(-2.0)) - 2 * 0.3)
     assert l2 == 0.0
-    assert nca_loss(sims, y, eta, delta).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
+    assert nca_loss(sims, y, eta, delta, hinge=True).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
 
 
 def test_spherical_kmeans_returns_unit_centroids():

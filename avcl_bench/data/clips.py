@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ClipError, ConfigError, DataError
+from .arrays import CachedArrays
 
 #: Media file extensions tried, in this order, for ``<root>/<id>.<ext>``.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
@@ -516,23 +517,13 @@ def frames_to_tensor(frames: np.ndarray, spec: VisualSpec | None = None):
 # ----------------------------------------------------------------------------- cache
 
 
-@dataclass
-class ClipArrays:
+class ClipArrays(CachedArrays):
     """Decoded clips, memory-mapped from the cache.
 
     ``audio``: float16 ``(N, 1, F, T)`` log spectrograms; ``visual``: uint8 ``(N, T, 3, S, S)``;
     ``ids``: the ``N`` clip ids in array order (the requested order, missing ones dropped);
     ``missing``: requested ids with no clip under the root.
     """
-
-    audio: np.ndarray
-    visual: np.ndarray
-    ids: list[str]
-    missing: list[str] = field(default_factory=list)
-    cache_path: Path | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def _fingerprint(path: Path) -> list:

@@ -27,13 +27,13 @@ import json
 import os
 import pickle
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, FeatureError
+from .arrays import CachedArrays
 
 AUDIO_FILE = Path("audio_pretrained_feature") / "audio_pretrained_feature_dict.npy"
 VISUAL_NPY_FILE = Path("visual_pretrained_feature") / "visual_pretrained_feature_dict.npy"
@@ -50,22 +50,12 @@ def feature_paths(root: Path, visual_format: str) -> tuple[Path, Path]:
     return root / AUDIO_FILE, root / (VISUAL_NPY_FILE if visual_format == "npy" else VISUAL_H5_FILE)
 
 
-@dataclass
-class FeatureArrays:
+class FeatureArrays(CachedArrays):
     """Features memory-mapped from the cache: ``audio`` ``(N, Da)``, ``visual`` ``(N, T, P, D)``.
 
     ``ids``: the ``N`` ids in array order; ``missing``: requested ids absent from a feature file
     (only when ``allow_missing``).
     """
-
-    audio: np.ndarray
-    visual: np.ndarray
-    ids: list[str]
-    missing: list[str] = field(default_factory=list)
-    cache_path: Path | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -16,7 +16,36 @@ from torch import nn
 from .encoders import build_encoders
 
 
-class IncrementalLinear(nn.Module):
+class GrowingRows(nn.Module):
+    """Parameters with one row per class seen so far, extended as classes arrive.
+
+    :meth:`grow` appends fresh rows (:meth:`fresh_rows`) and keeps the old ones verbatim; the
+    parameters are replaced, so the fresh per-experience optimizer of the strategy base picks up
+    the new rows."""
+
+    weight: nn.Parameter
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def fresh_rows(self, n: int) -> dict:
+        """{parameter name: (n, ...) initial rows} of ``n`` new classes."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def grow(self, num_classes: int) -> bool:
+        """Extend to ``num_classes`` rows; returns True when parameters were replaced."""
+        old = self.num_classes
+        if num_classes <= old:
+            return False
+        for name, rows in self.fresh_rows(num_classes - old).items():
+            cur = getattr(self, name)
+            setattr(self, name, nn.Parameter(torch.cat([cur.data, rows.to(cur.device, cur.dtype)])))
+        return True
+
+
+class IncrementalLinear(GrowingRows):
     """A linear classifier whose output grows as classes arrive; old rows are kept."""
 
     def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True):
@@ -28,21 +57,9 @@ class IncrementalLinear(nn.Module):
         if num_classes:
             self.grow(num_classes)
 
-    @property
-    def num_classes(self) -> int:
-        return self.weight.shape[0]
-
-    @torch.no_grad()
-    def grow(self, num_classes: int) -> bool:
-        """Extend to ``num_classes`` outputs; returns True when parameters were replaced."""
-        old = self.num_classes
-        if num_classes <= old:
-            return False
-        fresh = nn.Linear(self.in_features, num_classes - old, bias=self.use_bias).to(self.weight.device)
-        self.weight = nn.Parameter(torch.cat([self.weight.data, fresh.weight.data.to(self.weight.dtype)]))
-        if self.use_bias:
-            self.bias = nn.Parameter(torch.cat([self.bias.data, fresh.bias.data.to(self.bias.dtype)]))
-        return True
+    def fresh_rows(self, n: int) -> dict:
+        fresh = nn.Linear(self.in_features, n, bias=self.use_bias)  # nn.Linear's initialisation
+        return {"weight": fresh.weight.data, **({"bias": fresh.bias.data} if self.use_bias else {})}
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .avnet import Block, IncrementalLinear
+from .avnet import Block, GrowingRows, IncrementalLinear
 from .encoders import build_encoders
 
 BRANCHES = ("audio", "visual")
@@ -35,7 +35,7 @@ def branches_for(modality: str) -> tuple[str, ...]:
     return BRANCHES if modality == "audio-visual" else (modality,)
 
 
-class ClassTokens(nn.Module):
+class ClassTokens(GrowingRows):
     """Learnable class tokens ``c_i in R^D`` (CIGN Sec. 3.2), one per class seen so far.
 
     Stored as one ``(C, D)`` parameter that :meth:`grow` extends (old rows kept verbatim), so the
@@ -51,18 +51,8 @@ class ClassTokens(nn.Module):
         self.init_std = init_std
         self.weight = nn.Parameter(torch.empty(0, dim))
 
-    @property
-    def num_classes(self) -> int:
-        return self.weight.shape[0]
-
-    @torch.no_grad()
-    def grow(self, num_classes: int) -> bool:
-        old = self.num_classes
-        if num_classes <= old:
-            return False
-        fresh = torch.randn(num_classes - old, self.dim, device=self.weight.device) * self.init_std
-        self.weight = nn.Parameter(torch.cat([self.weight.data, fresh.to(self.weight.dtype)]))
-        return True
+    def fresh_rows(self, n: int) -> dict:
+        return {"weight": torch.randn(n, self.dim, device=self.weight.device) * self.init_std}
 
     def forward(self) -> torch.Tensor:
         return self.weight

@@ -47,6 +47,7 @@ from ..models.avcil import AVCILNet
 from . import register
 from .av_cil import epochs_for_modality
 from .base import AVCLStrategy, to_device
+from .losses import nca_loss, proxy_attention_pool
 from .memory import ExemplarMemory, herding_select
 
 # ----------------------------------------------------------------------------- classifier
@@ -97,37 +98,10 @@ class LSCClassifier(nn.Module):
         return 2.0 * xn @ wn.t() - 2.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.proxy_similarities(x).view(x.shape[0], -1, self.K)  # (B, C, K)
-        return (torch.softmax(s, dim=-1) * s).sum(-1)  # PODNet Eq. 7: proxy-attention pooling
+        return proxy_attention_pool(self.proxy_similarities(x).view(x.shape[0], -1, self.K))  # PODNet Eq. 7
 
 
 # ----------------------------------------------------------------------------- loss terms
-
-
-def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale=1.0, margin: float = 0.6,
-             margin_mode: str = "target", reduction: str = "mean") -> torch.Tensor:
-    """NCA loss with margin (PODNet Eq. 8; AFC's classification loss):
-
-        l_i = -log( exp(eta (s_{i,y_i} - delta)) / sum_{j != y_i} exp(eta s_{i,j}) )
-
-    ``margin_mode='target'`` subtracts delta from the target similarity only (the paper);
-    ``'all'`` subtracts it from every similarity, where it cancels (the release's ``nca()``).
-    ``scale`` is eta (a tensor for the learnable scale). ``reduction``: mean | sum | none.
-    """
-    if margin_mode not in ("target", "all"):
-        raise ValueError(f"margin_mode must be 'target' or 'all', got {margin_mode!r}")
-    s = similarities.float()
-    onehot = F.one_hot(y, s.shape[1]).bool()
-    s = s - margin * onehot if margin_mode == "target" else s - margin
-    s = scale * s
-    pos = s.gather(1, y[:, None]).squeeze(1)
-    if s.shape[1] < 2:  # no negative class: nothing to separate
-        losses = pos * 0.0
-    else:
-        losses = torch.logsumexp(s.masked_fill(onehot, float("-inf")), dim=1) - pos
-    if reduction == "none":
-        return losses
-    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 #: The features AFC distils per modality (release ``AFC_train_out``): audio-visual the pooled visual

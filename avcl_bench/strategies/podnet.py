@@ -51,8 +51,10 @@ from avalanche.benchmarks.utils import concat_datasets
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.avnet import GrowingRows
 from . import register
 from .base import AVCLStrategy, to_device
+from .losses import nca_loss, proxy_attention_pool
 from .memory import ExemplarMemory
 
 
@@ -92,7 +94,7 @@ def pod_flat_loss(old_feat: torch.Tensor, new_feat: torch.Tensor) -> torch.Tenso
 
 
 # ---- LSC: local similarity classifier ---------------------------------------------------------------
-class LSCClassifier(nn.Module):
+class LSCClassifier(GrowingRows):
     """K proxies per class (rows c*K .. c*K+K-1 of ``weight``) and a learned NCA scale ``eta``.
 
     ``forward`` returns the class similarities y_c in [-1, 1] (PODNet's LSC); the NCA loss applies
@@ -108,15 +110,10 @@ class LSCClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.weight.shape[0] // self.proxies
 
-    @torch.no_grad()
-    def grow(self, num_classes: int) -> bool:
-        old = self.num_classes
-        if num_classes <= old:
-            return False
-        fresh = torch.empty((num_classes - old) * self.proxies, self.in_features, device=self.weight.device)
+    def fresh_rows(self, n: int) -> dict:
+        fresh = torch.empty(n * self.proxies, self.in_features, device=self.weight.device)
         nn.init.kaiming_normal_(fresh, nonlinearity="linear")
-        self.weight = nn.Parameter(torch.cat([self.weight.data, fresh.to(self.weight.dtype)]))
-        return True
+        return {"weight": fresh}
 
     def proxy_similarities(self, feat: torch.Tensor) -> torch.Tensor:
         """(B, C, K) cosine similarities between features and proxies."""
@@ -124,18 +121,7 @@ class LSCClassifier(nn.Module):
         return sims.view(feat.shape[0], -1, self.proxies)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        sims = self.proxy_similarities(feat)
-        return (F.softmax(sims, dim=2) * sims).sum(2)
-
-
-def nca_loss(similarities: torch.Tensor, y: torch.Tensor, eta: torch.Tensor | float, margin: float) -> torch.Tensor:
-    """PODNet's NCA loss: mean over the batch of [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+."""
-    sims = similarities.float()
-    onehot = F.one_hot(y, sims.shape[1]).bool()
-    z = eta * (sims - margin * onehot.float())
-    pos = z.gather(1, y.view(-1, 1)).squeeze(1)
-    neg = torch.logsumexp(z.masked_fill(onehot, float("-inf")), dim=1)
-    return torch.clamp(neg - pos, min=0.0).mean()
+        return proxy_attention_pool(self.proxy_similarities(feat))  # PODNet Eq. 7
 
 
 @torch.no_grad()
@@ -262,7 +248,7 @@ class PODNet(AVCLStrategy):
     def criterion(self):
         s = self.scfg
         sims = self.mb_output[:, : self.num_seen].float()
-        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, float(s["nca_margin"]))
+        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, float(s["nca_margin"]), hinge=True)  # PODNet Eq. 8
         if self.old_model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
                 old_feat, old_stages = pod_forward(self.old_model, self.mb_x, bool(s["pod_square"]))
