@@ -69,6 +69,21 @@ def test_make_loader_batches_like_the_per_item_loader(tmp_path):
         assert torch.equal(g[1], w[1]) and torch.equal(g[2], w[2])
 
 
+def test_batched_reads_in_a_worker_process(tmp_path):
+    """train.num_workers > 0: the view (memory maps included) is read in a worker process."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+    from avcl_bench.data.loading import as_avalanche, make_loader
+
+    train, test = _split_datasets(tmp_path)
+    ds = class_incremental_benchmark({"train": as_avalanche(train), "test": as_avalanche(test)},
+                                     class_order=[0, 1, 2, 3], num_experiences=1).train_stream[0].dataset
+    local, worker = list(make_loader(ds, 7)), list(make_loader(ds, 7, num_workers=1))
+    assert len(local) == len(worker) == 4
+    for g, w in zip(worker, local):
+        assert torch.equal(g[0][0], w[0][0]) and torch.equal(g[0][1], w[0][1]) and torch.equal(g[1], w[1])
+
+
 def test_a_dataset_without_rows_falls_back_to_per_item(tmp_path):
     from avcl_bench.data.loading import batched_view, make_loader
 
