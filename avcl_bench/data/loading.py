@@ -3,7 +3,7 @@
 Every clip's audio and visual arrays live in one pair of (memory-mapped) arrays shared by the
 train, val and test splits (``datasets.load_data``). ``make_streams`` wraps each split into an
 Avalanche dataset that carries, beside ``targets`` and ``targets_task_labels``, each item's row
-in those arrays (``array_rows``) and which arrays they are (``array_source``). Avalanche keeps
+in those arrays and which arrays they are (one ``array_rows`` attribute). Avalanche keeps
 these attributes through every subset and concatenation (experiences, exemplar memories), so a
 loader can read a whole mini-batch with one sorted fancy index instead of one Avalanche
 ``__getitem__`` per item: the per-item lookup was the suite's largest overhead against a plain
@@ -23,10 +23,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from .datasets import AVArrayDataset
 
-ROWS, SOURCE = "array_rows", "array_source"
+ROWS = "array_rows"
+#: an ``array_rows`` value is ``row << SOURCE_BITS | source token``: one attribute, one pass to read
+SOURCE_BITS = 24
 
-#: token -> the AVArrayDataset whose arrays an ``array_source`` value names (weak: a split lives as
-#: long as an Avalanche dataset over it does)
+#: token (the low bits of an ``array_rows`` value) -> the AVArrayDataset whose arrays it names
+#: (weak: a split lives as long as an Avalanche dataset over it does)
 _SOURCES: "weakref.WeakValueDictionary[int, AVArrayDataset]" = weakref.WeakValueDictionary()
 _TOKENS = itertools.count()
 
@@ -37,14 +39,13 @@ def as_avalanche(ds: AVArrayDataset):
     from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
     from avalanche.benchmarks.utils.data_attribute import DataAttribute
 
-    token = next(_TOKENS)
+    token = next(_TOKENS) % (1 << SOURCE_BITS)
     _SOURCES[token] = ds
     n = len(ds)
     return TaskAwareSupervisedClassificationDataset([ds], data_attributes=[
         DataAttribute(ds.targets, "targets"),
         DataAttribute([0] * n, "targets_task_labels", use_in_getitem=True),
-        DataAttribute(ds.index.tolist(), ROWS),
-        DataAttribute([token] * n, SOURCE),
+        DataAttribute(((ds.index << SOURCE_BITS) | token).tolist(), ROWS),
     ])
 
 
@@ -82,22 +83,19 @@ def read_rows(source: AVArrayDataset, rows: np.ndarray) -> tuple[torch.Tensor, t
 def batched_view(dataset) -> RowBatches | None:
     """The batched view of ``dataset``, or None when it cannot be read by rows (a dataset not
     built by :func:`as_avalanche`, transforms present, or rows from more than one array pair)."""
-    if not all(hasattr(dataset, name) for name in (ROWS, SOURCE, "targets")):
+    if not hasattr(dataset, ROWS) or not hasattr(dataset, "targets") or _has_transforms(dataset):
         return None
-    if _has_transforms(dataset):
-        return None
-    tokens = np.unique(np.asarray(list(getattr(dataset, SOURCE)), dtype=np.int64))
+    coded = np.fromiter(getattr(dataset, ROWS), dtype=np.int64, count=len(dataset))
+    tokens = np.unique(coded & ((1 << SOURCE_BITS) - 1))
     sources = [_SOURCES.get(int(t)) for t in tokens]
     if not sources or any(s is None for s in sources):
         return None
     first = sources[0]
     if any(s.audio is not first.audio or s.visual is not first.visual for s in sources[1:]):
         return None
-    rows = np.asarray(list(getattr(dataset, ROWS)), dtype=np.int64)
-    targets = np.asarray(list(dataset.targets), dtype=np.int64)
-    tasks = (np.asarray(list(dataset.targets_task_labels), dtype=np.int64)
-             if hasattr(dataset, "targets_task_labels") else np.zeros(len(rows), dtype=np.int64))
-    return RowBatches(first, rows, targets, tasks)
+    targets = np.fromiter(dataset.targets, dtype=np.int64, count=len(dataset))
+    # task labels are 0 throughout: as_avalanche builds class-incremental streams only
+    return RowBatches(first, coded >> SOURCE_BITS, targets, np.zeros(len(coded), dtype=np.int64))
 
 
 def _has_transforms(dataset) -> bool:
