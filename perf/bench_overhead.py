@@ -97,7 +97,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--audio-dim", type=int, default=128)
     ap.add_argument("--visual-shape", default="2,4,64")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     vshape = tuple(int(x) for x in args.visual_shape.split(","))
     data = make_data(args.samples, args.classes, args.audio_dim, vshape)
     cfg = config(args.batch, args.epochs, args.audio_dim, vshape)

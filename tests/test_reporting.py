@@ -251,7 +251,8 @@ def test_each_plot_file_produced_and_non_empty(report):
     expected = [f"forgetting_curves/vggsound-instruments_cign_{m}" for m in MODS]
     expected += [f"heatmaps/vggsound-instruments_cign_{m}" for m in MODS]
     expected += ["accuracy_vs_classes/vggsound-instruments_cign", "accuracy_vs_classes/synth-av_cign",
-                 "forgetting_curves/synth-av_cign_audio-visual", "embeddings/vggsound-instruments_cign"]
+                 "forgetting_curves/synth-av_cign_audio-visual", "embeddings/vggsound-instruments_cign_audio-visual",
+                 "embeddings/vggsound-instruments_cign_audio"]
     for base in expected:
         for ext in ("png", "pdf"):
             p = figs / f"{base}.{ext}"

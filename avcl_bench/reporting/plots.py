@@ -234,23 +234,45 @@ def project_2d(X: np.ndarray, method: str = "tsne", seed: int = 0) -> tuple[np.n
     return X @ vt[:2].T, "PCA"
 
 
+def embedding_for(emb: dict, modality: str | None) -> tuple[np.ndarray, str] | None:
+    """The embedding of ``modality`` in an embeddings file, with its panel label, or None.
+
+    A model with one embedding per branch and none for the pair (CIGN's class-aware g_a, g_v)
+    gives, for the audio-visual panel, the two concatenated ("audio ⊕ visual")."""
+    if modality is None:
+        key = "audio-visual" if "audio-visual" in emb else sorted(emb)[0]
+        return emb[key], key
+    if modality in emb:
+        return emb[modality], modality
+    if modality == "audio-visual" and {"audio", "visual"} <= set(emb):
+        return np.hstack([emb["audio"], emb["visual"]]), "audio ⊕ visual"
+    return None
+
+
 def embeddings_figure(items: list[tuple[str, Path]], title: str, base: Path, method: str = "tsne",
-                      modality: str | None = None) -> list[Path]:
-    """One panel per (label, embeddings.npz), points coloured by class (first task's classes)."""
+                      modality: str | None = None, columns: int = 4) -> list[Path]:
+    """One panel per (label, embeddings.npz), points coloured by class (first task's classes);
+    panels in rows of ``columns``. Files without an embedding of ``modality`` are left out."""
     import matplotlib
 
     from .embeddings import load_npz
 
-    plt = _plt()
-    n = len(items)
-    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.3), squeeze=False)
-    legend = {}
-    used = None
-    for ax, (label, path) in zip(axes.flat, items):
+    panels = []
+    for label, path in items:
         d = load_npz(path)
-        emb = d["embeddings"]
-        key = modality if modality in emb else ("audio-visual" if "audio-visual" in emb else sorted(emb)[0])
-        Z, used = project_2d(emb[key], method)
+        got = embedding_for(d["embeddings"], modality)
+        if got is not None:
+            panels.append((label, d, *got))
+    if not panels:
+        return []
+    plt = _plt()
+    n = len(panels)
+    ncols = min(n, columns)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 3.2 * nrows), squeeze=False)
+    legend = {}
+    for ax, (label, d, X, key) in zip(axes.flat, panels):
+        Z, used = project_2d(X, method)
         labels = np.asarray(d["labels"]).astype(int)
         names = d["class_names"]
         classes = sorted(set(labels.tolist()))
@@ -260,15 +282,17 @@ def embeddings_figure(items: list[tuple[str, Path]], title: str, base: Path, met
             name = names[c] if 0 <= c < len(names) else (names[k] if k < len(names) else str(c))
             sc = ax.scatter(Z[sel, 0], Z[sel, 1], s=10, color=cmap(k % cmap.N), label=name, alpha=0.85, lw=0)
             legend.setdefault(name, sc)
-        ax.set_title(f"{label} ({key})")
-        ax.set_xlabel(f"{used} dimension 1 (a.u.)")
-        ax.set_ylabel(f"{used} dimension 2 (a.u.)")
+        ax.set_title(f"{label} ({key})", fontsize=10)
+        ax.set_xlabel(f"{used} dimension 1 (a.u.)", fontsize=8)
+        ax.set_ylabel(f"{used} dimension 2 (a.u.)", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     fig.suptitle(title)
-    fig.legend(list(legend.values()), list(legend.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
-               frameon=False, title="Class")
-    fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=min(len(legend), 4),
+               bbox_to_anchor=(0.5, 0.0), frameon=False, title="Class (first task)")
+    fig.tight_layout(rect=(0, 0.06 + 0.02 / nrows, 1, 1))
     return save(fig, base)
 
 
@@ -298,8 +322,8 @@ def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
             what = "Accuracy on all seen classes" if step else "Average accuracy"
             written += accuracy_vs_classes(by_mod, f"{what} vs. classes seen: {b} ({p})",
                                            out_dir / "accuracy_vs_classes" / f"{_slug(b)}_{_slug(p)}", step)
-        # embeddings (CIGN Fig. 3): one panel per strategy, the first seed's run that has the file
-        for m in ("audio-visual", "audio", "visual"):
+        # embeddings (CIGN Fig. 3): per modality, one panel per strategy (its first seed's run)
+        for m in MODALITIES:
             items = []
             for g in by_mod.get(m) or []:
                 for r in sorted(g.runs, key=lambda r: r.seed):
@@ -307,8 +331,8 @@ def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
                         items.append((label_of(g.strategy), r.path / "embeddings.npz"))
                         break
             if items:
-                written += embeddings_figure(items, f"Embeddings of the first task's test clips: {b} ({p})",
-                                             out_dir / "embeddings" / f"{_slug(b)}_{_slug(p)}", modality=m)
-                break
+                written += embeddings_figure(
+                    items, f"Embeddings of the first task's test clips: {b} ({p}), {MOD_TITLE[m]}",
+                    out_dir / "embeddings" / f"{_slug(b)}_{_slug(p)}_{m}", modality=m)
     log(f"[report] {len(written)} figure files")
     return written
