@@ -17,6 +17,7 @@ spectrograms and frames. Prints a Markdown table (paste into perf/README.md) and
 
     python perf/bench_cign.py                       # small CPU sizes
     python perf/bench_cign.py --dim 512 --depth 3 --batch 128 --device cuda   # the paper's sizes
+    python perf/bench_cign.py --input clips --precisions fp32,bf16 --device cuda  # fp32 vs bf16 samples/s
 """
 
 from __future__ import annotations
@@ -123,6 +124,46 @@ def bench_classes(args, K: int, device) -> dict:
             "finetune_params": sum(p.numel() for p in ft.parameters())}
 
 
+def bench_precision(args, K: int, device) -> dict:
+    """CIGN training steps in fp32 and under bf16 autocast (``train.amp``), taking turns on the same
+    batch: samples/s of each. On CUDA this is the GPU figure the perf README asks for."""
+    from contextlib import nullcontext
+
+    cfg = make_cfg(args)
+    torch.manual_seed(0)
+    x, y, num_old = make_batch(args, K, device)
+    cign = CIGNNet(cfg).to(device)
+    cign.grow(num_old)
+    prev = copy.deepcopy(cign).eval()
+    for p in prev.parameters():
+        p.requires_grad_(False)
+    cign.grow(K)
+    opt = torch.optim.Adam(cign.parameters(), lr=1e-4)
+
+    def step(precision):
+        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        with ctx:  # the forward passes and the loss terms, as AVCLStrategy.autocast does
+            out = cign(x)
+            loss = sum(cign_loss_terms(cign, prev, x, y, out, num_old, K, cfg["strategy"]).values())
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt.step()
+
+    precisions = args.precisions.split(",")
+    times = {pr: [] for pr in precisions}
+    for i in range(args.warmup + args.steps):
+        for pr in precisions:
+            t = timed(lambda: step(pr), device)
+            if i >= args.warmup:
+                times[pr].append(t)
+    out = {"classes": K}
+    for pr in precisions:
+        out[f"{pr}_samples_per_s"] = args.batch / statistics.median(times[pr])
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--classes", default="36,100,220", help="comma-separated class-token counts")
@@ -145,10 +186,27 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--precisions", default=None,
+                   help="e.g. fp32,bf16: instead of the fine-tuning comparison, CIGN samples/s per precision")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.precisions:
+        rows = [bench_precision(args, int(k), device) for k in args.classes.split(",")]
+        precisions = args.precisions.split(",")
+        print(f"input {args.input}, D={args.dim}, depth {args.depth}, batch {args.batch}, device {device}"
+              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+              + f"; median of {args.steps} steps after {args.warmup} warm-up, precisions in turn")
+        print("| class tokens | " + " | ".join(f"{pr} samples/s" for pr in precisions)
+              + f" | {precisions[-1]} / {precisions[0]} |")
+        print("|---|" + "---|" * (len(precisions) + 1))
+        for r in rows:
+            vals = [r[f"{pr}_samples_per_s"] for pr in precisions]
+            print(f"| {r['classes']} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {vals[-1] / vals[0]:.2f}x |")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+        return 0
     rows = [bench_classes(args, int(k), device) for k in args.classes.split(",")]
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
