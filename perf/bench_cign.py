@@ -82,18 +82,22 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def bench_classes(args, K: int, device) -> dict:
+def cign_at_last_task(args, K: int, device):
+    """(cfg, x, y, num_old, CIGN with K tokens, its frozen previous model with 3K/4, Adam)."""
     cfg = make_cfg(args)
     torch.manual_seed(0)
     x, y, num_old = make_batch(args, K, device)
-
     cign = CIGNNet(cfg).to(device)
     cign.grow(num_old)
     prev = copy.deepcopy(cign).eval()
     for p in prev.parameters():
         p.requires_grad_(False)
     cign.grow(K)
-    opt_c = torch.optim.Adam(cign.parameters(), lr=1e-4)
+    return cfg, x, y, num_old, cign, prev, torch.optim.Adam(cign.parameters(), lr=1e-4)
+
+
+def bench_classes(args, K: int, device) -> dict:
+    cfg, x, y, num_old, cign, prev, opt_c = cign_at_last_task(args, K, device)
 
     ft = AVNet(cfg).to(device)
     ft.grow(K)
@@ -129,16 +133,7 @@ def bench_precision(args, K: int, device) -> dict:
     batch: samples/s of each. On CUDA this is the GPU figure the perf README asks for."""
     from contextlib import nullcontext
 
-    cfg = make_cfg(args)
-    torch.manual_seed(0)
-    x, y, num_old = make_batch(args, K, device)
-    cign = CIGNNet(cfg).to(device)
-    cign.grow(num_old)
-    prev = copy.deepcopy(cign).eval()
-    for p in prev.parameters():
-        p.requires_grad_(False)
-    cign.grow(K)
-    opt = torch.optim.Adam(cign.parameters(), lr=1e-4)
+    cfg, x, y, num_old, cign, prev, opt = cign_at_last_task(args, K, device)
 
     def step(precision):
         ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
