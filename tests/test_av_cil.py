@@ -255,19 +255,3 @@ def test_av_cil_runs_on_raw_clips(run_tiny):
     av = m["modalities"]["audio-visual"]
     assert m["run"]["input"] == "clips" and len(av["step_acc"]) == 4
     assert m["run"]["buffer_size"] > 0
-
-
-@pytest.mark.parametrize("strategy", ["av-cil", "afc"])
-def test_resume_after_interruption_matches_a_straight_run(strategy, feature_benchmark, tmp_path, monkeypatch):
-    """The previous model, the exemplar memory (and AFC's frozen proxies, importance and class
-    means) survive a checkpoint at an experience boundary."""
-    base = ["--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path),
-            "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "model.dim=16"]
-    _run(base + ["--run-id", "straight"])
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
-    assert main(["run", "--quiet", "--run-id", "cut"] + base) == 130
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
-    assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
-    straight = (tmp_path / "straight" / "accuracy_audio-visual.csv").read_text()
-    assert (tmp_path / "cut" / "accuracy_audio-visual.csv").read_text() == straight
-    assert _metrics(tmp_path / "cut")["run"]["resumed"] is True

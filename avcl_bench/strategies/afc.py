@@ -383,5 +383,3 @@ class AFC(AVCLStrategy):
         # proxies of earlier steps are a separate (frozen) tensor: regrow in two stages
         self.model.grow(state["num_old"])
         super().load_checkpoint_state(state, train_experiences)
-        if self.old_model is not None:  # checkpoints are loaded on the CPU
-            self.old_model.to(self.device)

@@ -222,11 +222,6 @@ class AVCIL(AVCLStrategy):
             self.memory.update(self.experience.dataset, self.num_seen, self._herding_features)
         self.old_model = self.frozen_copy()
 
-    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
-        super().load_checkpoint_state(state, train_experiences)
-        if self.old_model is not None:  # checkpoints are loaded on the CPU
-            self.old_model.to(self.device)
-
     @torch.no_grad()
     def _herding_features(self, dataset) -> torch.Tensor:
         """Fused features (classifier input) for herding selection (only with selection=herding)."""

@@ -194,6 +194,8 @@ class AVCLStrategy(SupervisedTemplate):
     #: Strategy attributes saved in checkpoints besides the model: tensors, modules (e.g. the
     #: previous model), plain containers of those, and ExemplarMemory objects.
     checkpoint_attrs: tuple = ()
+    #: ``torch.Generator`` attributes (a method's own random streams) whose states checkpoints keep.
+    checkpoint_generators: tuple = ()
 
     def checkpoint_state(self) -> dict:
         """State dicts (never a pickle of the Avalanche template, which fails here)."""
@@ -206,6 +208,7 @@ class AVCLStrategy(SupervisedTemplate):
             "model": self.model.state_dict(),
             "num_seen": self.num_seen, "num_old": self.num_old, "task_id": self.task_id,
             "attrs": {name: pack(getattr(self, name, None)) for name in self.checkpoint_attrs},
+            "generators": {name: getattr(self, name).get_state() for name in self.checkpoint_generators},
             "replay_memories": [p.memory.state() for p in self.plugins if isinstance(p, ExemplarReplayPlugin)],
         }
 
@@ -226,7 +229,12 @@ class AVCLStrategy(SupervisedTemplate):
         self.model.to(self.device)
         self.num_seen, self.num_old, self.task_id = state["num_seen"], state["num_old"], state["task_id"]
         for name, value in state["attrs"].items():
-            setattr(self, name, unpack(value))
+            value = unpack(value)
+            if isinstance(value, (torch.nn.Module, torch.Tensor)):  # checkpoints are loaded on the CPU
+                value = value.to(self.device)
+            setattr(self, name, value)
+        for name, rng_state in state.get("generators", {}).items():
+            getattr(self, name).set_state(rng_state)
         replay = [p for p in self.plugins if isinstance(p, ExemplarReplayPlugin)]
         for plugin, mem_state in zip(replay, state["replay_memories"]):
             plugin.memory = ExemplarMemory.restore(mem_state, dataset_of_class)

@@ -65,6 +65,7 @@ class EWC(AVCLStrategy):
 
     #: saved in run checkpoints besides the model (``--resume``)
     checkpoint_attrs = ("penalties",)
+    checkpoint_generators = ("_gen",)  # the sampled labels of the empirical Fisher
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -79,16 +80,10 @@ class EWC(AVCLStrategy):
         self.penalties: list[tuple[dict, dict]] = []
         self._gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
 
-    def checkpoint_state(self) -> dict:
-        state = super().checkpoint_state()
-        state["fisher_rng"] = self._gen.get_state()
-        return state
-
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         super().load_checkpoint_state(state, train_experiences)
         self.penalties = [({n: t.to(self.device) for n, t in f.items()}, {n: t.to(self.device) for n, t in a.items()})
                           for f, a in (self.penalties or [])]
-        self._gen.set_state(state["fisher_rng"])
 
     # ---- the penalty --------------------------------------------------------------------------
     def ewc_penalty(self) -> torch.Tensor:

@@ -162,11 +162,6 @@ class ICaRL(ExemplarRehearsal):
             means[c] = F.normalize(feats.mean(0), dim=0)
         self.class_means = means.to(self.device)
 
-    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
-        super().load_checkpoint_state(state, train_experiences)
-        if self.class_means is not None:
-            self.class_means = self.class_means.to(self.device)
-
     def predict(self, x) -> dict:
         use_nme = (self.scfg["classifier"] == "nme" and self.class_means is not None
                    and self.class_means.shape[0] >= self.num_seen)

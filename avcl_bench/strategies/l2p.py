@@ -56,6 +56,17 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
     def build_prompt(self):
         raise NotImplementedError
 
+    # ---- checkpoints: the backbone stays frozen after a resume -----------------------------------
+    checkpoint_attrs = ("pretrain_history",)
+
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "backbone_frozen": self.model.backbone_frozen}
+
+    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
+        super().load_checkpoint_state(state, train_experiences)
+        if state["backbone_frozen"]:  # pretrained (or loaded) and frozen before the first experience
+            self.model.freeze_backbone()
+
     # ---- pretrained backbone -------------------------------------------------------------------
     def check_model_and_optimizer(self, **kwargs):
         self.model = self.model_adaptation()

@@ -182,6 +182,9 @@ def pod_forward(model, x, square: bool = True):
 
 @register("podnet")
 class PODNet(AVCLStrategy):
+    checkpoint_attrs = ("old_model", "memory", "class_means")
+    checkpoint_generators = ("_gen",)  # k-means initialisation of imprinted proxies
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg

@@ -31,6 +31,8 @@ from .memory import ExemplarMemory
 
 @register("ssil")
 class SSIL(AVCLStrategy):
+    checkpoint_attrs = ("old_model", "memory")
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.memory = ExemplarMemory.from_config(self.cfg, selection="random")
