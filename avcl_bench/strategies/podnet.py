@@ -38,7 +38,9 @@ Mechanism (PODNet, method section), on the shared AVNet of the run's modality:
 - Prediction with the LSC (``strategy.classifier: lsc``, PODNet-CNN) or the nearest mean of
   exemplars (``nme``, PODNet-NME; cosine to the L2-normalised exemplar mean).
 
-Not implemented: PODNet's class-balanced fine-tuning of the classifier after each task.
+- Class-balanced fine-tuning of the LSC's proxies on the exemplar memory after every task but the
+  first (the release's ``finetuning_config``; :meth:`PODNet.balanced_finetune`), with the LSC
+  classifier (PODNet-CNN).
 """
 
 from __future__ import annotations
@@ -267,7 +269,39 @@ class PODNet(AVCLStrategy):
             self.memory.update(self.experience.dataset.eval(), self.num_seen, feature_fn=fn)
             if self.scfg["classifier"] == "nme":
                 self.class_means = self.compute_class_means()
+            else:
+                self.balanced_finetune()
         self.old_model = self.frozen_copy()
+
+    def balanced_finetune(self) -> None:
+        """PODNet's class-balanced fine-tuning of the LSC after every task but the first (release
+        ``finetuning_config``: sampling ``undersampling`` = the exemplar memory, which holds the
+        same number of clips for every seen class once the new classes' exemplars are in; tuning
+        ``classifier`` = the proxies only, the learned scale eta kept; SGD, momentum 0.9; the
+        NCA loss, the only term with a gradient on the proxies).
+
+        The backbone does not change in this stage, so its features of the memory are computed
+        once, in eval mode (the same as the release's train mode for this backbone: no batch
+        norm, dropout 0 by default)."""
+        s = self.scfg
+        epochs = int(s["balanced_finetune_epochs"])
+        if epochs <= 0 or self.task_id == 0 or len(self.memory) == 0:
+            return
+        ds = self.memory.dataset().eval()
+        feats = self.features(ds).to(self.device)
+        targets = torch.as_tensor(list(ds.targets), device=self.device)
+        clf = self.model.classifier
+        opt = torch.optim.SGD([clf.weight], lr=float(s["balanced_finetune_lr"]), momentum=0.9,
+                              weight_decay=float(self.cfg["train"]["weight_decay"]))
+        eta, margin, bs = clf.eta.detach(), float(s["nca_margin"]), int(self.cfg["train"]["batch_size"])
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=self._gen).to(self.device)
+            for i in range(0, len(order), bs):
+                idx = order[i: i + bs]
+                loss = nca_loss(clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, hinge=True)  # PODNet Eq. 8
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
     @torch.no_grad()
     def compute_class_means(self) -> torch.Tensor:
