@@ -162,7 +162,7 @@ def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark
     before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
     # expected: the gradient of the NCA loss on the memory's features, by autograd on a copy
     ds = s.memory.dataset().eval()
-    feats, y = s.features(ds), torch.as_tensor(list(ds.targets))
+    feats, y = s.extract_features(ds), torch.as_tensor(list(ds.targets))
     w = before["classifier.weight"].clone().requires_grad_(True)
     clf = LSCClassifier(16, s.model.classifier.proxies)
     clf.weight = torch.nn.Parameter(w)
@@ -181,7 +181,7 @@ def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark
 def test_balanced_finetune_lowers_the_loss_on_the_balanced_memory(feature_benchmark):
     s = _podnet_after_two_tasks(feature_benchmark, balanced_finetune_epochs=0)
     ds = s.memory.dataset().eval()
-    feats, y = s.features(ds), torch.as_tensor(list(ds.targets))
+    feats, y = s.extract_features(ds), torch.as_tensor(list(ds.targets))
     eta = s.model.classifier.eta.detach()
 
     def loss():

@@ -40,7 +40,7 @@ from ..data.loading import PairedReplayLoader
 from ..errors import ConfigError
 from ..models.avcil import AVCILNet
 from . import register
-from .base import AVCLStrategy, to_device
+from .base import AVCLStrategy
 from .losses import separated_ce, taskwise_kd
 from .memory import ExemplarMemory
 
@@ -219,17 +219,5 @@ class AVCIL(AVCLStrategy):
     def _after_training_exp(self, **kwargs):
         super()._after_training_exp(**kwargs)  # the base restores the best-on-validation weights first
         if self.memory is not None:
-            self.memory.update(self.experience.dataset, self.num_seen, self._herding_features)
+            self.memory.update(self.experience.dataset, self.num_seen, self.extract_features)  # fused features
         self.old_model = self.frozen_copy()
-
-    @torch.no_grad()
-    def _herding_features(self, dataset) -> torch.Tensor:
-        """Fused features (classifier input) for herding selection (only with selection=herding)."""
-        was = self.model.training
-        self.model.eval()
-        feats = []
-        for batch in self._loader(dataset):
-            with self.autocast():
-                feats.append(self.model.forward_all(to_device(batch[0], self.device))["fused"].float().cpu())
-        self.model.train(was)
-        return torch.cat(feats)

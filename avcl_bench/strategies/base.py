@@ -149,6 +149,19 @@ class AVCLStrategy(SupervisedTemplate):
                                        drop_last=drop_last)
 
     @torch.no_grad()
+    def extract_features(self, dataset) -> torch.Tensor:
+        """The model's features (classifier input, ``forward_features``) of a dataset, in eval
+        mode, on the CPU: (n, D). Used for herding, class means and proxy imprinting."""
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for batch in self._loader(dataset.eval()):
+            with self.autocast():
+                out.append(self.model.forward_features(to_device(batch[0], self.device)).float().cpu())
+        self.model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.model.dim)
+
+    @torch.no_grad()
     def evaluate_experiences(self, experiences) -> dict:
         """{modality: [(correct, total) per experience]} with the current model."""
         was_training = self.model.training

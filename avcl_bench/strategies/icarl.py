@@ -66,18 +66,6 @@ class ExemplarRehearsal(AVCLStrategy):
         self.adapted_dataset = (concat_datasets(parts) if len(parts) > 1 else parts[0]).train()
 
     @torch.no_grad()
-    def extract_features(self, dataset) -> torch.Tensor:
-        """CLS features (n, D) of a dataset, in eval mode, on the CPU."""
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        for batch in self._loader(dataset.eval()):
-            with self.autocast():
-                out.append(self.model.forward_features(to_device(batch[0], self.device)).float().cpu())
-        self.model.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, self.model.dim)
-
-    @torch.no_grad()
     def dataset_logits(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over the seen classes (n, num_seen) and labels (n,) of a dataset, in eval mode."""
         was_training = self.model.training

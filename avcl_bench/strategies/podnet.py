@@ -55,7 +55,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.avnet import GrowingRows
 from . import register
-from .base import AVCLStrategy, to_device
+from .base import AVCLStrategy
 from .losses import nca_loss, proxy_attention_pool
 from .memory import ExemplarMemory
 
@@ -219,22 +219,11 @@ class PODNet(AVCLStrategy):
         self.make_optimizer()
 
     @torch.no_grad()
-    def features(self, dataset) -> torch.Tensor:
-        was = self.model.training
-        self.model.eval()
-        feats = []
-        for batch in self._loader(dataset):
-            with self.autocast():
-                feats.append(self.model.forward_features(to_device(batch[0], self.device)).float().cpu())
-        self.model.train(was)
-        return torch.cat(feats)
-
-    @torch.no_grad()
     def imprint_new_proxies(self) -> None:
         """New classes' K proxies := spherical k-means centroids of their normalised features."""
         clf = self.model.classifier
         ds = self.experience.dataset.eval()
-        feats = self.features(ds)
+        feats = self.extract_features(ds)
         targets = torch.as_tensor(list(ds.targets))
         K = clf.proxies
         for c in range(self.num_old, self.num_seen):
@@ -265,7 +254,7 @@ class PODNet(AVCLStrategy):
     def _after_training_exp(self, **kwargs):
         super()._after_training_exp(**kwargs)
         if self.memory is not None:
-            fn = (lambda sub: self.features(sub.eval())) if self.memory.selection == "herding" else None
+            fn = self.extract_features if self.memory.selection == "herding" else None
             self.memory.update(self.experience.dataset.eval(), self.num_seen, feature_fn=fn)
             if self.scfg["classifier"] == "nme":
                 self.class_means = self.compute_class_means()
@@ -288,7 +277,7 @@ class PODNet(AVCLStrategy):
         if epochs <= 0 or self.task_id == 0 or len(self.memory) == 0:
             return
         ds = self.memory.dataset().eval()
-        feats = self.features(ds).to(self.device)
+        feats = self.extract_features(ds).to(self.device)
         targets = torch.as_tensor(list(ds.targets), device=self.device)
         clf = self.model.classifier
         opt = torch.optim.SGD([clf.weight], lr=float(s["balanced_finetune_lr"]), momentum=0.9,
@@ -307,7 +296,7 @@ class PODNet(AVCLStrategy):
     def compute_class_means(self) -> torch.Tensor:
         means = torch.zeros(self.num_seen, self.model.dim)
         for c in self.memory.classes:
-            f = F.normalize(self.features(self.memory.class_dataset(c)), dim=1)
+            f = F.normalize(self.extract_features(self.memory.class_dataset(c)), dim=1)
             means[c] = F.normalize(f.mean(0), dim=0)
         return means.to(self.device)
 
