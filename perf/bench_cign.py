@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avcl_bench.config import BASE, load_strategy_yaml  # noqa: E402
 from avcl_bench.models.avnet import AVNet  # noqa: E402
 from avcl_bench.models.cign import CIGNNet  # noqa: E402
-from avcl_bench.strategies.cign import cign_loss_terms  # noqa: E402
+from avcl_bench.strategies.losses import cign_loss_terms  # noqa: E402  (torch only: no Avalanche needed)
 
 
 def make_cfg(args) -> dict:

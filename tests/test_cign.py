@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from avcl_bench.models.cign import CIGNNet
-from avcl_bench.strategies.cign import (CIGN, bce_heads, cign_loss_terms, continual_grouping_loss, token_ce,
-                                        token_kl)
+from avcl_bench.strategies.cign import CIGN
+from avcl_bench.strategies.losses import bce_heads, cign_loss_terms, continual_grouping_loss, token_ce, token_kl
 
 # Small sizes for the unit tests (the model shapes, not its quality, are under test here).
 SMALL = {"model": {"dim": 16, "heads": 2, "encoder_width": 4}, "strategy": {"depth": 1}}

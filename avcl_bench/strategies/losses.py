@@ -6,12 +6,20 @@
 - :func:`separated_ce` — SS-IL's separated softmax (Ahn et al. 2021, Eq. 4), also AV-CIL's CE.
 - :func:`nca_loss`, :func:`proxy_attention_pool` — PODNet's NCA loss with margin (Douillard et al.
   2020, Eq. 8) and local-similarity-classifier pooling (Eq. 7); PODNet's and AFC's classifiers.
+- CIGN's terms (Eq. 8-10): :func:`bce_heads`, :func:`token_kl`, :func:`token_ce`,
+  :func:`continual_grouping_loss` and :func:`cign_loss_terms`, kept here (pure torch, no Avalanche)
+  so that ``perf/bench_cign.py`` runs on a machine with torch alone.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..models.cign import CIGNNet
 
 
 def kd_loss(new_logits: torch.Tensor, old_logits: torch.Tensor, T: float = 2.0) -> torch.Tensor:
@@ -84,3 +92,101 @@ def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale=1.0, margin: flo
 def proxy_attention_pool(sims: torch.Tensor) -> torch.Tensor:
     """Class similarity from its K proxies' similarities (B, C, K): sum_k softmax_k(s) s_k (PODNet Eq. 7)."""
     return (torch.softmax(sims, dim=-1) * sims).sum(-1)
+
+
+# ---------------------------------------------------------------- CIGN (Mo, Pian, Tian 2023)
+#: names of every loss term :func:`cign_loss_terms` may return
+TERMS = ("bce_audio", "bce_visual", "token_kl", "token_ce", "cg_audio", "cg_visual")
+
+
+def bce_heads(logits: torch.Tensor, y: torch.Tensor, num_seen: int) -> torch.Tensor:
+    """CIGN Eq. 8 (third sum): sum_i BCE(y_i, sigmoid(logit_i)) over the seen classes, mean over the batch."""
+    logits = logits[:, :num_seen].float()
+    target = F.one_hot(y, num_seen).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / max(1, logits.shape[0])
+
+
+def token_distribution(tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log of a token's distribution: log softmax over its embedding dimension."""
+    return F.log_softmax(tokens.float() / temperature, dim=-1)
+
+
+def token_kl(current: torch.Tensor, previous: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """CIGN Eq. 8 (first sum): sum_i KL(c_i^t || c_i^{t-1}) over old tokens (rows), each token a
+    softmax over its D dimensions; ``previous`` is detached."""
+    if current.shape[0] == 0:
+        return current.sum() * 0.0
+    log_p = token_distribution(current, temperature)
+    log_q = token_distribution(previous.detach(), temperature)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CIGN Eq. 8 (second sum): sum_i CE(h_i, e_i), e_i = softmax(FC(c_i)), over new tokens."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def continual_grouping_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                            tau: float) -> torch.Tensor:
+    """CIGN Eq. 9 for one modality, InfoNCE form:
+
+    -1/N sum_n log exp(sim(a_n, p_n)/tau) / (exp(sim(a_n, p_n)/tau) + sum_m exp(sim(a_n, q_nm)/tau))
+
+    anchor, positive (N, D); negatives (N, M, D) or (M, D) shared by all anchors; sim = cosine.
+    The anchor is detached (it is the previous model's). Returns 0 when N = 0.
+    """
+    if anchor.shape[0] == 0:
+        return positive.sum() * 0.0
+    a = F.normalize(anchor.detach().float(), dim=-1)
+    pos = (a * F.normalize(positive.float(), dim=-1)).sum(-1, keepdim=True) / tau  # (N, 1)
+    neg = F.normalize(negatives.float(), dim=-1)
+    if neg.dim() == 2:
+        neg_sim = a @ neg.t() / tau  # (N, M)
+    else:
+        neg_sim = torch.einsum("nd,nmd->nm", a, neg) / tau
+    logits = torch.cat([pos, neg_sim], 1)  # positive first: standard InfoNCE denominator
+    return -(pos.squeeze(1) - torch.logsumexp(logits, dim=1)).mean()
+
+
+def _rows(x, mask):
+    """The rows ``mask`` of a multimodal batch ``[audio, visual]``."""
+    return [t[mask] if torch.is_tensor(t) else t for t in x]
+
+
+def cign_loss_terms(model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tensor, out: dict,
+                    num_old: int, num_seen: int, scfg: dict) -> dict:
+    """Every term of CIGN Eq. 10 for one batch, by name (see the module docstring).
+
+    ``out`` is ``model(x)``; ``prev_model`` the frozen model of task t-1 (None at the first task).
+    A term switched off (``scfg['avctd']``, ``scfg['avcg']``) or without data is absent.
+    """
+    terms = {}
+    for b in model.branches:  # CIGN Eq. 8: BCE over all seen classes, audio and visual
+        terms["bce_" + b] = bce_heads(out[b], y, num_seen)
+    tokens = model.class_tokens()
+    if scfg.get("avctd", True):
+        if num_old and prev_model is not None:  # CIGN Eq. 8: KL(c_i^t || c_i^{t-1}), old tokens
+            terms["token_kl"] = token_kl(tokens[:num_old], prev_model.class_tokens()[:num_old],
+                                         float(scfg.get("kl_temperature", 1.0)))
+        new = torch.arange(num_old, num_seen, device=tokens.device)  # CIGN Eq. 8: CE(h_i, e_i), new tokens
+        terms["token_ce"] = token_ce(model.token_logits(slice(num_old, num_seen))[:, :num_seen], new)
+    if scfg.get("avcg", True) and num_old and prev_model is not None:
+        old = y < num_old
+        if bool(old.any()):
+            with torch.no_grad():
+                prev_out = prev_model(_rows(x, old))
+            y_old, y_new = y[old], y[~old]
+            ar = torch.arange(int(old.sum()), device=y.device)
+            for b in model.branches:
+                g = out["g_" + b]
+                anchor = prev_out["g_" + b][ar, y_old]  # g^{t-1}_{b,n}
+                positive = g[old][ar, y_old]  # g^t_{b,n}
+                if scfg.get("cg_negatives", "classes") == "classes":
+                    negatives = g[old][:, num_old:num_seen]  # (N, C_new, D)
+                else:
+                    negatives = g[~old][torch.arange(len(y_new), device=y.device), y_new]  # (M, D)
+                # CIGN Eq. 9 (InfoNCE form, positive in the denominator)
+                terms["cg_" + b] = continual_grouping_loss(anchor, positive, negatives, float(scfg["tau"]))
+    return terms
