@@ -17,3 +17,24 @@ def cache_dir() -> Path:
     """Root of generated and decoded data: ``$AVCL_BENCH_CACHE`` or ``~/.cache/avcl-bench``."""
     root = os.environ.get("AVCL_BENCH_CACHE")
     return Path(root).expanduser() if root else Path.home() / ".cache" / "avcl-bench"
+
+
+#: Longest clip or run id: file names are at most 255 bytes, and ids get suffixes (".mp4", ".tmp-...").
+MAX_NAME_LENGTH = 200
+
+
+def name_problem(value) -> str | None:
+    """Why ``value`` cannot be a clip or run id (a file name inside one folder), or None when it can.
+
+    Ids name files and folders under a root the user chose: ``..``, an absolute path or a separator
+    would reach outside it, so an id is a plain name."""
+    text = str(value)
+    if not text or text.strip() != text:
+        return "is empty or has leading/trailing spaces"
+    if text in (".", ".."):
+        return "is a relative path, not a name"
+    if "/" in text or "\\" in text or "\0" in text:
+        return "contains a path separator (ids are names, not paths)"
+    if len(text.encode()) > MAX_NAME_LENGTH:
+        return f"is {len(text.encode())} bytes long (at most {MAX_NAME_LENGTH})"
+    return None

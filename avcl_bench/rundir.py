@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -68,8 +69,12 @@ def config_hash(cfg: dict) -> str:
 
 
 def make_run_id(cfg: dict) -> str:
+    """``<time>_<strategy>_<benchmark>_<modality>_s<seed>_<hash>``, a plain name: a benchmark given as a
+    YAML path contributes its file stem (a path here once put the run folder outside --results-dir)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}_{cfg['strategy']['name']}_{cfg['benchmark']}_{cfg['modality']}_s{cfg['seed']}_{config_hash(cfg)[:6]}"
+    parts = [cfg["strategy"]["name"], Path(str(cfg["benchmark"])).stem, cfg["modality"]]
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)) for p in parts]
+    return f"{stamp}_{'_'.join(parts)}_s{cfg['seed']}_{config_hash(cfg)[:6]}"
 
 
 class RunDir:
@@ -78,6 +83,12 @@ class RunDir:
 
     @classmethod
     def create(cls, results_dir: Path, run_id: str) -> "RunDir":
+        from .errors import ConfigError
+        from .paths import name_problem
+
+        problem = name_problem(run_id)
+        if problem:
+            raise ConfigError(f"run id {str(run_id)[:80]!r} {problem}")
         path = Path(results_dir) / run_id
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -85,13 +85,50 @@ def _np_dtype(dtype) -> np.dtype:
     return np.dtype(name)
 
 
+#: The only globals a feature dictionary's pickle may name: numpy's array and dtype reconstruction
+#: (``numpy.core`` before numpy 2, ``numpy._core`` after) and the bytes decoding of protocol-2 pickles.
+#: Anything else (``os.system``, ``builtins.eval``, a class of some package) is refused unexecuted.
+_SAFE_PICKLE_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _ArrayDictUnpickler(pickle.Unpickler):
+    """Unpickles ``{id: ndarray}`` and nothing else: no input file runs code (the release's ``.npy``
+    dictionaries are pickles by format, so ``np.load(allow_pickle=True)`` would run whatever a
+    crafted file names)."""
+
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a feature dictionary holds only arrays")
+
+
+def _read_npy_object(path: Path):
+    """The object stored by ``np.save`` in ``path``: a plain array read by numpy, an object array
+    through :class:`_ArrayDictUnpickler`."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _fortran, dtype = read_header[version](fh)
+        if not dtype.hasobject:
+            fh.seek(0)
+            return np.load(fh, allow_pickle=False)
+        return _ArrayDictUnpickler(fh).load()
+
+
 def _load_npy_dict(path: Path) -> dict:
-    """Load a pickled ``{vid: array}`` dict saved with ``np.save``; once per file."""
+    """Load a pickled ``{vid: array}`` dict saved with ``np.save``; once per file, arrays only."""
     if not path.is_file():
         raise FeatureError(f"feature file not found: {path}")
     try:
-        obj = np.load(path, allow_pickle=True)
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError, MemoryError) as exc:
+        obj = _read_npy_object(path)
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError, MemoryError, AttributeError, TypeError,
+            IndexError) as exc:
         raise FeatureError(f"cannot read {path}: {_short(exc)}") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..config import load_yaml
 from ..errors import ConfigError, DataError
-from ..paths import DATASETS_DIR
+from ..paths import DATASETS_DIR, name_problem
 
 MANIFEST_KEYS = {
     "name", "title", "source", "classes", "splits", "num_classes", "counts", "protocols",
@@ -164,6 +164,10 @@ class Manifest:
         bad_split = sorted(set(df["split"]) - {"train", "val", "test"})
         if bad_split:
             raise DataError(f"{splits_csv}: unknown split value(s) {bad_split}")
+        for row, vid in enumerate(df["id"]):  # ids name files under the data root: names, not paths
+            problem = name_problem(vid)
+            if problem:
+                raise DataError(f"{splits_csv}: row {row + 2}: clip id {str(vid)[:80]!r} {problem}")
         index = {name: i for i, name in enumerate(self.classes)}
         unknown = sorted(set(df["label"]) - set(index))
         if unknown:

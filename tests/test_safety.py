@@ -1,0 +1,130 @@
+"""Inputs that must not harm: no input file runs code, ids are names and not paths.
+
+Each case goes through the real CLI and asserts the one-line message, exit code 2, no COMPLETE,
+and that nothing the crafted input asked for happened.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avcl_bench.cli import main
+
+QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
+         "--quiet"]
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: what a crafted feature file would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _copy_benchmark(feature_benchmark: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "bench"
+    shutil.copytree(feature_benchmark.parent, dst)
+    return dst / feature_benchmark.name
+
+
+def _run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_feature_pickle_naming_code_is_refused_unexecuted(feature_benchmark, tmp_path, capsys):
+    yaml_path = _copy_benchmark(feature_benchmark, tmp_path)
+    audio = yaml_path.parent / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy"
+    d = np.load(audio, allow_pickle=True).item()  # the test's own generated file
+    marker = tmp_path / "code-ran"
+    d[next(iter(d))] = _RunsCode(marker)
+    with open(audio, "wb") as fh:
+        np.save(fh, np.array(d, dtype=object), allow_pickle=True)
+    results = tmp_path / "runs"
+    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
+                          str(results), "--run-id", "r"] + QUICK, capsys)
+    assert code == 2
+    assert len(err) == 1 and "refused to load posix.system" in err[0] and str(audio) in err[0], err
+    assert not marker.exists()  # the crafted call never ran
+    assert not (results / "r" / "COMPLETE").exists()
+
+
+def test_feature_pickle_naming_a_missing_module_is_one_line(feature_benchmark, tmp_path, capsys):
+    yaml_path = _copy_benchmark(feature_benchmark, tmp_path)
+    audio = yaml_path.parent / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy"
+    # a pickle that names a module nobody has installed (hand-written protocol-2 opcodes)
+    payload = b"\x80\x02cno_such_module\nThing\nq\x00)\x81q\x01."
+    header = {"descr": "|O", "fortran_order": False, "shape": ()}
+    with open(audio, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(payload)
+    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
+                          str(tmp_path / "runs"), "--run-id", "r"] + QUICK, capsys)
+    assert code == 2
+    assert len(err) == 1 and "refused to load no_such_module.Thing" in err[0], err
+
+
+def test_release_feature_dictionaries_still_load(feature_benchmark, tmp_path):
+    """The release's own format (an np.save'd dict of float arrays) loads through the safe reader."""
+    from avcl_bench.data.features import _load_npy_dict
+
+    audio = feature_benchmark.parent / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy"
+    safe = _load_npy_dict(audio)
+    plain = np.load(audio, allow_pickle=True).item()
+    assert safe.keys() == plain.keys()
+    assert all(np.array_equal(safe[k], plain[k]) for k in plain)
+    # a pickle written with numpy < 2's module path (numpy.core.multiarray) loads too
+    legacy = tmp_path / "legacy.npy"
+    data = pickle.dumps(np.array(plain, dtype=object), protocol=2).replace(b"numpy._core.multiarray",
+                                                                            b"numpy.core.multiarray")
+    with open(legacy, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        fh.write(data)
+    assert _load_npy_dict(legacy).keys() == plain.keys()
+
+
+@pytest.mark.parametrize("bad_id, why", [("../../etc/passwd", "path separator"), ("/etc/passwd", "path separator"),
+                                         ("..", "relative path"), ("x" * 300, "at most 200")])
+def test_clip_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, bad_id, why):
+    import pandas as pd
+
+    yaml_path = _copy_benchmark(feature_benchmark, tmp_path)
+    splits = yaml_path.parent / "splits.csv"
+    df = pd.read_csv(splits)
+    df.loc[3, "id"] = bad_id
+    df.to_csv(splits, index=False)
+    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
+                          str(tmp_path / "runs"), "--run-id", "r"] + QUICK, capsys)
+    assert code == 2
+    assert len(err) == 1 and "row 5" in err[0] and why in err[0] and str(splits) in err[0], err
+
+
+@pytest.mark.parametrize("run_id", ["../escaped", "/tmp/abs-run", "a/b", "..", "r" * 300])
+def test_run_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, run_id):
+    results = tmp_path / "inner" / "runs"
+    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
+                          str(results), "--run-id", run_id] + QUICK, capsys)
+    assert code == 2
+    assert len(err) == 1 and "run id" in err[0], err
+    assert not (tmp_path / "inner" / "escaped").exists() and not Path("/tmp/abs-run").exists()
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_generated_run_id_of_a_benchmark_path_stays_inside_results_dir(feature_benchmark, tmp_path):
+    """A benchmark given as a YAML path once put its '/'s into the generated run id, and so the run
+    folder outside --results-dir."""
+    results = tmp_path / "runs"
+    assert main(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
+                 str(results)] + QUICK) == 0
+    (run,) = results.iterdir()
+    assert (run / "COMPLETE").is_file() and f"_{feature_benchmark.stem}_" in run.name
