@@ -128,3 +128,95 @@ def test_generated_run_id_of_a_benchmark_path_stays_inside_results_dir(feature_b
                  str(results)] + QUICK) == 0
     (run,) = results.iterdir()
     assert (run / "COMPLETE").is_file() and f"_{feature_benchmark.stem}_" in run.name
+
+
+# ----------------------------------------------------------------------------- damaged caches and full disks
+def _feature_cache_entry(cache: Path) -> Path:
+    (entry,) = [p for p in (cache / "features").iterdir() if (p / "done").is_file()]
+    return entry
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: _truncate(e / "audio.npy"),
+    lambda e: (e / "meta.json").write_text('{"ids": ['),
+    lambda e: (e / "visual.npy").unlink(),
+    lambda e: (e / "meta.json").write_bytes(b"\xff\xfe not utf-8"),
+], ids=["truncated-npy", "torn-meta", "missing-array", "non-utf8-meta"])
+def test_damaged_cache_entry_is_rebuilt(feature_benchmark, tmp_path, monkeypatch, damage):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AVCL_BENCH_CACHE", str(cache))
+    args = ["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)]
+    assert main(args + ["--run-id", "first"] + QUICK) == 0
+    entry = _feature_cache_entry(cache)
+    damage(entry)
+    assert main(args + ["--run-id", "second"] + QUICK) == 0  # rebuilt, not a traceback
+    assert (tmp_path / "second" / "COMPLETE").is_file()
+    assert _feature_cache_entry(cache) == entry  # the same key, healthy again
+    for name in ("accuracy_audio-visual.csv",):  # same data, same numbers
+        assert (tmp_path / "first" / name).read_text() == (tmp_path / "second" / name).read_text()
+
+
+def test_damaged_entry_that_cannot_be_removed_names_the_folder(tmp_path, monkeypatch):
+    from avcl_bench.data import arrays
+    from avcl_bench.errors import DataError
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(arrays.shutil, "rmtree", refuse)
+    with pytest.raises(DataError, match=f"cache entry {tmp_path} is damaged .*delete that folder"):
+        arrays.discard_damaged_entry(tmp_path, "audio.npy truncated")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 4 MB file system (tmpfs, mounted as root, as CI runs): a disk that fills up."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+FULL_DISK_CASES = ["rlimit-fsize", pytest.param("tmpfs", marks=pytest.mark.skipif(
+    os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)"))]
+
+
+@pytest.mark.parametrize("how", FULL_DISK_CASES)
+def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how):
+    """A cache that does not fit (a 4 MB tmpfs, or RLIMIT_FSIZE: what a full disk looks like to a
+    writer): a real process exits 2 with one line naming the cache folder, status failed, no
+    temporary folder left, no COMPLETE (the memory-mapped writes once died by SIGBUS here)."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    from avcl_bench.data.featsynth import generate_feature_benchmark
+
+    bench = generate_feature_benchmark(tmp_path / "src", audio_dim=32, visual_shape=(8, 49, 64), name="big")
+    results = tmp_path / "runs"
+    limit = 4 << 20  # the visual cache needs 8*49*64*4 B = 100 kB per clip x 128 clips = 12.8 MB
+    cache = request.getfixturevalue("small_tmpfs") / "cache" if how == "tmpfs" else tmp_path / "cache"
+
+    def limit_file_size():
+        if how == "rlimit-fsize":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "AVCL_BENCH_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", "finetune", "--benchmark",
+                           str(bench), "--results-dir", str(results), "--run-id", "full"] + QUICK,
+                          env=env, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(err) == 1 and "no space left" in err[0] and str(cache / "features") in err[0], err
+    assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
+    assert not (results / "full" / "COMPLETE").exists()
+    assert not [p for p in (cache / "features").iterdir() if p.name.startswith(".")]  # no temp folder left

@@ -43,12 +43,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ClipError, ConfigError, DataError
-from .arrays import CachedArrays
+from .arrays import (CachedArrays, DamagedCacheEntry, allocate_array, array_specs, discard_damaged_entry,
+                     open_cache_entry)
 
 #: Media file extensions tried, in this order, for ``<root>/<id>.<ext>``.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 #: Bumped whenever the decoding or the cache layout changes (part of the cache key).
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records each array's shape and dtype
 #: From this many clips on, clips are decoded by ``min(2, cpus)`` threads.
 POOL_MIN_CLIPS = 64
 
@@ -599,7 +600,11 @@ def _process_one(path: str, audio: AudioSpec, visual: VisualSpec):
     spec = log_spectrogram(wave, audio).numpy()
     if spec.shape != audio.shape:
         raise _corrupt(Path(path), f"spectrogram shape {spec.shape}, expected {audio.shape}")
-    return spec.astype(np.float16), frames_to_tensor(frames, visual).numpy()
+    with np.errstate(over="ignore"):
+        spec = spec.astype(np.float16)
+    if not np.isfinite(spec).all():  # a NaN in the cache would train a model on garbage, silently
+        raise _corrupt(Path(path), "its log spectrogram has NaN or infinite values")
+    return spec, frames_to_tensor(frames, visual).numpy()
 
 
 def threaded_map(fn, items, workers: int):
@@ -662,10 +667,8 @@ def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: b
 
 
 def _load_cached(final: Path) -> ClipArrays:
-    meta = json.loads((final / "meta.json").read_text(encoding="utf-8"))
-    audio = np.load(final / "audio.npy", mmap_mode="r")
-    visual = np.load(final / "visual.npy", mmap_mode="r")
-    return ClipArrays(audio=audio, visual=visual, ids=list(meta["ids"]),
+    meta, arrays = open_cache_entry(final)
+    return ClipArrays(audio=arrays["audio"], visual=arrays["visual"], ids=list(meta["ids"]),
                       missing=list(meta["missing"]), cache_path=final)
 
 
@@ -724,23 +727,25 @@ def preprocess_clips(
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "clips"
     final = base / key
     if (final / "done").is_file():
-        return _load_cached(final)
+        try:
+            return _load_cached(final)
+        except DamagedCacheEntry as exc:
+            discard_damaged_entry(final, exc)  # and decode again below
 
     tmp = _new_tmp_dir(base, key)
     try:
         n = len(present)
-        a_arr = np.lib.format.open_memmap(tmp / "audio.npy", mode="w+", dtype=np.float16,
-                                          shape=(n, *audio.shape))
-        v_arr = np.lib.format.open_memmap(tmp / "visual.npy", mode="w+", dtype=np.uint8,
-                                          shape=(n, *visual.shape))
+        a_arr = allocate_array(tmp / "audio.npy", np.float16, (n, *audio.shape))
+        v_arr = allocate_array(tmp / "visual.npy", np.uint8, (n, *visual.shape))
         if workers is None:
             workers = min(2, os.cpu_count() or 1) if n >= POOL_MIN_CLIPS else 1
         with _torch_single_thread():
             _decode_into(present, audio, visual, a_arr, v_arr, workers, progress)
         a_arr.flush()
         v_arr.flush()
+        specs = array_specs(audio=a_arr, visual=v_arr)
         del a_arr, v_arr
-        meta = {"ids": [i for i, _ in present], "missing": missing, "key": payload}
+        meta = {"ids": [i for i, _ in present], "missing": missing, "key": payload, "arrays": specs}
         _write_text_atomic(tmp / "meta.json", json.dumps(meta))
         _write_text_atomic(tmp / "done", "ok\n")
         _publish(tmp, final)

@@ -33,13 +33,13 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, FeatureError
-from .arrays import CachedArrays
+from .arrays import CachedArrays, DamagedCacheEntry, allocate_array, array_specs, discard_damaged_entry, open_cache_entry
 
 AUDIO_FILE = Path("audio_pretrained_feature") / "audio_pretrained_feature_dict.npy"
 VISUAL_NPY_FILE = Path("visual_pretrained_feature") / "visual_pretrained_feature_dict.npy"
 VISUAL_H5_FILE = Path("visual_pretrained_feature") / "visual_features.h5"
 VISUAL_FORMATS = ("npy", "h5")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records each array's shape and dtype
 
 
 def feature_paths(root: Path, visual_format: str) -> tuple[Path, Path]:
@@ -219,7 +219,10 @@ def load_avcil_features(
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "features"
     final = base / key
     if (final / "done").is_file():
-        return _load_cached(final)
+        try:
+            return _load_cached(final)
+        except DamagedCacheEntry as exc:
+            discard_damaged_entry(final, exc)  # and build it again below
 
     # Everything is read and validated before the cache is allocated.
     audio_dict = _load_npy_dict(audio_path)
@@ -255,8 +258,8 @@ def load_avcil_features(
         tmp = _new_tmp_dir(base, key)
         try:
             n = len(kept)
-            a_arr = np.lib.format.open_memmap(tmp / "audio.npy", mode="w+", dtype=np_dtype, shape=(n, audio_dim))
-            v_arr = np.lib.format.open_memmap(tmp / "visual.npy", mode="w+", dtype=np_dtype, shape=(n, *shape))
+            a_arr = allocate_array(tmp / "audio.npy", np_dtype, (n, audio_dim))
+            v_arr = allocate_array(tmp / "visual.npy", np_dtype, (n, *shape))
             for i, vid in enumerate(tqdm(kept, disable=not progress, desc="loading features", unit="clip")):
                 _store(a_arr, i, _as_audio(audio_dict[vid], vid, audio_path, audio_dim), vid, audio_path)
                 if h5 is None:
@@ -266,8 +269,10 @@ def load_avcil_features(
                 _store(v_arr, i, _as_visual(value, vid, visual_path, shape), vid, visual_path)
             a_arr.flush()
             v_arr.flush()
+            specs = array_specs(audio=a_arr, visual=v_arr)
             del a_arr, v_arr
-            _write_text_atomic(tmp / "meta.json", json.dumps({"ids": kept, "missing": missing, "key": payload}))
+            _write_text_atomic(tmp / "meta.json", json.dumps({"ids": kept, "missing": missing, "key": payload,
+                                                               "arrays": specs}))
             _write_text_atomic(tmp / "done", "ok\n")
             _publish(tmp, final)
         except BaseException:
@@ -296,12 +301,9 @@ def _read_h5(h5, vid: str, path: Path, shape: tuple[int, int, int]) -> np.ndarra
 
 
 def _load_cached(final: Path) -> FeatureArrays:
-    meta = json.loads((final / "meta.json").read_text(encoding="utf-8"))
-    return FeatureArrays(
-        audio=np.load(final / "audio.npy", mmap_mode="r"),
-        visual=np.load(final / "visual.npy", mmap_mode="r"),
-        ids=list(meta["ids"]), missing=list(meta["missing"]), cache_path=final,
-    )
+    meta, arrays = open_cache_entry(final)
+    return FeatureArrays(audio=arrays["audio"], visual=arrays["visual"], ids=list(meta["ids"]),
+                         missing=list(meta["missing"]), cache_path=final)
 
 
 # ----------------------------------------------------------------------------- generator
