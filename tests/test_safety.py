@@ -220,3 +220,19 @@ def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how
     assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
     assert not (results / "full" / "COMPLETE").exists()
     assert not [p for p in (cache / "features").iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_generated_benchmark_with_a_truncated_clip_is_regenerated(tmp_path, monkeypatch):
+    from avcl_bench.data.synth import generate_synth_av
+
+    monkeypatch.setenv("AVCL_BENCH_CACHE", str(tmp_path / "cache"))
+    out = generate_synth_av(None, size="tiny", seed=0, progress=False)
+    clip = sorted((out / "clips").iterdir())[3]
+    whole = clip.read_bytes()
+    _truncate(clip)
+    # a killed generation left its temporary folder (a pid that no longer runs)
+    stale = out.parent / f".{out.name}.tmp-999999999-deadbeef"
+    stale.mkdir()
+    assert generate_synth_av(None, size="tiny", seed=0, progress=False) == out
+    assert clip.read_bytes() == whole  # regenerated, bit for bit (the generator is deterministic)
+    assert not stale.exists()

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -315,7 +314,19 @@ def _is_complete(out: Path, size: str, seed: int) -> bool:
         doc = json.loads((out / "generation.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return doc.get("size") == size and doc.get("seed") == seed and doc.get("version") == SYNTH_VERSION
+    if not (doc.get("size") == size and doc.get("seed") == seed and doc.get("version") == SYNTH_VERSION):
+        return False
+    # every clip still whole: a truncated or deleted clip makes the benchmark incomplete (regenerated)
+    sizes = doc.get("clip_sizes")
+    if not isinstance(sizes, dict) or not sizes:
+        return False
+    for name, n in sizes.items():
+        try:
+            if (out / "clips" / name).stat().st_size != n:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def generate_synth_av(
@@ -347,8 +358,8 @@ def generate_synth_av(
     if out.exists():
         if (out / MARKER).is_file() or default_location:
             if not default_location:
-                raise DataError(f"{out} holds a synth-av benchmark of another size/seed/version; "
-                                f"choose another --out or remove it")
+                raise DataError(f"{out} holds a synth-av benchmark of another size/seed/version, or one with a "
+                                f"truncated or missing clip; choose another --out or remove it")
             shutil.rmtree(out)
         elif out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -358,11 +369,13 @@ def generate_synth_av(
     params = json.loads(json.dumps(SYNTH_SIZES[size]))
     classes = synth_classes(params["num_classes"])
     plan = _plan(params, seed)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from .clips import _new_tmp_dir  # (also removes temporary folders of killed generations)
+
     try:
-        (tmp / "clips").mkdir(parents=True)
-    except OSError as exc:
-        raise DataError(f"cannot write synth-av to {out}: {exc.strerror or exc}") from None
+        tmp = _new_tmp_dir(out.parent, out.name)
+        (tmp / "clips").mkdir()
+    except (OSError, DataError) as exc:
+        raise DataError(f"cannot write synth-av to {out}: {getattr(exc, 'strerror', None) or exc}") from None
     t_start = time.perf_counter()
     try:
         jobs = [(str(tmp), seed, number, cid, classes[c], params) for number, cid, c, _ in plan]
@@ -389,6 +402,7 @@ def generate_synth_av(
         lines = ["id,label,split"] + [",".join(r) for r in rows]
         (tmp / "splits.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
         doc = _generation_doc(size, seed, params, classes)
+        doc["clip_sizes"] = {f.name: f.stat().st_size for f in sorted((tmp / "clips").iterdir())}
         (tmp / "generation.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         (tmp / MARKER).write_text(f"generated in {time.perf_counter() - t_start:.1f} s\n", encoding="utf-8")
         try:
