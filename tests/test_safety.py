@@ -236,3 +236,16 @@ def test_generated_benchmark_with_a_truncated_clip_is_regenerated(tmp_path, monk
     assert generate_synth_av(None, size="tiny", seed=0, progress=False) == out
     assert clip.read_bytes() == whole  # regenerated, bit for bit (the generator is deterministic)
     assert not stale.exists()
+
+
+def test_run_folder_files_follow_the_umask(feature_benchmark, tmp_path):
+    """A results folder shared by a group: files are as readable as the user's umask allows (they
+    were 0600, from mkstemp)."""
+    previous = os.umask(0o002)
+    try:
+        assert main(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
+                     str(tmp_path), "--run-id", "r"] + QUICK) == 0
+    finally:
+        os.umask(previous)
+    for name in ("config.yaml", "status.json", "metrics.json", "accuracy_audio-visual.csv", "COMPLETE"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o664, name
