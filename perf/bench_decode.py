@@ -1,9 +1,10 @@
-"""Decoding throughput by worker count: clips/s of a cold decode into the on-disk cache.
+"""Decoding throughput by worker count and executor: clips/s of a cold decode into the cache.
 
 The embedded benchmark's clips (generated first, not timed) are decoded with ``workers`` = 1, 2,
-... threads (``preprocess_clips(workers=...)``: PyAV decode + torchaudio log spectrogram +
-torchvision resize/crop, one torch thread per worker), each time into a fresh cache folder, the
-worker counts taking turns over ``--repeats`` rounds; medians reported. ``--preprocess paper`` uses
+... threads and processes (``preprocess_clips(workers=..., executor=...)``: PyAV decode +
+torchaudio log spectrogram + torchvision resize/crop, one torch thread per worker), each time into
+a fresh cache folder, the settings taking turns over ``--repeats`` rounds; medians reported (a
+process pool's time includes starting its workers). ``--preprocess paper`` uses
 the CIGN preprocessing (3 s at 22050 Hz, 224 px frames) instead of the embedded benchmark's.
 
     python perf/bench_decode.py                       # 1, 2 and all cores
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--workers", default=",".join(str(w) for w in sorted({1, 2, cores})))
     ap.add_argument("--preprocess", choices=["synth", "paper"], default="synth")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--executors", default="threads,processes", help="threads and/or processes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -59,27 +61,30 @@ def main() -> None:
         # warm-up (imports, codecs, page cache of the clips), not timed
         preprocess_clips(root / "clips", ids[:16], audio, visual, cache_dir=work / "warm", progress=False, workers=1)
         counts = [int(w) for w in args.workers.split(",")]
-        times: dict[int, list[float]] = {w: [] for w in counts}
+        plans = [(e, w) for e in args.executors.split(",") for w in counts if not (e == "processes" and w == 1)]
+        times: dict[tuple, list[float]] = {plan: [] for plan in plans}
         for r in range(args.repeats):
-            for w in counts:
-                cache = work / f"cache-{w}-{r}"
+            for e, w in plans:
+                cache = work / f"cache-{e}-{w}-{r}"
                 t = time.perf_counter()
-                preprocess_clips(root / "clips", ids, audio, visual, cache_dir=cache, progress=False, workers=w)
-                times[w].append(time.perf_counter() - t)
+                preprocess_clips(root / "clips", ids, audio, visual, cache_dir=cache, progress=False, workers=w,
+                                 executor=e)
+                times[(e, w)].append(time.perf_counter() - t)
                 shutil.rmtree(cache)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    base = statistics.median(times[counts[0]])
-    rows = [{"workers": w, "seconds": statistics.median(times[w]), "clips_per_s": len(ids) / statistics.median(times[w]),
-             "speedup": base / statistics.median(times[w])} for w in counts]
+    base = statistics.median(times[plans[0]])
+    rows = [{"executor": e, "workers": w, "seconds": statistics.median(times[(e, w)]),
+             "clips_per_s": len(ids) / statistics.median(times[(e, w)]), "speedup": base / statistics.median(times[(e, w)])}
+            for e, w in plans]
     print(f"{len(ids)} clips ({args.size}, preprocess {args.preprocess}: audio {audio.to_dict()}, visual "
           f"{visual.to_dict()}), {cores} cores ({platform.processor() or platform.machine()}), generation "
           f"{gen_s:.1f} s; median of {args.repeats}")
-    print("| decoding threads | seconds | clips/s | vs 1 thread |")
-    print("|---|---|---|---|")
+    print(f"| executor | workers | seconds | clips/s | vs {plans[0][0]} x{plans[0][1]} |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | {r['speedup']:.2f}x |")
+        print(f"| {r['executor']} | {r['workers']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | {r['speedup']:.2f}x |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "cores": cores, "clips": len(ids), "rows": rows},
                                               indent=2))

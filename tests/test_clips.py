@@ -320,3 +320,21 @@ def test_corrupt_clip_during_preprocessing(clip_root, tmp_path):
     with pytest.raises(ClipError, match=r"corrupt clip .*bad\.mp4"):
         preprocess_clips(root, ["good", "bad"], SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path / "c", progress=False)
     assert not any((tmp_path / "c").iterdir())
+
+
+@pytest.mark.slow
+def test_decoding_in_processes_gives_the_threads_arrays(tmp_path):
+    """The process pool (many cores) writes the same rows as threads and as one worker."""
+    from avcl_bench.data.clips import AudioSpec, VisualSpec, preprocess_clips
+    from avcl_bench.data.synth import generate_synth_av
+
+    root = generate_synth_av(None, size="tiny", seed=0, progress=False)
+    ids = sorted(p.stem for p in (root / "clips").iterdir())[:40]
+    audio = AudioSpec(sample_rate=16000, duration=2.0, n_fft=256, win_length=256, hop_length=256)
+    visual = VisualSpec(size=64)
+    results = [preprocess_clips(root / "clips", ids, audio, visual, cache_dir=tmp_path / name, progress=False,
+                                workers=w, executor=e)
+               for name, w, e in (("one", 1, "threads"), ("threads", 2, "threads"), ("processes", 2, "processes"))]
+    for other in results[1:]:
+        assert other.ids == results[0].ids
+        assert np.array_equal(other.audio, results[0].audio) and np.array_equal(other.visual, results[0].visual)

@@ -52,6 +52,8 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 CACHE_VERSION = 2  # 2: meta.json records each array's shape and dtype
 #: From this many clips on, clips are decoded by ``min(2, cpus)`` threads.
 POOL_MIN_CLIPS = 64
+#: from this many clips on (and more than 2 cores) decoding runs in one process per core
+PROCESS_MIN_CLIPS = 256
 
 _WINDOWS = ("hann", "hamming")
 _SCALINGS = ("density", "power")
@@ -646,7 +648,14 @@ def _torch_single_thread():
         torch.set_num_threads(previous)
 
 
-def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: bool) -> None:
+def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: bool,
+                 executor: str = "threads") -> None:
+    """Decode ``present`` into rows of ``a_arr`` / ``v_arr`` (memory maps of ``.npy`` files).
+
+    ``threads``: PyAV and torch release the GIL in their kernels, but the per-clip Python work does
+    not, so threads stop scaling at about 2 (perf/README.md, decoding). ``processes``: spawned
+    workers each open the two ``.npy`` files themselves and write their rows in place (no arrays are
+    pickled back); used for many clips on many cores."""
     from tqdm import tqdm
 
     with tqdm(total=len(present), disable=not progress, desc="decoding clips", unit="clip") as bar:
@@ -655,15 +664,106 @@ def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: b
                 a_arr[k], v_arr[k] = _process_one(str(path), audio, visual)
                 bar.update(1)
             return
-        # Threads, not processes: PyAV and torch release the GIL while decoding and
-        # transforming, and threads need no `if __name__ == "__main__"` guard in the caller's
-        # script (a spawn pool would re-import it).
+        if executor == "processes":
+            try:
+                _decode_in_processes(present, audio, visual, a_arr, v_arr, workers, bar)
+                return
+            except _WorkersUnavailable as exc:
+                # e.g. a caller's script without an `if __name__ == "__main__"` guard, which spawned
+                # workers re-import: decode with threads instead
+                import warnings
+
+                warnings.warn(f"decoding processes unavailable ({exc}); decoding with {workers} threads")
+                bar.reset()
+
         def job(k: int):
             return _process_one(str(present[k][1]), audio, visual)
 
         for k, (a, v) in enumerate(threaded_map(job, range(len(present)), workers)):
             a_arr[k], v_arr[k] = a, v
             bar.update(1)
+
+
+class _WorkersUnavailable(Exception):
+    """The process pool could not start or run its workers (not a problem with a clip)."""
+
+
+#: a decoding worker process's memory maps and specs (set once per process by its initializer)
+_WORKER_STATE: dict = {}
+
+#: clips per task sent to a decoding process (amortises the task round trip)
+_PROCESS_CHUNK = 16
+
+
+def _init_decode_worker(audio_path: str, visual_path: str, audio, visual) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: the parallelism is the workers
+    _WORKER_STATE.update(audio_rows=np.load(audio_path, mmap_mode="r+"),
+                         visual_rows=np.load(visual_path, mmap_mode="r+"), audio=audio, visual=visual)
+
+
+def _decode_rows_in_worker(rows: list[tuple[int, str]]) -> int:
+    st = _WORKER_STATE
+    for k, path in rows:
+        st["audio_rows"][k], st["visual_rows"][k] = _process_one(path, st["audio"], st["visual"])
+    st["audio_rows"].flush()
+    st["visual_rows"].flush()
+    return len(rows)
+
+
+def _decode_in_processes(present, audio, visual, a_arr, v_arr, workers: int, bar) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    a_arr.flush()  # the headers and reserved blocks are on disk before the workers map the files
+    v_arr.flush()
+    rows = [(k, str(path)) for k, (_, path) in enumerate(present)]
+    chunks = [rows[i:i + _PROCESS_CHUNK] for i in range(0, len(rows), _PROCESS_CHUNK)]
+    # spawn, not fork: a forked child of a process that has used torch's OpenMP pool can hang
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_decode_worker,
+                                 initargs=(a_arr.filename, v_arr.filename, audio, visual)) as pool:
+            pending = {pool.submit(_decode_rows_in_worker, chunk) for chunk in chunks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise fut.exception()
+                    bar.update(fut.result())
+    except BrokenProcessPool as exc:
+        raise _WorkersUnavailable(str(exc) or type(exc).__name__) from None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_plan(n_clips: int, workers: int | None = None, executor: str | None = None) -> tuple[int, str]:
+    """(workers, 'threads' | 'processes') for decoding ``n_clips``.
+
+    Measured (perf/README.md, decoding): threads stop scaling at 2 (the per-clip Python work holds
+    the GIL), processes scale with the cores but cost a start-up of about a second each (importing
+    torch), so: one worker for a few clips; up to 2 threads on 2 cores or for fewer than
+    ``PROCESS_MIN_CLIPS`` clips; otherwise one process per core."""
+    if executor not in (None, "threads", "processes"):
+        raise ConfigError(f"unknown decoding executor {executor!r} (known: threads, processes)")
+    cores = usable_cores()
+    if workers is None:
+        if n_clips < POOL_MIN_CLIPS:
+            workers = 1
+        elif executor == "processes" or (executor is None and cores > 2 and n_clips >= PROCESS_MIN_CLIPS):
+            workers = cores
+        else:
+            workers = min(2, cores)
+    if executor is None:
+        executor = "processes" if workers > 2 else "threads"
+    return max(1, int(workers)), executor
 
 
 def _load_cached(final: Path) -> ClipArrays:
@@ -681,6 +781,7 @@ def preprocess_clips(
     allow_missing: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    executor: str | None = None,
 ) -> ClipArrays:
     """Decode every clip once into a memory-mapped on-disk cache and return the arrays.
 
@@ -689,7 +790,8 @@ def preprocess_clips(
     same inputs loads the ``.npy`` files with ``mmap_mode='r'`` and decodes nothing. Missing
     clips raise :class:`DataError` unless ``allow_missing`` (then they are skipped and listed in
     ``ClipArrays.missing``). A corrupt clip raises :class:`ClipError` naming its file.
-    ``workers``: decoding threads (default: ``min(2, cpus)`` from ``POOL_MIN_CLIPS`` clips on, else 1).
+    ``workers`` / ``executor``: see :func:`decode_plan` (default: every core, in processes, for
+    ``PROCESS_MIN_CLIPS`` clips or more on more than 2 cores).
     """
     from ..paths import cache_dir as default_cache_dir
 
@@ -737,10 +839,9 @@ def preprocess_clips(
         n = len(present)
         a_arr = allocate_array(tmp / "audio.npy", np.float16, (n, *audio.shape))
         v_arr = allocate_array(tmp / "visual.npy", np.uint8, (n, *visual.shape))
-        if workers is None:
-            workers = min(2, os.cpu_count() or 1) if n >= POOL_MIN_CLIPS else 1
+        workers, executor = decode_plan(n, workers, executor)
         with _torch_single_thread():
-            _decode_into(present, audio, visual, a_arr, v_arr, workers, progress)
+            _decode_into(present, audio, visual, a_arr, v_arr, workers, progress, executor)
         a_arr.flush()
         v_arr.flush()
         specs = array_specs(audio=a_arr, visual=v_arr)
