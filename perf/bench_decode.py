@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--workers", default=",".join(str(w) for w in sorted({1, 2, cores})))
     ap.add_argument("--preprocess", choices=["synth", "paper"], default="synth")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--times", type=int, default=1, help="list every clip this many times (a larger set of rows: "
+                    "long enough for a process pool's start-up to pay off)")
     ap.add_argument("--executors", default="threads,processes", help="threads and/or processes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -50,7 +52,7 @@ def main() -> None:
         root = generate_synth_av(work / "synth", size=args.size, seed=0, progress=False, workers=cores)
         gen_s = time.perf_counter() - t
         ids = pd.read_csv(root / "splits.csv")["id"].astype(str).tolist()
-        ids = ids[: args.clips] if args.clips else ids
+        ids = (ids[: args.clips] if args.clips else ids) * args.times
         if args.preprocess == "synth":
             p = SYNTH_SIZES[args.size]
             audio = AudioSpec(sample_rate=p["sample_rate"], duration=p["duration"], n_fft=256, win_length=256,

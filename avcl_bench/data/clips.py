@@ -52,8 +52,11 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
 CACHE_VERSION = 2  # 2: meta.json records each array's shape and dtype
 #: From this many clips on, clips are decoded by ``min(2, cpus)`` threads.
 POOL_MIN_CLIPS = 64
-#: from this many clips on (and more than 2 cores) decoding runs in one process per core
-PROCESS_MIN_CLIPS = 256
+#: from this many clips on (and more than 2 cores) decoding runs in one process per core. Each spawned
+#: worker imports torch, torchaudio, torchvision and PyAV first (10.4 s measured on a 16-core H200 host),
+#: so a pool only pays off on long decodes: at 960 clips 16 processes took 12.2 s against 8.1 s for 2
+#: threads; the break-even there is ~1400 clips (extrapolated), hence a margin (perf/README.md).
+PROCESS_MIN_CLIPS = 5000
 
 _WINDOWS = ("hann", "hamming")
 _SCALINGS = ("density", "power")
