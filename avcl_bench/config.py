@@ -115,7 +115,9 @@ def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = 
     """``cfg`` with one layer applied: every key of ``layer`` must be declared in ``schema`` and
     its value is coerced to the declared type; a map parameter is updated key by key."""
     if not isinstance(layer, dict):
-        raise ConfigError(f"config key '{prefix[:-1] or '(top level)'}' is a section, got {layer!r} (in {where})")
+        if not prefix:
+            raise ConfigError(f"{where} must be a mapping of config keys, got {layer!r}")
+        raise ConfigError(f"config key '{prefix[:-1]}' is a section, got {layer!r} (in {where})")
     out = copy.copy(cfg)
     for key, value in layer.items():
         path = f"{prefix}{key}"

@@ -38,7 +38,7 @@ class InvalidValue(ValueError):
     """A value outside its declaration ``spec``; ``at`` locates it inside a list or map value
     (``.audio``, ``[1]``); the caller names the key and the layer (:func:`invalid_message`)."""
 
-    def __init__(self, spec: "Param", value: Any, at: str = "", unknown_key: bool = False):
+    def __init__(self, spec: Param, value: Any, at: str = "", unknown_key: bool = False):
         super().__init__(spec.describe())
         self.spec, self.value, self.at, self.unknown_key = spec, value, at, unknown_key
 
@@ -53,9 +53,9 @@ class Param:
     max: float | None = None
     exclusive_min: float | None = None
     exclusive_max: float | None = None
-    items: "Param | None" = None  # list: the elements' declaration
+    items: Param | None = None  # list: the elements' declaration
     keys: tuple | None = None  # map: the allowed keys (None = any)
-    values: "Param | None" = None  # map: the values' declaration
+    values: Param | None = None  # map: the values' declaration
     source: str = ""
 
     # ---- description -------------------------------------------------------------------------
@@ -207,18 +207,20 @@ def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param
     for bound in ("min", "max", "exclusive_min", "exclusive_max"):
         if bound in decl and (kind not in ("int", "float") or _to_float(decl[bound]) is None):
             raise ConfigError(f"{where}: '{bound}' needs a numeric type and a number, got {decl[bound]!r}")
-    if "choices" in decl and (kind not in SCALAR_TYPES or not isinstance(decl["choices"], list) or not decl["choices"]):
+    choices = decl.get("choices")
+    if choices is not None and (kind not in SCALAR_TYPES or not isinstance(choices, list) or not choices):
         raise ConfigError(f"{where}: 'choices' needs a scalar type and a non-empty list")
-    if ("items" in decl) != (kind == "list") or ("values" in decl) != (kind == "map") or ("keys" in decl and kind != "map"):
-        raise ConfigError(f"{where}: a list declares 'items', a map 'values' (and optionally 'keys'); other types neither")
+    if (("items" in decl) != (kind == "list") or ("values" in decl) != (kind == "map")
+            or ("keys" in decl and kind != "map")):
+        raise ConfigError(f"{where}: a list declares 'items', a map 'values' (and optionally 'keys'); "
+                          "other types neither")
     if "nullable" in decl and not isinstance(decl["nullable"], bool):
         raise ConfigError(f"{where}: 'nullable' must be true or false")
     if "keys" in decl and not (isinstance(decl["keys"], list) and all(isinstance(k, str) for k in decl["keys"])):
         raise ConfigError(f"{where}: 'keys' must be a list of strings")
-    choices = None
-    if "choices" in decl:
+    if choices is not None:
         try:
-            choices = tuple(Param(kind).coerce(c) for c in decl["choices"])
+            choices = tuple(Param(kind).coerce(c) for c in choices)
         except InvalidValue:
             raise ConfigError(f"{where}: choices {decl['choices']} are not all of type {kind}") from None
     spec = Param(

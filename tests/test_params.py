@@ -128,6 +128,8 @@ def test_bad_type_in_a_strategy_layer(tmp_path, capsys, monkeypatch):
     ({"type": "list", "default": [1], "source": "x"}, "a list declares 'items'"),
     ({"type": "map", "default": {"a": 0}, "keys": ["a"], "values": {"type": "int", "min": 1}, "source": "x"},
      "default.a 0 is not an integer >= 1"),
+    ({"type": "int", "default": 1, "choices": ["one", 2], "source": "x"}, "choices ['one', 2] are not all of type int"),
+    ({"type": "bool", "default": True, "nullable": "yes", "source": "x"}, "'nullable' must be true or false"),
     ("3", "must be a mapping"),
 ])
 def test_malformed_declaration_names_file_and_key(decl, needle):
@@ -236,3 +238,13 @@ def test_finetune_runs_with_lr_in_ordinary_notation(tmp_path):
     assert code == 0
     saved = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
     assert saved["train"]["lr"] == 1e-4 and saved["train"]["epochs"] == 1
+
+
+def test_a_layer_that_is_not_a_mapping(tmp_path, monkeypatch):
+    def edit(name, doc):
+        doc["benchmarks"]["synth-av"] = 3
+
+    (tmp_path / "strategies").mkdir()
+    copy_strategies(tmp_path / "strategies", monkeypatch, edit)
+    with pytest.raises(ConfigError, match=r"^strategies/finetune\.yaml benchmarks\.synth-av must be a mapping"):
+        build_config("finetune", "synth-av", {})
