@@ -131,8 +131,9 @@ def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = 
             value = spec.coerce(value)
         except InvalidValue as exc:
             raise ConfigError(invalid_message(path, exc, where)) from None
-        if spec.type == "map" and isinstance(out[key], dict) and isinstance(value, dict):
-            value = {**out[key], **value}
+        if spec.type == "map" and isinstance(value, dict):  # over a null map: its declared keys null
+            below = out[key] if out[key] is not None else dict.fromkeys(spec.keys if spec.values.nullable else ())
+            value = {**below, **value}
         out[key] = value
     return out
 

@@ -193,6 +193,17 @@ def test_refused(spec, given):
         spec.coerce(given)
 
 
+def test_map_parameter_updates_key_by_key():
+    """A layer sets some keys of a map; the others keep the lower layer's values (null over a null map)."""
+    cfg, _ = build_config("av-cil", "ave-ci", parse_set(["strategy.epochs_by_modality.audio=3"]))
+    assert cfg["strategy"]["epochs_by_modality"] == {"audio": 3, "visual": None, "audio-visual": 200}
+    cfg, _ = build_config("av-cil", "ave-ci", {"strategy": {"epochs_by_modality": None}})
+    assert cfg["strategy"]["epochs_by_modality"] is None
+    null_below = {"strategy": {"epochs_by_modality": None}}  # the manifest layer, below --set
+    cfg = config.resolve("afc", "synth-av", null_below, {"strategy": {"epochs_by_modality": {"visual": 2}}})
+    assert cfg["strategy"]["epochs_by_modality"] == {"audio": None, "visual": 2, "audio-visual": None}
+
+
 def test_set_lr_in_ordinary_notation_is_the_yaml_float():
     """--set train.lr=1e-4 (a string to PyYAML) resolves to the very float the YAMLs' 1.0e-4 gives."""
     yaml_cfg, _ = build_config("finetune", "vggsound-instruments", {})
