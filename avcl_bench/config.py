@@ -4,110 +4,137 @@ Layers, lowest first (Mammoth style):
 
 1. :data:`BASE` — every key the suite knows, with neutral defaults;
 2. the benchmark manifest's ``config:`` section (``datasets/<name>.yaml``);
-3. the strategy's ``defaults:`` section (``strategies/<name>.yaml``), which also declares the
-   strategy's own hyperparameters under ``strategy:``;
+3. the strategy's ``defaults:`` section (``strategies/<name>.yaml``; the strategy's own
+   hyperparameters, the ``strategy`` section, are declared with their defaults under ``params:``);
 4. the strategy's ``benchmarks: <benchmark>:`` section (e.g. the small CPU configuration of the
    embedded benchmark);
 5. ``--set key.sub=value`` from the command line.
 
-A key that no lower layer declares is an error naming the key and the layer that set it. The
-fully resolved configuration is saved in every run directory.
+Every key is declared once with its type, default and range: the shared sections in
+:data:`SCHEMA`, a strategy's hyperparameters in its document's ``params:`` (see
+:mod:`avcl_bench.params`). Each layer is checked and coerced against the declarations: an
+undeclared key or a value outside its declaration is a one-line error naming the key and the layer
+that set it. The fully resolved configuration is saved in every run directory.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from .data.clips import AudioSpec, VisualSpec
+from .data.features import VISUAL_FORMATS
+from .data.synth import SYNTH_SIZES
 from .errors import ConfigError
+from .params import InvalidValue, Param, dataclass_params, declared_params, invalid_message
 from .paths import STRATEGIES_DIR
 
 MODALITIES = ("audio", "visual", "audio-visual")
 
-#: Every configuration key of the suite. Strategy hyperparameters live under ``strategy`` and are
-#: declared by each strategy's YAML.
-BASE: dict[str, Any] = {
-    "benchmark": "synth-av",
-    "protocol": None,  # a protocol of the benchmark manifest; None = its default_protocol
-    "num_tasks": None,  # None = the protocol's
-    "modality": "audio-visual",
-    "input": None,  # clips | features; None = the benchmark's first input form
-    "seed": 0,  # training seed (weights, batches, exemplar draws)
-    "class_order_seed": None,  # None = the official class order; an int permutes it
-    "data_root": None,
-    "allow_missing": False,
-    "device": "auto",
-    "results_dir": "results/runs",
-    "run_id": None,
-    "progress": True,
-    "synth": {"size": "default", "seed": 0},  # the embedded benchmark's generator
+#: Every configuration key of the suite outside ``strategy``: its type, default and allowed values
+#: (one place; :data:`BASE` is derived from it). Strategy hyperparameters live under ``strategy``
+#: and are declared by each strategy document's ``params:`` section.
+SCHEMA: dict[str, Any] = {
+    "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
+    "protocol": Param("str", None, nullable=True),  # a protocol of the benchmark manifest; None = its default_protocol
+    "num_tasks": Param("int", None, nullable=True, min=1),  # None = the protocol's
+    "modality": Param("str", "audio-visual", choices=MODALITIES),
+    "input": Param("str", None, nullable=True, choices=("clips", "features")),  # None = the benchmark's first form
+    "seed": Param("int", 0, min=0),  # training seed (weights, batches, exemplar draws)
+    "class_order_seed": Param("int", None, nullable=True, min=0),  # None = the official class order
+    "data_root": Param("str", None, nullable=True),
+    "allow_missing": Param("bool", False),
+    "device": Param("str", "auto"),  # auto | cpu | cuda | cuda:N (validate())
+    "results_dir": Param("str", "results/runs"),
+    "run_id": Param("str", None, nullable=True),
+    "progress": Param("bool", True),
+    "synth": {  # the embedded benchmark's generator
+        "size": Param("str", "default", choices=tuple(SYNTH_SIZES)),
+        "seed": Param("int", 0, min=0),
+    },
     "memory": {
-        "per_class": None,  # CIGN form: m exemplars per old class (CIGN Sec. 4.1: 50)
-        "total": None,  # AV-CIL form: a fixed total split over the classes seen so far
+        # CIGN form: m exemplars per old class (CIGN Sec. 4.1: 50)
+        "per_class": Param("int", None, nullable=True, min=0),
+        # AV-CIL form: a fixed total split over the classes seen so far
+        "total": Param("int", None, nullable=True, min=0),
     },
     "train": {
-        "epochs": 1,
-        "batch_size": 64,
-        "eval_batch_size": 256,
-        "optimizer": "adam",  # adam | sgd
-        "lr": 1e-3,
-        "momentum": 0.9,  # sgd only
-        "weight_decay": 0.0,
-        "num_workers": 0,
-        "select_best_on_val": False,  # keep the epoch with the best val accuracy (AV-CIL release)
-        "amp": False,  # autocast (bf16 on CUDA) for the forward pass
-        "pin_memory": False,
+        "epochs": Param("int", 1, min=1),
+        "batch_size": Param("int", 64, min=1),
+        "eval_batch_size": Param("int", 256, min=1),
+        "optimizer": Param("str", "adam", choices=("adam", "sgd")),
+        "lr": Param("float", 1e-3, exclusive_min=0),
+        "momentum": Param("float", 0.9, min=0, max=1),  # sgd only
+        "weight_decay": Param("float", 0.0, min=0),
+        "num_workers": Param("int", 0, min=0),
+        # keep the epoch with the best val accuracy (AV-CIL release)
+        "select_best_on_val": Param("bool", False),
+        "amp": Param("bool", False),  # autocast (bf16 on CUDA) for the forward pass
+        "pin_memory": Param("bool", False),
         # read whole mini-batches by array row (data/loading.py); false = Avalanche's per-item path
-        "batched_loading": True,
+        "batched_loading": Param("bool", True),
     },
     "model": {
-        "dim": 512,  # token dimension D (CIGN Sec. 4.1: 512)
-        "encoder_width": 64,  # ResNet18 base width; 64 = torchvision's ResNet18
-        "audio_checkpoint": None,  # local state dict for the audio ResNet18 (never downloaded)
-        "visual_checkpoint": None,  # local state dict for the visual ResNet18
-        "fusion_depth": 2,  # transformer blocks over [CLS; audio; visual] tokens (baselines)
-        "heads": 8,
-        "dropout": 0.0,
+        "dim": Param("int", 512, min=1, source="CIGN Sec. 4.1: token dimension D = 512"),  # divisible by heads
+        "encoder_width": Param("int", 64, min=1),  # ResNet18 base width; 64 = torchvision's ResNet18
+        # local state dicts for the audio / visual ResNet18 (never downloaded)
+        "audio_checkpoint": Param("str", None, nullable=True),
+        "visual_checkpoint": Param("str", None, nullable=True),
+        "fusion_depth": Param("int", 2, min=1),  # transformer blocks over [CLS; audio; visual] tokens (baselines)
+        "heads": Param("int", 8, min=1),
+        "dropout": Param("float", 0.0, min=0, exclusive_max=1),
     },
-    # Raw-clip preprocessing; the keys and defaults are those of data.clips.AudioSpec / VisualSpec
-    # (CIGN Sec. 4.1: 3 s at 22050 Hz -> log spectrogram; one 224x224 frame), filled in below.
-    "clips": {"audio": {}, "visual": {}, "cache": True},
+    # Raw-clip preprocessing: the keys, types and defaults are those of data.clips.AudioSpec /
+    # VisualSpec (CIGN Sec. 4.1: 3 s at 22050 Hz -> log spectrogram; one 224x224 frame), whose own
+    # checks give the ranges (validate()).
+    "clips": {"audio": dataclass_params(AudioSpec), "visual": dataclass_params(VisualSpec),
+              "cache": Param("bool", True)},
     "features": {
-        "audio_dim": 768,
-        "visual_shape": [8, 196, 768],
-        "visual_format": "npy",
-        "dtype": "float32",  # float16 halves the memory-mapped cache
+        "audio_dim": Param("int", 768, min=1),
+        "visual_shape": Param("list", [8, 196, 768], items=Param("int", min=1)),  # T, P, D
+        "visual_format": Param("str", "npy", choices=VISUAL_FORMATS),
+        "dtype": Param("str", "float32", choices=("float32", "float16")),  # float16 halves the memory-mapped cache
     },
-    "strategy": {"name": None},
 }
 
 
-def _clip_defaults() -> None:
-    from .data.clips import AudioSpec, VisualSpec  # numpy only: keeps --help light
-
-    BASE["clips"]["audio"] = AudioSpec().to_dict()
-    BASE["clips"]["visual"] = VisualSpec().to_dict()
+def defaults_of(schema: dict) -> dict:
+    """The default configuration a schema declares."""
+    return {k: defaults_of(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
 
 
-_clip_defaults()
+#: Every configuration key of the suite with its default (derived from :data:`SCHEMA`).
+BASE: dict[str, Any] = {**defaults_of(SCHEMA), "strategy": {"name": None}}
 
 
-def _merge(base: dict, over: dict, where: str, prefix: str = "", open_keys: bool = False) -> dict:
-    """Recursively merge ``over`` into a copy of ``base``; unknown keys raise ConfigError."""
-    out = copy.deepcopy(base)
-    for key, value in (over or {}).items():
+def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = "") -> dict:
+    """``cfg`` with one layer applied: every key of ``layer`` must be declared in ``schema`` and
+    its value is coerced to the declared type; a map parameter is updated key by key."""
+    if not isinstance(layer, dict):
+        if not prefix:
+            raise ConfigError(f"{where} must be a mapping of config keys, got {layer!r}")
+        raise ConfigError(f"config key '{prefix[:-1]}' is a section, got {layer!r} (in {where})")
+    out = copy.copy(cfg)
+    for key, value in layer.items():
         path = f"{prefix}{key}"
-        if key not in out and not open_keys:
+        spec = schema.get(key)
+        if spec is None:
             raise ConfigError(f"unknown config key '{path}' (in {where})")
-        if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = _merge(out[key], value, where, path + ".")
-        elif isinstance(out.get(key), dict) and value is not None:
-            raise ConfigError(f"config key '{path}' is a section, got {value!r} (in {where})")
-        else:
-            out[key] = copy.deepcopy(value)
+        if isinstance(spec, dict):
+            out[key] = _apply_layer(spec, out[key], value, where, path + ".")
+            continue
+        try:
+            value = spec.coerce(value)
+        except InvalidValue as exc:
+            raise ConfigError(invalid_message(path, exc, where)) from None
+        if spec.type == "map" and isinstance(value, dict):  # over a null map: its declared keys null
+            below = out[key] if out[key] is not None else dict.fromkeys(spec.keys if spec.values.nullable else ())
+            value = {**below, **value}
+        out[key] = value
     return out
 
 
@@ -154,16 +181,33 @@ def strategy_names() -> list[str]:
     return sorted(p.stem for p in STRATEGIES_DIR.glob("*.yaml"))
 
 
+#: top-level keys of a strategy document
+DOC_KEYS = ("name", "description", "paper", "deviations", "params", "defaults", "benchmarks")
+
+
 def load_strategy_yaml(name: str) -> dict:
+    """The strategy document of ``name`` (``strategies/<name>.yaml``), its keys checked."""
     path = STRATEGIES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(strategy_names()) or "none"
         raise ConfigError(f"unknown strategy '{name}' (known: {known})")
     data = load_yaml(path, "strategy")
     for key in data:
-        if key not in ("name", "description", "paper", "deviations", "defaults", "benchmarks"):
+        if key not in DOC_KEYS:
             raise ConfigError(f"unknown top-level key '{key}' in {path}")
+    if "strategy" in (data.get("defaults") or {}):
+        raise ConfigError(f"{path}: strategy hyperparameters are declared under 'params:', not 'defaults: strategy:'")
     return data
+
+
+def strategy_origin(name: str) -> str:
+    """How errors name the document of strategy ``name``."""
+    return f"strategies/{name}.yaml"
+
+
+def run_schema(params: dict[str, Param]) -> dict:
+    """:data:`SCHEMA` plus the ``strategy`` section of one strategy's declared parameters."""
+    return {**SCHEMA, "strategy": params}
 
 
 def resolve(
@@ -173,38 +217,36 @@ def resolve(
     overrides: dict | None = None,
     benchmark_name: str | None = None,
 ) -> dict:
-    """Build the resolved config of one run from its layers (see module docstring)."""
-    cfg = copy.deepcopy(BASE)
+    """Build the resolved config of one run from its layers (see module docstring); every layer is
+    checked against the declared types and ranges, so every key has its declared type."""
     sdoc = load_strategy_yaml(strategy)
+    origin = strategy_origin(strategy)
+    schema = run_schema(declared_params(sdoc, origin))
+    cfg = defaults_of(schema)
+    cfg["strategy"] = {"name": strategy, **cfg["strategy"]}
     bench = benchmark_name or benchmark or cfg["benchmark"]
     cfg["benchmark"] = benchmark or cfg["benchmark"]
-    cfg = _merge(cfg, manifest_config or {}, f"benchmark manifest '{bench}'")
-    defaults = copy.deepcopy(sdoc.get("defaults") or {})
-    # The strategy's YAML declares its own hyperparameters: they open the `strategy` section.
-    declared = defaults.pop("strategy", None) or {}
-    cfg["strategy"] = _merge(cfg["strategy"], declared, f"strategies/{strategy}.yaml", "strategy.", open_keys=True)
-    cfg["strategy"]["name"] = strategy
-    cfg = _merge(cfg, defaults, f"strategies/{strategy}.yaml defaults")
     per_bench = (sdoc.get("benchmarks") or {}).get(bench) or {}
-    cfg = _merge(cfg, per_bench, f"strategies/{strategy}.yaml benchmarks.{bench}")
-    cfg = _merge(cfg, overrides or {}, "--set")
+    for layer, where in ((manifest_config, f"benchmark manifest '{bench}'"),
+                         (sdoc.get("defaults"), f"{origin} defaults"),
+                         (per_bench, f"{origin} benchmarks.{bench}"),
+                         (overrides, "--set")):
+        cfg = _apply_layer(schema, cfg, layer or {}, where)
     validate(cfg)
     return cfg
 
 
 def validate(cfg: dict) -> None:
-    """Checks on values (keys are checked by the merge)."""
-    if cfg["modality"] not in MODALITIES:
-        raise ConfigError(f"unknown modality '{cfg['modality']}' (known: {', '.join(MODALITIES)})")
-    if cfg["input"] not in (None, "clips", "features"):
-        raise ConfigError(f"unknown input form '{cfg['input']}' (known: clips, features)")
-    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
-        raise ConfigError(f"unknown device '{cfg['device']}' (known: auto, cpu, cuda)")
-    train = cfg["train"]
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise ConfigError(f"config key 'train.{key}' must be a positive integer, got {train[key]!r}")
-    if train["optimizer"] not in ("adam", "sgd"):
-        raise ConfigError(f"config key 'train.optimizer' must be adam or sgd, got {train['optimizer']!r}")
-    if not isinstance(cfg["seed"], int):
-        raise ConfigError(f"config key 'seed' must be an integer, got {cfg['seed']!r}")
+    """Checks across keys (each key's own type and range are checked by :func:`_apply_layer`)."""
+    device = cfg["device"]
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ConfigError(f"unknown device '{device}' (known: auto, cpu, cuda, cuda:N)")
+    model = cfg["model"]
+    if model["dim"] % model["heads"]:
+        raise ConfigError(f"config key 'model.dim' ({model['dim']}) must be divisible by 'model.heads' "
+                          f"({model['heads']})")
+    for name, spec in (("audio", AudioSpec), ("visual", VisualSpec)):
+        try:
+            spec.from_dict(cfg["clips"][name])
+        except ConfigError as exc:
+            raise ConfigError(f"clips.{exc}") from None

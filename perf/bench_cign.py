@@ -36,9 +36,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avcl_bench.config import BASE, load_strategy_yaml  # noqa: E402
+from avcl_bench.config import BASE, load_strategy_yaml, strategy_origin  # noqa: E402
 from avcl_bench.models.avnet import AVNet  # noqa: E402
 from avcl_bench.models.cign import CIGNNet  # noqa: E402
+from avcl_bench.params import declared_params  # noqa: E402
 from avcl_bench.strategies.losses import cign_loss_terms  # noqa: E402  (torch only: no Avalanche needed)
 
 
@@ -50,7 +51,8 @@ def make_cfg(args) -> dict:
     cfg["model"].update(dim=args.dim, heads=args.heads, encoder_width=args.encoder_width,
                         fusion_depth=args.fusion_depth)
     # CIGN's hyperparameters as strategies/cign.yaml declares them (both switches on), depth from --depth
-    scfg = dict(load_strategy_yaml("cign")["defaults"]["strategy"], name="cign", depth=args.depth)
+    declared = declared_params(load_strategy_yaml("cign"), strategy_origin("cign"))
+    scfg = dict({k: p.default for k, p in declared.items()}, name="cign", depth=args.depth)
     cfg["strategy"] = dict(scfg, avctd=True, avcg=True)
     return cfg
 
