@@ -162,13 +162,13 @@ def test_lwf_distils_previous_model_without_exemplars(feature_setup):
     make, scenario = feature_setup
     s = train_steps(make("lwf"), scenario, 2)
     exp1 = list(scenario.train_stream)[1]
-    assert s.old_model is not None and s.old_model.classifier.num_classes == 2
-    assert not any(p.requires_grad for p in s.old_model.parameters())
+    assert s.previous.model is not None and s.previous.model.classifier.num_classes == 2
+    assert not any(p.requires_grad for p in s.previous.model.parameters())
     assert not hasattr(s, "memory")
     # the criterion is lwf_loss with the frozen previous model's logits
     x, y = first_batch(scenario, t=1)
     s.mb_output, s.mbatch = s.model(x), [x, y, torch.zeros_like(y)]
-    expected = lwf_loss(s.mb_output, s.old_model(x), y, 2, 4, 2, T=2.0)
+    expected = lwf_loss(s.mb_output, s.previous.model(x), y, 2, 4, 2, T=2.0)
     assert s.criterion().item() == pytest.approx(expected.item(), rel=1e-5)
     s.experience = exp1
     s.train_dataset_adaptation()
@@ -215,7 +215,7 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
     x, y = first_batch(scenario, n=12)
     mu = torch.stack([F.normalize(F.normalize(s.extract_features(s.memory.class_dataset(c)), dim=1).mean(0), dim=0)
                       for c in (0, 1)])
-    assert torch.allclose(s.class_means, mu, atol=1e-6)
+    assert torch.allclose(s.class_means.means, mu, atol=1e-6)
     s.model.eval()
     f = F.normalize(s.model.forward_features(x), dim=1)
     expected = torch.cdist(f, mu).argmin(1)
@@ -229,7 +229,7 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
     train_steps_from(s, scenario, 1)
     assert {c: len(r) for c, (_, r) in s.memory.store.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
     assert all(s.memory.store[c][1] == before[c] for c in (0, 1))
-    assert s.class_means.shape[0] == 4
+    assert s.class_means.means.shape[0] == 4
 
 
 def train_steps_from(strategy, scenario, t):
@@ -346,7 +346,7 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     # budget 3 per class = 2 training exemplars + ceil(0.1 * 3) = 1 validation exemplar
     assert {c: len(r) for c, (_, r) in s.memory.store.items()} == {0: 2, 1: 2}
     assert {c: len(r) for c, (_, r) in s.val_store.items()} == {0: 1, 1: 1}
-    assert s.buffer_len() == 6
+    assert len(s.memory) == 6  # training + validation exemplars: the run's buffer size
     val0 = {c: s.val_store[c][1][0] for c in (0, 1)}
     assert all(val0[c] not in s._train_rows for c in (0, 1))  # held out of stage-1 training
     for c in (0, 1):  # training exemplars come from the clips trained on (rows of the experience)
@@ -366,7 +366,7 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     assert (s.task_id, s.num_old, s.num_seen) == (1, 2, 4)
     s.mbatch = [x, y, torch.zeros_like(y)]
     s.mb_output = s.forward()
-    old = s.bias(s.old_model(x)[:, :2].float())
+    old = s.bias(s.previous.model(x)[:, :2].float())
     expected = 0.5 * bic_distillation(s.mb_output[:, :2], old, 2.0) + 0.5 * F.cross_entropy(s.mb_output[:, :4], y)
     assert s.criterion().item() == pytest.approx(expected.item(), rel=1e-5)
     # prediction applies the trained layer to the new classes' logits only
