@@ -377,6 +377,67 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     assert torch.allclose(pred[:, 2:], s.bias.alpha[1] * raw[:, 2:] + s.bias.beta[1])
 
 
+# ---- parts: previous model, exemplar memory, class means ----------------------------------------
+def test_parts_save_and_restore_themselves(feature_setup):
+    """iCaRL lists no attribute for checkpoints: its memory (rows and random stream), class means
+    and previous model come back from the parts' own state."""
+    import io
+
+    make, scenario = feature_setup
+    train = list(scenario.train_stream)
+    s = train_steps(make("icarl", **{"strategy.selection": "random"}), scenario, 1)
+    assert type(s).checkpoint_attrs == () and set(s.parts) == {"memory", "class_means", "previous"}
+    buf = io.BytesIO()
+    torch.save(s.checkpoint_state(), buf)
+    buf.seek(0)
+    r = make("icarl", **{"strategy.selection": "random"})
+    r.load_checkpoint_state(torch.load(buf, weights_only=False), train)
+    assert {c: rows for c, (_, rows) in r.memory.store.items()} == {c: rows for c, (_, rows) in s.memory.store.items()}
+    assert all(r.memory.store[c][0] is train[0].dataset for c in r.memory.store)
+    assert r.memory.rng.randint(10**6) == s.memory.rng.randint(10**6)  # the same random stream goes on
+    assert torch.equal(r.class_means.means, s.class_means.means)
+    # the previous model is copied when the next experience starts, from the restored model
+    r.train(train[1], eval_streams=[])
+    for k, v in r.previous.model.state_dict().items():
+        assert torch.equal(v, s.model.state_dict()[k]), k
+
+
+def test_previous_model_is_the_model_that_ended_the_previous_experience(feature_setup):
+    make, scenario = feature_setup
+    s = train_steps(make("ssil"), scenario, 1)
+    assert s.previous.model is None  # nothing to distil from during the first experience
+    ended = {k: v.clone() for k, v in s.model.state_dict().items()}
+    train_steps_from(s, scenario, 1)
+    assert ended.keys() == s.previous.model.state_dict().keys()
+    assert all(torch.equal(v, ended[k]) for k, v in s.previous.model.state_dict().items())
+    assert not any(p.requires_grad for p in s.previous.model.parameters()) and not s.previous.model.training
+
+
+def test_paired_replay_draws_exemplars_as_a_separate_batch(feature_setup):
+    from avcl_bench.data.loading import PairedReplayLoader
+    from avcl_bench.runner import _buffer_size
+
+    make, scenario = feature_setup
+    s = train_steps(make("ssil", **{"strategy.replay_batch_size": 5, "train.batch_size": 8}), scenario, 1)
+    assert _buffer_size(s) == len(s.memory) == 6  # 2 classes x memory.per_class 3
+    s.experience = list(scenario.train_stream)[1]
+    s.train_dataset_adaptation()
+    assert len(s.adapted_dataset) == 24  # the new data only: exemplars are not merged into it
+    s.make_train_dataloader()
+    assert isinstance(s.dataloader, PairedReplayLoader) and len(s.dataloader) == 3
+    y = next(iter(s.dataloader))[1]
+    assert len(y) == 8 + 5 and set(y[:8].tolist()) <= {2, 3} and set(y[8:].tolist()) <= {0, 1}
+    assert _buffer_size(make("lwf")) == 0  # no memory part
+
+
+def test_declared_choices_are_checked_when_the_strategy_is_built(feature_setup):
+    from avcl_bench.errors import ConfigError
+
+    make, _ = feature_setup
+    with pytest.raises(ConfigError, match=r"strategy\.kd.*taskwise or global"):
+        make("lwf", **{"strategy.kd": "cosine"})
+
+
 # ---- smoke runs ----------------------------------------------------------------------------------
 STRATEGIES = ["ewc", "lwf", "icarl", "il2m", "bic"]
 
