@@ -226,13 +226,12 @@ class AFC(AVCLStrategy):
         super().__init__(**kwargs)
         s = self.scfg
         self.train_epochs = epochs_for_modality(self.cfg)
-        normalised_features = lambda ds: self.features(ds)[0]  # noqa: E731  (herding and means: fused, normalised)
+        # herding and class means on the normalised fused features; release: means not renormalised
         self.memory = self.add_part("memory", ExemplarMemory.from_config(
             self.cfg, "selection", required_by=self.name if s["classifier"] == "nme" else None,
-            feature_fn=normalised_features))
-        # release: the means of the normalised exemplar features, not renormalised
+            feature_fn=self.normalised_features))
         self.class_means = self.add_part("class_means", None if self.memory is None else ClassMeans(
-            self.memory, features=normalised_features, renormalise=False))
+            self.memory, features=self.normalised_features, renormalise=False))
         self.previous = self.add_part("previous", PreviousModel())
         #: channel importance of the previous model, computed when a step starts
         self.importance = None
@@ -264,6 +263,9 @@ class AFC(AVCLStrategy):
             labels.append(batch[1])
         model.train(was)
         return torch.cat(feats), torch.cat(labels)
+
+    def normalised_features(self, dataset) -> torch.Tensor:
+        return self.features(dataset)[0]
 
     def compute_importance(self) -> dict | None:
         """Channel importance of the previous model over the exemplar memory (old classes)."""
