@@ -430,6 +430,16 @@ def test_paired_replay_draws_exemplars_as_a_separate_batch(feature_setup):
     assert _buffer_size(make("lwf")) == 0  # no memory part
 
 
+def test_checkpoint_without_parts_is_refused_in_one_line(feature_setup):
+    from avcl_bench.errors import ConfigError
+
+    make, scenario = feature_setup
+    s = make("lwf")
+    old_format = {k: v for k, v in s.checkpoint_state().items() if k != "parts"}
+    with pytest.raises(ConfigError, match="predates strategy parts"):
+        s.load_checkpoint_state(old_format, list(scenario.train_stream))
+
+
 def test_declared_choices_are_checked_when_the_strategy_is_built(feature_setup):
     from avcl_bench.errors import ConfigError
 

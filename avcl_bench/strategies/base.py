@@ -335,6 +335,9 @@ class AVCLStrategy(SupervisedTemplate):
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         """Restore :meth:`checkpoint_state`; ``train_experiences`` re-link exemplar rows to data."""
+        if "parts" not in state:
+            raise ConfigError("the checkpoint predates strategy parts (written by an older avcl-bench) and cannot "
+                              "be resumed: run again without --resume")
         self.model.grow(state["num_seen"])
         self.model.load_state_dict(state["model"])
         self.model.to(self.device)
