@@ -334,15 +334,10 @@ def _export_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, 
 
 
 def _buffer_size(strategy) -> int:
-    """Exemplars held at the end (replay plugin memory, or a strategy's own ``memory``)."""
-    for p in strategy.plugins:
-        if hasattr(p, "memory"):
-            return len(p.memory)
-    mem = getattr(strategy, "memory", None)
-    try:
-        return len(mem) if mem is not None else 0
-    except TypeError:
-        return 0
+    """Exemplars held at the end: the size of the strategy's exemplar memory part (0 without one)."""
+    from .strategies.memory import ExemplarMemory
+
+    return sum(len(part) for part in strategy.parts.values() if isinstance(part, ExemplarMemory))
 
 
 def summary_table(out: dict) -> str:

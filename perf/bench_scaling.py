@@ -10,7 +10,7 @@ and the medians are reported:
 - ``step ms``: median wall time of one training iteration (forward, losses, backward, update) in
   the last experience (all old classes present, the previous model and the memory in use);
 - ``end-of-exp s``: what the strategy does after the last experience's epochs (exemplar selection,
-  bias correction, class means, the previous-model copy);
+  bias correction, class means; the previous model is copied when an experience starts);
 - ``steps``: iterations of the last experience (grows when exemplars are merged into the data);
 - ``peak RSS MB``: the child's peak resident memory (``ru_maxrss``), imports (~0.8 GB, mostly
   Avalanche's), data and model included; ``+train MB``: its growth during training (peak minus
@@ -50,7 +50,7 @@ def child(spec: dict) -> dict:
     from avcl_bench.data.datasets import load_data
     from avcl_bench.data.featsynth import generate_feature_benchmark
     from avcl_bench.data.streams import make_streams
-    from avcl_bench.runner import build_config, seed_everything
+    from avcl_bench.runner import _buffer_size, build_config, seed_everything
     from avcl_bench.strategies import get_strategy
 
     torch.set_num_threads(spec["threads"])
@@ -93,8 +93,7 @@ def child(spec: dict) -> dict:
             end = time.perf_counter()
         return {"step_ms": 1000 * statistics.median(timer.steps), "steps": len(timer.steps),
                 "end_of_exp_s": end - timer.last_step_end,
-                "buffer": sum(len(getattr(p, "memory", [])) for p in strategy.plugins if hasattr(p, "memory"))
-                or len(getattr(strategy, "memory", None) or []),
+                "buffer": _buffer_size(strategy),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_before_training_mb": rss_before / 1024}
 

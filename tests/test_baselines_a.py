@@ -162,13 +162,13 @@ def test_lwf_distils_previous_model_without_exemplars(feature_setup):
     make, scenario = feature_setup
     s = train_steps(make("lwf"), scenario, 2)
     exp1 = list(scenario.train_stream)[1]
-    assert s.old_model is not None and s.old_model.classifier.num_classes == 2
-    assert not any(p.requires_grad for p in s.old_model.parameters())
+    assert s.previous.model is not None and s.previous.model.classifier.num_classes == 2
+    assert not any(p.requires_grad for p in s.previous.model.parameters())
     assert not hasattr(s, "memory")
     # the criterion is lwf_loss with the frozen previous model's logits
     x, y = first_batch(scenario, t=1)
     s.mb_output, s.mbatch = s.model(x), [x, y, torch.zeros_like(y)]
-    expected = lwf_loss(s.mb_output, s.old_model(x), y, 2, 4, 2, T=2.0)
+    expected = lwf_loss(s.mb_output, s.previous.model(x), y, 2, 4, 2, T=2.0)
     assert s.criterion().item() == pytest.approx(expected.item(), rel=1e-5)
     s.experience = exp1
     s.train_dataset_adaptation()
@@ -215,7 +215,7 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
     x, y = first_batch(scenario, n=12)
     mu = torch.stack([F.normalize(F.normalize(s.extract_features(s.memory.class_dataset(c)), dim=1).mean(0), dim=0)
                       for c in (0, 1)])
-    assert torch.allclose(s.class_means, mu, atol=1e-6)
+    assert torch.allclose(s.class_means.means, mu, atol=1e-6)
     s.model.eval()
     f = F.normalize(s.model.forward_features(x), dim=1)
     expected = torch.cdist(f, mu).argmin(1)
@@ -229,7 +229,7 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
     train_steps_from(s, scenario, 1)
     assert {c: len(r) for c, (_, r) in s.memory.store.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
     assert all(s.memory.store[c][1] == before[c] for c in (0, 1))
-    assert s.class_means.shape[0] == 4
+    assert s.class_means.means.shape[0] == 4
 
 
 def train_steps_from(strategy, scenario, t):
@@ -346,7 +346,7 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     # budget 3 per class = 2 training exemplars + ceil(0.1 * 3) = 1 validation exemplar
     assert {c: len(r) for c, (_, r) in s.memory.store.items()} == {0: 2, 1: 2}
     assert {c: len(r) for c, (_, r) in s.val_store.items()} == {0: 1, 1: 1}
-    assert s.buffer_len() == 6
+    assert len(s.memory) == 6  # training + validation exemplars: the run's buffer size
     val0 = {c: s.val_store[c][1][0] for c in (0, 1)}
     assert all(val0[c] not in s._train_rows for c in (0, 1))  # held out of stage-1 training
     for c in (0, 1):  # training exemplars come from the clips trained on (rows of the experience)
@@ -366,7 +366,7 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     assert (s.task_id, s.num_old, s.num_seen) == (1, 2, 4)
     s.mbatch = [x, y, torch.zeros_like(y)]
     s.mb_output = s.forward()
-    old = s.bias(s.old_model(x)[:, :2].float())
+    old = s.bias(s.previous.model(x)[:, :2].float())
     expected = 0.5 * bic_distillation(s.mb_output[:, :2], old, 2.0) + 0.5 * F.cross_entropy(s.mb_output[:, :4], y)
     assert s.criterion().item() == pytest.approx(expected.item(), rel=1e-5)
     # prediction applies the trained layer to the new classes' logits only
@@ -375,6 +375,77 @@ def test_bic_validation_split_and_two_stages(feature_setup):
     pred = s.predict(x)["audio-visual"]
     assert torch.equal(pred[:, :2], raw[:, :2])
     assert torch.allclose(pred[:, 2:], s.bias.alpha[1] * raw[:, 2:] + s.bias.beta[1])
+
+
+# ---- parts: previous model, exemplar memory, class means ----------------------------------------
+def test_parts_save_and_restore_themselves(feature_setup):
+    """iCaRL lists no attribute for checkpoints: its memory (rows and random stream), class means
+    and previous model come back from the parts' own state."""
+    import io
+
+    make, scenario = feature_setup
+    train = list(scenario.train_stream)
+    s = train_steps(make("icarl", **{"strategy.selection": "random"}), scenario, 1)
+    assert type(s).checkpoint_attrs == () and set(s.parts) == {"memory", "class_means", "previous"}
+    buf = io.BytesIO()
+    torch.save(s.checkpoint_state(), buf)
+    buf.seek(0)
+    r = make("icarl", **{"strategy.selection": "random"})
+    r.load_checkpoint_state(torch.load(buf, weights_only=False), train)
+    assert {c: rows for c, (_, rows) in r.memory.store.items()} == {c: rows for c, (_, rows) in s.memory.store.items()}
+    assert all(r.memory.store[c][0] is train[0].dataset for c in r.memory.store)
+    assert r.memory.rng.randint(10**6) == s.memory.rng.randint(10**6)  # the same random stream goes on
+    assert torch.equal(r.class_means.means, s.class_means.means)
+    # the previous model is copied when the next experience starts, from the restored model
+    r.train(train[1], eval_streams=[])
+    for k, v in r.previous.model.state_dict().items():
+        assert torch.equal(v, s.model.state_dict()[k]), k
+
+
+def test_previous_model_is_the_model_that_ended_the_previous_experience(feature_setup):
+    make, scenario = feature_setup
+    s = train_steps(make("ssil"), scenario, 1)
+    assert s.previous.model is None  # nothing to distil from during the first experience
+    ended = {k: v.clone() for k, v in s.model.state_dict().items()}
+    train_steps_from(s, scenario, 1)
+    assert ended.keys() == s.previous.model.state_dict().keys()
+    assert all(torch.equal(v, ended[k]) for k, v in s.previous.model.state_dict().items())
+    assert not any(p.requires_grad for p in s.previous.model.parameters()) and not s.previous.model.training
+
+
+def test_paired_replay_draws_exemplars_as_a_separate_batch(feature_setup):
+    from avcl_bench.data.loading import PairedReplayLoader
+    from avcl_bench.runner import _buffer_size
+
+    make, scenario = feature_setup
+    s = train_steps(make("ssil", **{"strategy.replay_batch_size": 5, "train.batch_size": 8}), scenario, 1)
+    assert _buffer_size(s) == len(s.memory) == 6  # 2 classes x memory.per_class 3
+    s.experience = list(scenario.train_stream)[1]
+    s.train_dataset_adaptation()
+    assert len(s.adapted_dataset) == 24  # the new data only: exemplars are not merged into it
+    s.make_train_dataloader()
+    assert isinstance(s.dataloader, PairedReplayLoader) and len(s.dataloader) == 3
+    y = next(iter(s.dataloader))[1]
+    assert len(y) == 8 + 5 and set(y[:8].tolist()) <= {2, 3} and set(y[8:].tolist()) <= {0, 1}
+    assert _buffer_size(make("lwf")) == 0  # no memory part
+
+
+def test_checkpoint_without_parts_is_refused_in_one_line(feature_setup):
+    from avcl_bench.errors import ConfigError
+
+    make, scenario = feature_setup
+    s = make("lwf")
+    old_format = {k: v for k, v in s.checkpoint_state().items() if k != "parts"}
+    with pytest.raises(ConfigError, match="predates strategy parts"):
+        s.load_checkpoint_state(old_format, list(scenario.train_stream))
+
+
+def test_declared_choices_are_checked_when_the_strategy_is_built(feature_setup):
+    from avcl_bench.errors import ConfigError
+
+    make, _ = feature_setup
+    with pytest.raises(ConfigError, match=r"strategy\.kd.*taskwise or global"):
+        make("lwf", **{"strategy.kd": "cosine"})
 
 
 # ---- smoke runs ----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_ssil_loss_on_new_data_ignores_old_class_logits(ssil):
                            [2.0, 0.0, 1.0, -1.0]], requires_grad=True)
     y = torch.tensor([2, 3, 0])
     ssil.mbatch = [[torch.zeros(3, 32), torch.zeros(3, 2, 4, 16)], y, torch.zeros(3, dtype=torch.long)]
-    ssil.old_model = None  # CE part alone
+    ssil.previous.model = None  # CE part alone
     ssil.mb_output = logits
     loss = ssil.criterion()
     new1 = -math.log(math.exp(2.0) / (math.exp(2.0) + 1.0))  # softmax over new logits 2:4 only
@@ -64,7 +64,7 @@ def test_ssil_adds_taskwise_kd_of_the_previous_model(ssil):
     y = torch.tensor([2, 3, 1])
     ssil.mbatch = [[torch.zeros(3, 32), torch.zeros(3, 2, 4, 16)], y, torch.zeros(3, dtype=torch.long)]
     ssil.mb_output = logits
-    ssil.old_model = _FixedLogits(old_logits)
+    ssil.previous.model = _FixedLogits(old_logits)
     expected = separated_ce(logits, y, 2, 4) + taskwise_kd(logits[:, :2], old_logits, 2, 2, T=2.0)
     assert ssil.criterion().item() == pytest.approx(expected.item(), rel=1e-6)
     assert taskwise_kd(logits[:, :2], old_logits, 2, 2, T=2.0).item() > 0

@@ -42,13 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..models.avcil import AVCILNet
 from . import register
 from .av_cil import epochs_for_modality
-from .base import AVCLStrategy, to_device
+from .base import AVCLStrategy, PreviousModel, to_device
 from .losses import nca_loss, proxy_attention_pool
-from .memory import ExemplarMemory, herding_select
+from .memory import ClassMeans, ExemplarMemory, herding_select
 
 # ----------------------------------------------------------------------------- classifier
 
@@ -218,44 +217,30 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> torch.Te
 class AFC(AVCLStrategy):
     """AFC with the LSC proxy classifier, NME or LSC prediction (``strategy.classifier``)."""
 
-    checkpoint_attrs = ("old_model", "memory", "importance", "class_means")
+    #: release: drop_last=True with the batch capped by the dataset size
+    whole_batches_only = True
+
+    choices = {"classifier": ("nme", "lsc"), "margin_mode": ("target", "all")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        if s["classifier"] not in ("nme", "lsc"):
-            raise ConfigError(f"strategy.classifier must be nme or lsc, got {s['classifier']!r}")
-        if s["margin_mode"] not in ("target", "all"):
-            raise ConfigError(f"strategy.margin_mode must be target or all, got {s['margin_mode']!r}")
         self.train_epochs = epochs_for_modality(self.cfg)
-        self.memory = ExemplarMemory.from_config(self.cfg, s["selection"])
-        if self.memory is None and s["classifier"] == "nme":
-            raise ConfigError("afc with strategy.classifier=nme needs an exemplar memory (memory.total or memory.per_class)")
-        self.old_model = None
+        # herding and class means on the normalised fused features; release: means not renormalised
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(
+            self.cfg, "selection", required_by=self.name if s["classifier"] == "nme" else None,
+            feature_fn=self.normalised_features))
+        self.class_means = self.add_part("class_means", None if self.memory is None else ClassMeans(
+            self.memory, features=self.normalised_features, renormalise=False))
+        self.previous = self.add_part("previous", PreviousModel())
+        #: channel importance of the previous model, computed when a step starts
         self.importance = None
-        self.class_means = None
 
     @classmethod
     def build_model(cls, cfg: dict):
         k = int(cfg["strategy"]["proxies_per_class"])
         return AVCILNet(cfg, feature_encoder=cfg["strategy"]["feature_encoder"],
                         classifier=lambda d: LSCClassifier(d, k))
-
-    # ---- data: exemplars merged into the new data ---------------------------------------------
-    def train_dataset_adaptation(self, **kwargs):
-        from avalanche.benchmarks.utils import concat_datasets
-
-        super().train_dataset_adaptation(**kwargs)
-        mem = self.memory.dataset() if self.memory is not None else None
-        if mem is not None and len(mem):
-            self.adapted_dataset = concat_datasets([self.adapted_dataset, mem]).train()
-
-    def make_train_dataloader(self, num_workers=0, **kwargs):
-        bs = self.cfg["train"]["batch_size"]
-        self.train_mb_size = min(bs, len(self.adapted_dataset))  # release: drop_last=True
-        kwargs.update(drop_last=True, shuffle=True)
-        super().make_train_dataloader(num_workers=self.cfg["train"]["num_workers"], **kwargs)
-        self.train_mb_size = bs
 
     # ---- start of a step: importance (previous model, memory) and weight imprinting ----------
     def _before_training_exp(self, **kwargs):
@@ -279,17 +264,20 @@ class AFC(AVCLStrategy):
         model.train(was)
         return torch.cat(feats), torch.cat(labels)
 
+    def normalised_features(self, dataset) -> torch.Tensor:
+        return self.features(dataset)[0]
+
     def compute_importance(self) -> dict | None:
         """Channel importance of the previous model over the exemplar memory (old classes)."""
         mem = self.memory.dataset() if self.memory is not None else None
-        if self.old_model is None or mem is None or not len(mem):
+        if self.previous.model is None or mem is None or not len(mem):
             return None
         s = self.scfg
         sq = None
         n = 0
         for batch in self._loader(mem):
             x, y = to_device(batch[0], self.device), batch[1].to(self.device)
-            grads = feature_gradients(self.old_model, x, y, self.num_old, float(s["nca_margin"]), s["margin_mode"])
+            grads = feature_gradients(self.previous.model, x, y, self.num_old, float(s["nca_margin"]), s["margin_mode"])
             part = {k: g.pow(2).sum(0) for k, g in grads.items()}
             sq = part if sq is None else {k: sq[k] + part[k] for k in sq}
             n += y.numel()
@@ -328,56 +316,41 @@ class AFC(AVCLStrategy):
 
     def criterion(self):
         old = None
-        if self.old_model is not None and self.num_old > 0:
+        if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
-                old = self.old_model.forward_all(self.mb_x)
+                old = self.previous.model.forward_all(self.mb_x)
         terms = self.loss_terms(self._out, old, self.mb_y)
         return sum(terms.values())
 
     # ---- prediction: NME or LSC -----------------------------------------------------------------
     def predict(self, x) -> dict:
-        if self.scfg["classifier"] == "lsc" or self.class_means is None:
+        if self.scfg["classifier"] == "lsc" or self.class_means is None or self.class_means.means is None:
             return super().predict(x)
         with self.autocast():
             f = F.normalize(self.model.forward_all(x)["fused"].float(), dim=1)
-        means = self.class_means[: self.num_seen].to(f.device)
+        means = self.class_means.means[: self.num_seen].to(f.device)
         return {self.modality: -torch.cdist(f, means)}  # nearest mean of exemplars
 
     @torch.no_grad()
-    def compute_class_means(self, herd_current: bool) -> torch.Tensor:
-        """Means of the normalised features of each seen class's exemplars (release: the herded
-        exemplars' features, not re-normalised). Classes of the current step not yet in the memory
-        are herded from the current data with the current model (``herd_current``), as the release
-        does at every epoch for NME validation."""
+    def class_means_with_current_classes(self) -> torch.Tensor:
+        """The exemplar means at the current quota, plus the means of the current step's classes
+        herded from the current data with the current model, as the release does at every epoch
+        for NME validation (they have no exemplars yet)."""
+        means = self.class_means.compute(self)
         q = self.memory.quota(self.num_seen)
-        means = torch.zeros(self.num_seen, self.model.dim)
-        for c in self.memory.classes:
-            if c < self.num_seen:
-                ds, rows = self.memory.store[c]
-                f, _ = self.features(ds.subset(rows[:q]))
-                means[c] = f.mean(0)
-        if herd_current:
-            missing = [c for c in range(self.num_old, self.num_seen) if c not in self.memory.store]
-            if missing:
-                f, lab = self.features(self.experience.dataset)
-                for c in missing:
-                    fc = f[lab == c]
-                    means[c] = fc[herding_select(fc, q)].mean(0)
+        missing = [c for c in range(self.num_old, self.num_seen) if c not in self.memory.store]
+        if missing:
+            f, lab = self.features(self.experience.dataset)
+            for c in missing:
+                fc = f[lab == c]
+                means[c] = fc[herding_select(fc, q)].mean(0)
         return means
 
     def _after_training_epoch(self, **kwargs):
         if (self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"]
                 and self.val_experiences):
-            self.class_means = self.compute_class_means(herd_current=True)
+            self.class_means.means = self.class_means_with_current_classes()
         super()._after_training_epoch(**kwargs)
-
-    # ---- end of a step -------------------------------------------------------------------------
-    def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # the base restores the best-on-validation weights first
-        if self.memory is not None:
-            self.memory.update(self.experience.dataset, self.num_seen, lambda ds: self.features(ds)[0])
-            self.class_means = self.compute_class_means(herd_current=False)
-        self.old_model = self.frozen_copy()
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         # proxies of earlier steps are a separate (frozen) tensor: regrow in two stages

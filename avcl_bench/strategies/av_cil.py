@@ -36,11 +36,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.loading import PairedReplayLoader
 from ..errors import ConfigError
 from ..models.avcil import AVCILNet
 from . import register
-from .base import AVCLStrategy
+from .base import AVCLStrategy, PreviousModel
 from .losses import separated_ce, taskwise_kd
 from .memory import ExemplarMemory
 
@@ -126,17 +125,6 @@ def epochs_for_modality(cfg: dict) -> int:
     return value
 
 
-def replay_loader(strategy, memory_dataset, batch_size: int, batch_size_mem: int):
-    """New data and exemplars in separate parts of each batch (release: the training loader zipped
-    with a cycled exemplar loader, both shuffled, ``drop_last=True``, batch sizes capped by the
-    dataset sizes). The epoch length is set by the new data."""
-    data = strategy.adapted_dataset
-    return PairedReplayLoader(
-        strategy._loader(data, min(batch_size, len(data)), shuffle=True, drop_last=True),
-        strategy._loader(memory_dataset.train(), min(batch_size_mem, len(memory_dataset)), shuffle=True,
-                         drop_last=True))
-
-
 # ----------------------------------------------------------------------------- strategy
 
 
@@ -144,36 +132,24 @@ def replay_loader(strategy, memory_dataset, batch_size: int, batch_size_mem: int
 class AVCIL(AVCLStrategy):
     """AV-CIL: separated CE + task-wise KD + D-AVSC (L_I, L_C) + VAD, random exemplars."""
 
-    checkpoint_attrs = ("old_model", "memory")
+    #: release: the training loader zipped with a cycled exemplar loader, both shuffled,
+    #: ``drop_last=True``, batch sizes capped by the dataset sizes
+    whole_batches_only = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        if s["selection"] not in ("random", "herding"):
-            raise ConfigError(f"strategy.selection must be random or herding, got {s['selection']!r}")
         if not 0.0 <= float(s["lam"]) <= 1.0:
             raise ConfigError(f"strategy.lam must lie in [0, 1], got {s['lam']!r}")
         self.train_epochs = epochs_for_modality(self.cfg)
-        self.memory = ExemplarMemory.from_config(self.cfg, s["selection"])
-        self.old_model = None
-        self.last_terms: dict = {}
+        # new samples + a separate exemplar batch (herding, when chosen, on the fused features)
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(
+            self.cfg, "selection", replay="paired", batch_size=s["exemplar_batch_size"]))
+        self.previous = self.add_part("previous", PreviousModel())
 
     @classmethod
     def build_model(cls, cfg: dict):
         return AVCILNet(cfg, feature_encoder=cfg["strategy"]["feature_encoder"])
-
-    # ---- data: new samples + a separate exemplar batch --------------------------------------
-    def make_train_dataloader(self, num_workers=0, **kwargs):
-        mem = self.memory.dataset() if self.memory is not None and self.task_id > 0 else None
-        bs = self.cfg["train"]["batch_size"]
-        if mem is not None and len(mem):
-            self.dataloader = replay_loader(self, mem, bs, self.scfg["exemplar_batch_size"])
-            return
-        # release: drop_last=True with the batch capped by the dataset size
-        self.train_mb_size = min(bs, len(self.adapted_dataset))
-        kwargs.update(drop_last=True, shuffle=True)
-        super().make_train_dataloader(num_workers=self.cfg["train"]["num_workers"], **kwargs)
-        self.train_mb_size = bs
 
     # ---- forward and loss --------------------------------------------------------------------
     def forward(self):
@@ -207,17 +183,8 @@ class AVCIL(AVCLStrategy):
 
     def criterion(self):
         y = self.mb_y
-        if self.old_model is None or self.num_old == 0:
+        if self.previous.model is None or self.num_old == 0:
             return F.cross_entropy(self.mb_output[:, : self.num_seen].float(), y)
         with torch.no_grad(), self.autocast():
-            old = self.old_model.forward_all(self.mb_x)
-        terms = self.loss_terms(self._out, old, y)
-        self.last_terms = {k: v.detach() for k, v in terms.items()}  # for inspection; no sync
-        return sum(terms.values())
-
-    # ---- end of a step: memory, previous model ----------------------------------------------
-    def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # the base restores the best-on-validation weights first
-        if self.memory is not None:
-            self.memory.update(self.experience.dataset, self.num_seen, self.extract_features)  # fused features
-        self.old_model = self.frozen_copy()
+            old = self.previous.model.forward_all(self.mb_x)
+        return sum(self.loss_terms(self._out, old, y).values())

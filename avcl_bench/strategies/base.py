@@ -9,10 +9,13 @@ What it adds to the stock template (the training loop itself is Avalanche's, wri
 - evaluation of every test experience seen so far after each experience, for every modality the
   model predicts (CIGN predicts three from one model);
 - optional model selection by best validation accuracy per step (the AV-CIL release);
-- exemplar memory in both forms (per class, or a fixed total over the classes seen so far).
+- parts (:class:`Part`): the mechanisms several methods share — the frozen previous model
+  (:class:`PreviousModel`), the exemplar memory and the exemplars' class means
+  (``strategies/memory.py``) — run by the base at each experience and saved in checkpoints.
 
-A method is a subclass that overrides a few hooks (``criterion``, ``_after_training_exp`` ...)
-and is registered by name with :func:`avcl_bench.strategies.register`.
+A method is a subclass that declares its parts (:meth:`AVCLStrategy.add_part`), writes its loss
+(``criterion``) and overrides a few hooks (``predict``, ``_after_training_exp`` ...); it is
+registered by name with :func:`avcl_bench.strategies.register`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
-from ..data.loading import PairedReplayLoader, make_loader
+
+from ..data.loading import make_loader
+from ..errors import ConfigError
 from ..models.avnet import AVNet
 
 
@@ -46,6 +50,60 @@ def make_optimizer(params, train_cfg: dict):
     return torch.optim.Adam(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
 
 
+def frozen_copy(module):
+    """A frozen deep copy in eval mode (the 'previous model' of distillation methods)."""
+    old = copy.deepcopy(module)
+    old.eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+class Part:
+    """A mechanism several strategies share, in the manner of an Avalanche plugin: the base runs
+    its hooks at each experience and saves and restores its state in run checkpoints, so a
+    strategy declares it once (:meth:`AVCLStrategy.add_part`) and lists nothing for ``--resume``.
+    Parts run in the order they were declared."""
+
+    def before_training_exp(self, strategy) -> None:
+        """The experience starts (before its data and the model are adapted)."""
+
+    def train_dataset(self, strategy, dataset):
+        """The experience's training data (a memory replayed by concatenation adds its exemplars)."""
+        return dataset
+
+    def train_loader(self, strategy, loader):
+        """The experience's training loader (a memory replayed in separate batches wraps it)."""
+        return loader
+
+    def after_training_exp(self, strategy) -> None:
+        """The experience ends (its best-on-validation weights already restored)."""
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the part (tensors on the CPU, plain containers)."""
+        return {}
+
+    def load_state_dict(self, state: dict, strategy, train_experiences) -> None:
+        """Inverse of :meth:`state_dict`; ``train_experiences`` re-link stored rows to their data."""
+
+
+class PreviousModel(Part):
+    """The frozen model as it ended the previous experience, the distillation target (``model``;
+    None during the first experience).
+
+    It is copied when the next experience starts, before the classifier grows: the model then is
+    the previous experience's final one (best-on-validation weights restored, any stage after
+    training done), and after ``--resume`` it is exactly the restored model, so the copy itself
+    never goes into a checkpoint."""
+
+    def __init__(self):
+        self.model = None
+
+    def before_training_exp(self, strategy) -> None:
+        if strategy.experience.current_experience > 0:
+            self.model = frozen_copy(strategy.model)
+
+
 class AVCLStrategy(SupervisedTemplate):
     """Base of every avcl-bench strategy (fine-tuning when used as is)."""
 
@@ -55,6 +113,10 @@ class AVCLStrategy(SupervisedTemplate):
     def __init__(self, *, cfg: dict, num_classes: int, num_tasks: int, device, plugins=None, model=None):
         self.cfg = cfg
         self.scfg = cfg["strategy"]
+        for key, allowed in self.choices.items():
+            if self.scfg.get(key) not in allowed:
+                raise ConfigError(f"config key 'strategy.{key}' must be {' or '.join(allowed)}, "
+                                  f"got {self.scfg.get(key)!r}")
         self.modality = cfg["modality"]
         self.total_classes = num_classes
         self.num_tasks = num_tasks
@@ -63,6 +125,8 @@ class AVCLStrategy(SupervisedTemplate):
         self.num_old = 0  # classes of earlier experiences
         self.task_id = -1
         self.val_experiences = []
+        #: name -> :class:`Part`, in declaration order (see :meth:`add_part`)
+        self.parts: dict[str, Part] = {}
         model = model if model is not None else self.build_model(cfg)
         train = cfg["train"]
         super().__init__(
@@ -78,7 +142,20 @@ class AVCLStrategy(SupervisedTemplate):
         )
         self.use_amp = bool(train["amp"]) and torch.device(device).type == "cuda"
 
+    #: {strategy key: its allowed values}, checked when the strategy is built
+    choices: dict = {}
+    #: the AV-CIL release's training loader: whole batches only (``drop_last``), the batch size
+    #: capped by the size of the data (and so the exemplar batch, when replayed separately)
+    whole_batches_only = False
+
     # ---- construction hooks ----------------------------------------------------------------
+    def add_part(self, name: str, part: Part | None):
+        """Declare a part (None: the run has none, e.g. no memory in its protocol); returns it.
+        ``name`` is its key in checkpoints."""
+        if part is not None:
+            self.parts[name] = part
+        return part
+
     @classmethod
     def build_model(cls, cfg: dict):
         return AVNet(cfg)
@@ -112,6 +189,8 @@ class AVCLStrategy(SupervisedTemplate):
         self.task_id = self.experience.current_experience
         self.num_old = min(classes)
         self.num_seen = max(classes) + 1
+        for part in self.parts.values():
+            part.before_training_exp(self)
         super()._before_training_exp(**kwargs)
 
     def autocast(self):
@@ -141,12 +220,28 @@ class AVCLStrategy(SupervisedTemplate):
                            pin_memory=bool(self.cfg["train"]["pin_memory"]) and self.device.type == "cuda",
                            batched=bool(self.cfg["train"]["batched_loading"]))
 
+    def new_training_data(self):
+        """The part of the current experience's data trained on and offered to the memory (BiC
+        holds some out)."""
+        return self.experience.dataset
+
+    def train_dataset_adaptation(self, **kwargs):
+        dataset = self.new_training_data()
+        for part in self.parts.values():
+            dataset = part.train_dataset(self, dataset)
+        self.adapted_dataset = dataset.train()
+
     def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
                               drop_last=False, **kwargs):
         """The experience's training loader (replaces Avalanche's per-item DataLoader; same
-        sampler, so the same batches)."""
-        self.dataloader = self._loader(self.adapted_dataset, self.train_mb_size, shuffle=shuffle,
-                                       drop_last=drop_last)
+        sampler, so the same batches), wrapped by the parts."""
+        batch_size = self.train_mb_size
+        if self.whole_batches_only:
+            batch_size, drop_last = min(batch_size, len(self.adapted_dataset)), True
+        loader = self._loader(self.adapted_dataset, batch_size, shuffle=shuffle, drop_last=drop_last)
+        for part in self.parts.values():
+            loader = part.train_loader(self, loader)
+        self.dataloader = loader
 
     @torch.no_grad()
     def extract_features(self, dataset) -> torch.Tensor:
@@ -160,6 +255,20 @@ class AVCLStrategy(SupervisedTemplate):
                 out.append(self.model.forward_features(to_device(batch[0], self.device)).float().cpu())
         self.model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.model.dim)
+
+    @torch.no_grad()
+    def dataset_logits(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over the seen classes (n, num_seen) and labels (n,) of a dataset, in eval mode, on
+        the CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        logits, labels = [], []
+        for batch in self._loader(dataset.eval()):
+            with self.autocast():
+                logits.append(self.model(to_device(batch[0], self.device))[:, : self.num_seen].float().cpu())
+            labels.append(batch[1].cpu())
+        self.model.train(was_training)
+        return torch.cat(logits), torch.cat(labels)
 
     @torch.no_grad()
     def evaluate_experiences(self, experiences) -> dict:
@@ -202,105 +311,52 @@ class AVCLStrategy(SupervisedTemplate):
             self.model.load_state_dict(self._best_val[1])
             self._best_val = (-1.0, None)
         super()._after_training_exp(**kwargs)
+        for part in self.parts.values():
+            part.after_training_exp(self)
 
     # ---- checkpoints at experience boundaries ------------------------------------------------
-    #: Strategy attributes saved in checkpoints besides the model: tensors, modules (e.g. the
-    #: previous model), plain containers of those, and ExemplarMemory objects.
+    #: A method's own state saved in checkpoints besides the model and the parts (which save
+    #: themselves): names of attributes holding tensors, modules, plain containers of those, or
+    #: ``torch.Generator`` random streams (their states are kept, the generator objects stay).
     checkpoint_attrs: tuple = ()
-    #: ``torch.Generator`` attributes (a method's own random streams) whose states checkpoints keep.
-    checkpoint_generators: tuple = ()
 
     def checkpoint_state(self) -> dict:
         """State dicts (never a pickle of the Avalanche template, which fails here)."""
-        from .memory import ExemplarMemory
 
-        def pack(v):
-            return {"__exemplar_memory__": v.state()} if isinstance(v, ExemplarMemory) else v
+        def pack(value):
+            return {_GENERATOR_STATE: value.get_state()} if isinstance(value, torch.Generator) else value
 
         return {
             "model": self.model.state_dict(),
             "num_seen": self.num_seen, "num_old": self.num_old, "task_id": self.task_id,
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "attrs": {name: pack(getattr(self, name, None)) for name in self.checkpoint_attrs},
-            "generators": {name: getattr(self, name).get_state() for name in self.checkpoint_generators},
-            "replay_memories": [p.memory.state() for p in self.plugins if isinstance(p, ExemplarReplayPlugin)],
         }
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         """Restore :meth:`checkpoint_state`; ``train_experiences`` re-link exemplar rows to data."""
-        from .memory import ExemplarMemory
-
-        def dataset_of_class(c):
-            return train_experiences[c // self.classes_per_task].dataset
-
-        def unpack(v):
-            if isinstance(v, dict) and "__exemplar_memory__" in v:
-                return ExemplarMemory.restore(v["__exemplar_memory__"], dataset_of_class)
-            return v
-
+        if "parts" not in state:
+            raise ConfigError("the checkpoint predates strategy parts (written by an older avcl-bench) and cannot "
+                              "be resumed: run again without --resume")
         self.model.grow(state["num_seen"])
         self.model.load_state_dict(state["model"])
         self.model.to(self.device)
         self.num_seen, self.num_old, self.task_id = state["num_seen"], state["num_old"], state["task_id"]
+        for name, part in self.parts.items():
+            part.load_state_dict(state["parts"][name], self, train_experiences)
         for name, value in state["attrs"].items():
-            value = unpack(value)
+            if isinstance(value, dict) and _GENERATOR_STATE in value:
+                getattr(self, name).set_state(value[_GENERATOR_STATE])
+                continue
             if isinstance(value, (torch.nn.Module, torch.Tensor)):  # checkpoints are loaded on the CPU
                 value = value.to(self.device)
             setattr(self, name, value)
-        for name, rng_state in state.get("generators", {}).items():
-            getattr(self, name).set_state(rng_state)
-        replay = [p for p in self.plugins if isinstance(p, ExemplarReplayPlugin)]
-        for plugin, mem_state in zip(replay, state["replay_memories"]):
-            plugin.memory = ExemplarMemory.restore(mem_state, dataset_of_class)
 
-    # ---- helpers for methods ------------------------------------------------------------------
-    def frozen_copy(self, module=None):
-        """A frozen deep copy (the 'previous model' of distillation methods)."""
-        old = copy.deepcopy(self.model if module is None else module)
-        old.eval()
-        for p in old.parameters():
-            p.requires_grad_(False)
-        return old
+    def dataset_of_class(self, train_experiences, c: int):
+        """The training dataset (of ``train_experiences``) that holds class ``c``."""
+        return train_experiences[c // self.classes_per_task].dataset
 
 
-class ExemplarReplayPlugin(SupervisedPlugin):
-    """Replay from an :class:`~avcl_bench.strategies.memory.ExemplarMemory` (Avalanche plugin).
+#: marks a ``torch.Generator``'s state among the checkpointed attributes
+_GENERATOR_STATE = "__generator_state__"
 
-    Each training batch holds ``batch_size`` new samples and ``batch_size_mem`` exemplars
-    (``PairedReplayLoader``, as Avalanche's ReplayDataLoader); after each experience the memory
-    takes the new classes and shrinks the old ones to the quota. Unlike Avalanche's storage policies, the memory is a list of
-    row indices, so it is saved in run checkpoints.
-    """
-
-    def __init__(self, memory, batch_size: int, batch_size_mem: int, feature_fn=None):
-        super().__init__()
-        self.memory = memory
-        self.batch_size = batch_size
-        self.batch_size_mem = batch_size_mem
-        self.feature_fn = feature_fn  # for herding selection
-
-    def before_training_exp(self, strategy, shuffle: bool = True, drop_last: bool = False, **kwargs):
-        buffer = self.memory.dataset()
-        if buffer is None or len(buffer) == 0:
-            return
-        strategy.dataloader = PairedReplayLoader(
-            strategy._loader(strategy.adapted_dataset, self.batch_size, shuffle=shuffle, drop_last=drop_last),
-            strategy._loader(buffer.train(), self.batch_size_mem, shuffle=True))
-
-    def after_training_exp(self, strategy, **kwargs):
-        self.memory.update(strategy.experience.dataset, strategy.num_seen, self.feature_fn)
-
-
-def memory_plugin(cfg: dict, num_classes: int | None = None, batch_size_mem: int | None = None,
-                  selection: str = "random", feature_fn=None):
-    """Replay plugin in the run's memory form, or None when the protocol has no memory.
-
-    ``memory.per_class = m`` keeps exactly m exemplars per old class (CIGN Sec. 4.1: 50);
-    ``memory.total = M`` splits M equally over the classes seen so far (AV-CIL: 340/500/1500).
-    """
-    from .memory import ExemplarMemory
-
-    memory = ExemplarMemory.from_config(cfg, selection)
-    if memory is None:
-        return None
-    bs = cfg["train"]["batch_size"]
-    return ExemplarReplayPlugin(memory, bs, batch_size_mem or bs, feature_fn)

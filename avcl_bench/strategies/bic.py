@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import register
-from .icarl import ExemplarRehearsal
+from .base import AVCLStrategy, PreviousModel
 from .memory import ExemplarMemory
 
 
@@ -120,50 +120,64 @@ def fit_bias_layer(layers: BiasLayers, index: int, logits: torch.Tensor, y: torc
     return losses
 
 
-class _TrainingExemplars(ExemplarMemory):
-    """The training part of each class's exemplar budget (budget minus its validation share).
+class TrainingExemplars(ExemplarMemory):
+    """The exemplar memory of BiC: the training part of each class's budget (budget minus its
+    validation share ``val_count(budget)``) is replayed, the validation exemplars (``val_store``:
+    class -> (dataset, rows)) are kept beside it and never trained on.
 
-    ``len()`` counts the whole budget in use, training + validation exemplars (``val_store``),
-    which is what a run reports as its buffer size."""
+    ``len()`` counts the whole budget in use, training + validation exemplars, which is what a run
+    reports as its buffer size."""
 
-    def __init__(self, *args, val_count=None, val_store=None, **kwargs):
+    def __init__(self, *args, val_count, **kwargs):
         super().__init__(*args, **kwargs)
         self.val_count = val_count
-        self.val_store = val_store if val_store is not None else {}
+        self.val_store: dict[int, tuple[object, list[int]]] = {}
+
+    def budget(self, num_seen_classes: int) -> int:
+        """A class's whole exemplar budget under the run's protocol."""
+        return super().quota(num_seen_classes)
 
     def quota(self, num_seen_classes: int) -> int:
-        q = super().quota(num_seen_classes)
+        q = self.budget(num_seen_classes)
         return max(0, q - self.val_count(q))
 
-    def training_len(self) -> int:
-        return super().__len__()
-
     def __len__(self) -> int:
-        return self.training_len() + sum(len(rows) for _, rows in self.val_store.values())
+        return self.replay_len() + sum(len(rows) for _, rows in self.val_store.values())
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "val_rows": {c: list(r) for c, (_, r) in self.val_store.items()}}
+
+    def load_state_dict(self, state: dict, strategy, train_experiences) -> None:
+        super().load_state_dict(state, strategy, train_experiences)
+        self.val_store.clear()
+        self.val_store.update({int(c): (strategy.dataset_of_class(train_experiences, int(c)), list(r))
+                               for c, r in state["val_rows"].items()})
 
 
 @register("bic")
-class BiC(ExemplarRehearsal):
-    #: saved in run checkpoints besides the model; the exemplar rows, the validation rows, the
-    #: bias layers and the split's random state are added by :meth:`checkpoint_state`
-    checkpoint_attrs = ("stage2_losses",)
+class BiC(AVCLStrategy):
+    #: saved in run checkpoints besides the model and the parts (exemplar memory, previous model)
+    checkpoint_attrs = ("stage2_losses", "bias", "_rng")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         frac = float(self.scfg["val_fraction"])
         if not 0.0 < frac < 1.0:
             raise ConfigError(f"config key 'strategy.val_fraction' must be in (0, 1), got {frac!r}")
-        mem = self.memory
         # the training exemplars keep the budget minus ceil(val_fraction * budget) per class
-        self.val_store: dict[int, tuple[object, list[int]]] = {}  # class -> (dataset, rows)
-        self.memory = _TrainingExemplars(mem.per_class, mem.total, mem.selection, seed=self.cfg["seed"],
-                                         val_count=self.val_count, val_store=self.val_store)
+        self.memory = self.add_part("memory", TrainingExemplars.from_config(
+            self.cfg, "selection", required_by=self.name, val_count=self.val_count))
+        self.previous = self.add_part("previous", PreviousModel())
         self.bias = BiasLayers().to(self.device)
-        self.old_model = None
         self._heldout: dict[int, list[int]] = {}
         self._train_rows: list[int] | None = None
         self._rng = np.random.RandomState(int(self.cfg["seed"]) + 1)
         self.stage2_losses: list[list[float]] = []
+
+    @property
+    def val_store(self) -> dict:
+        """class -> (dataset, rows) of the validation exemplars."""
+        return self.memory.val_store
 
     def val_count(self, budget: int) -> int:
         """Validation exemplars of a class out of its budget (paper: 1 in 10, at least 1)."""
@@ -171,24 +185,11 @@ class BiC(ExemplarRehearsal):
             return 0
         return min(budget - 1, max(1, math.ceil(float(self.scfg["val_fraction"]) * budget)))
 
-    def buffer_len(self) -> int:
-        """Training exemplars + validation exemplars (together the protocol's budget)."""
-        return len(self.memory)
-
-    def exemplar_dataset(self):
-        """The training exemplars (the validation exemplars are never trained on)."""
-        return self.memory.dataset() if self.memory.training_len() else None
-
-    def _budget(self, num_seen: int) -> int:
-        return ExemplarMemory.quota(self.memory, num_seen)
-
     # ---- data: split of the new experience -----------------------------------------------------
     def _before_training_exp(self, **kwargs):
         exp = self.experience
-        if exp.current_experience > 0:
-            self.old_model = self.frozen_copy()
         classes = exp.classes_in_this_experience
-        n_val = self.val_count(self._budget(max(classes) + 1))
+        n_val = self.val_count(self.memory.budget(max(classes) + 1))
         targets = np.asarray(list(exp.dataset.targets))
         self._heldout = {}
         train_rows = []
@@ -214,10 +215,10 @@ class BiC(ExemplarRehearsal):
     def criterion(self):
         logits = self.mb_output[:, : self.num_seen].float()
         loss_c = F.cross_entropy(logits, self.mb_y)
-        if self.old_model is None or self.num_old == 0:
+        if self.previous.model is None or self.num_old == 0:
             return loss_c
         with torch.no_grad(), self.autocast():
-            old = self.old_model(self.mb_x)
+            old = self.previous.model(self.mb_x)
         old = self.bias(old[:, : self.num_old].float(), upto=self.task_id)
         loss_d = bic_distillation(logits[:, : self.num_old], old, float(self.scfg["T"]))
         lam = self.scfg["lambda"]
@@ -228,7 +229,7 @@ class BiC(ExemplarRehearsal):
     def validation_dataset(self):
         """Validation exemplars of the old classes + the held-out clips of the new classes."""
         parts = []
-        n_val = self.val_count(self._budget(self.num_seen))
+        n_val = self.val_count(self.memory.budget(self.num_seen))
         for c in sorted(c for c in self.val_store if c < self.num_old):
             ds, rows = self.val_store[c]
             if rows[:n_val]:
@@ -241,7 +242,9 @@ class BiC(ExemplarRehearsal):
         return concat_datasets(parts) if len(parts) > 1 else parts[0]
 
     def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # restores the best-on-val weights when configured
+        # best-on-val weights restored; the memory took the training exemplars of the new classes
+        # from the data trained on (``new_training_data``) and cut the old classes to the quota
+        super()._after_training_exp(**kwargs)
         if self.task_id > 0:
             val = self.validation_dataset()
             if val is not None:
@@ -252,49 +255,17 @@ class BiC(ExemplarRehearsal):
                                         batch_size=self.cfg["train"]["batch_size"],
                                         seed=int(self.cfg["seed"]) + self.task_id, beta_l2=float(s["beta_l2"]))
                 self.stage2_losses.append(losses)
-        # memory: training exemplars from the new data actually trained on (rows kept as positions
-        # in the experience's dataset), the held-out clips become the new classes' validation
-        # exemplars; old classes shrink to the quota
-        self.update_memory(self.new_training_data())
+        # the memory's rows of the new classes index the trained-on subset: re-linked to the
+        # experience's dataset; the held-out clips become the new classes' validation exemplars
         full = self.experience.dataset
         for c in self._heldout:
             ds, rows = self.memory.store[c]
             self.memory.store[c] = (full, [self._train_rows[r] for r in rows])
         for c, rows in self._heldout.items():
             self.val_store[c] = (full, list(rows))
-        n_val = self.val_count(self._budget(self.num_seen))
+        n_val = self.val_count(self.memory.budget(self.num_seen))
         for c, (ds, rows) in list(self.val_store.items()):
             self.val_store[c] = (ds, rows[:n_val])
-
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def checkpoint_state(self) -> dict:
-        state = super().checkpoint_state()
-        bias = {"alpha": [float(a) for a in self.bias.alpha], "beta": [float(b) for b in self.bias.beta],
-                "slices": list(self.bias.slices)}
-        state["bic"] = {"memory": self.memory.state(), "rng": self._rng.get_state(), "bias": bias,
-                        "val_rows": {c: list(r) for c, (_, r) in self.val_store.items()}}
-        return state
-
-    def load_checkpoint_state(self, state: dict, train_experiences) -> None:
-        super().load_checkpoint_state(state, train_experiences)
-        b = state["bic"]
-
-        def dataset_of_class(c):
-            return train_experiences[c // self.classes_per_task].dataset
-
-        restored = ExemplarMemory.restore(b["memory"], dataset_of_class)
-        self.val_store = {int(c): (dataset_of_class(int(c)), list(r)) for c, r in b["val_rows"].items()}
-        self.memory = _TrainingExemplars(restored.per_class, restored.total, restored.selection,
-                                         seed=self.cfg["seed"], val_count=self.val_count, val_store=self.val_store)
-        self.memory.rng, self.memory.store = restored.rng, restored.store
-        self.bias = BiasLayers()
-        for (start, stop), a, be in zip(b["bias"]["slices"], b["bias"]["alpha"], b["bias"]["beta"]):
-            self.bias.add(start, stop)
-            with torch.no_grad():
-                self.bias.alpha[-1].fill_(a)
-                self.bias.beta[-1].fill_(be)
-        self.bias.to(self.device)
-        self._rng.set_state(b["rng"])
 
     def predict(self, x) -> dict:
         with self.autocast():

@@ -64,14 +64,12 @@ Deviations and gap-filling (also in ``strategies/cign.yaml`` ``deviations:``):
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
-from avalanche.benchmarks.utils import concat_datasets
 
 from ..models.cign import CIGNNet
 from . import register
-from .base import AVCLStrategy
-from .losses import TERMS, cign_loss_terms  # noqa: F401  (pure torch: usable without Avalanche)
+from .base import AVCLStrategy, PreviousModel
+from .losses import cign_loss_terms
 from .memory import ExemplarMemory
 
 # ---------------------------------------------------------------- the strategy
@@ -81,59 +79,28 @@ class CIGN(AVCLStrategy):
 
     #: one audio-visual run reports the audio, visual and audio-visual accuracy matrices
     predicts_all_modalities = True
-    #: saved in run checkpoints besides the model (``--resume``)
-    checkpoint_attrs = ("memory", "prev_model")
+    choices = {"cg_negatives": ("batch", "classes")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.scfg.get("cg_negatives", "classes") not in ("batch", "classes"):
-            from ..errors import ConfigError
-
-            raise ConfigError(f"config key 'strategy.cg_negatives' must be batch or classes, "
-                              f"got {self.scfg['cg_negatives']!r}")
-        self.memory = self._make_memory()
-        self.prev_model: CIGNNet | None = None
-        self.last_terms: dict[str, float] = {}
+        # the protocol's memory; where it declares none, CIGN Sec. 4.1's 50 per class
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(
+            self.cfg, fallback_per_class=self.scfg.get("memory_per_class")))
+        self.previous = self.add_part("previous", PreviousModel())  # the model of task t-1
 
     @classmethod
     def build_model(cls, cfg: dict):
         return CIGNNet(cfg)
-
-    def _make_memory(self) -> ExemplarMemory | None:
-        mem = self.cfg["memory"]
-        per_class, total = mem.get("per_class"), mem.get("total")
-        if per_class is None and total is None:  # the protocol declares no memory: CIGN Sec. 4.1
-            per_class = self.scfg.get("memory_per_class")
-        if not per_class and not total:
-            return None
-        return ExemplarMemory(per_class or None, total or None, "random", seed=self.cfg["seed"])
-
-    def buffer_len(self) -> int:
-        return len(self.memory) if self.memory is not None else 0
 
     def reported_modalities(self) -> list[str]:
         if self.modality == "audio-visual":
             return ["audio", "visual", "audio-visual"]
         return [self.modality]
 
-    # ---- data: new task + class-balanced exemplars of the old classes ------------------------
-    def train_dataset_adaptation(self, **kwargs):
-        ds = self.experience.dataset
-        if self.memory is not None and len(self.memory):
-            ds = concat_datasets([ds, self.memory.dataset()])
-        self.adapted_dataset = ds.train()
-
-    def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # (restores the best-on-val weights when enabled)
-        if self.memory is not None:
-            self.memory.update(self.experience.dataset, self.num_seen)
-        self.prev_model = self.frozen_copy()  # the model of task t-1 for the next task
-
     # ---- loss ----------------------------------------------------------------------------------
     def criterion(self):
-        terms = cign_loss_terms(self.model, self.prev_model, self.mb_x, self.mb_y, self.mb_output,
+        terms = cign_loss_terms(self.model, self.previous.model, self.mb_x, self.mb_y, self.mb_output,
                                 self.num_old, self.num_seen, self.scfg)
-        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return sum(terms.values())  # CIGN Eq. 10: L = L_ctl + L_group
 
     # ---- prediction ------------------------------------------------------------------------

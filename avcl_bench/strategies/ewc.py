@@ -30,7 +30,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from . import register
 from .base import AVCLStrategy, to_device
 
@@ -64,17 +63,12 @@ class EWC(AVCLStrategy):
     """Fine-tuning plus the EWC quadratic penalty towards the parameters of earlier experiences."""
 
     #: saved in run checkpoints besides the model (``--resume``)
-    checkpoint_attrs = ("penalties",)
-    checkpoint_generators = ("_gen",)  # the sampled labels of the empirical Fisher
+    choices = {"mode": ("separate", "online"), "fisher_target": ("sampled", "label")}
+    checkpoint_attrs = ("penalties", "_gen")  # _gen: the labels sampled for the Fisher
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        if s["mode"] not in ("separate", "online"):
-            raise ConfigError(f"config key 'strategy.mode' must be separate or online, got {s['mode']!r}")
-        if s["fisher_target"] not in ("sampled", "label"):
-            raise ConfigError("config key 'strategy.fisher_target' must be sampled or label, "
-                              f"got {s['fisher_target']!r}")
         self.ewc_lambda = float(s["lambda"])
         #: one (fisher, anchor) dict pair per earlier experience ("separate"), or a single running pair ("online")
         self.penalties: list[tuple[dict, dict]] = []

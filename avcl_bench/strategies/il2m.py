@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from . import register
-from .icarl import ExemplarRehearsal
+from .base import AVCLStrategy
+from .memory import ExemplarMemory
 
 
 def il2m_rectify(scores: torch.Tensor, num_old: int, factors: torch.Tensor) -> torch.Tensor:
@@ -56,14 +56,14 @@ def class_statistics(scores: torch.Tensor, y: torch.Tensor, num_old: int) -> tup
 
 
 @register("il2m")
-class IL2M(ExemplarRehearsal):
-    #: both memories are saved in run checkpoints (``--resume``)
-    checkpoint_attrs = ("memory", "init_mean", "class_state", "confidence", "cur_mean", "stats_state")
+class IL2M(AVCLStrategy):
+    choices = {"scores": ("logits", "softmax")}
+    #: the second memory, saved in run checkpoints (``--resume``; the exemplar memory saves itself)
+    checkpoint_attrs = ("init_mean", "class_state", "confidence", "cur_mean", "stats_state")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.scfg["scores"] not in ("logits", "softmax"):
-            raise ConfigError(f"config key 'strategy.scores' must be logits or softmax, got {self.scfg['scores']!r}")
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(self.cfg, "selection", required_by=self.name))
         self.init_mean: dict[int, float] = {}  # class -> mean score when the class was new
         self.class_state: dict[int, int] = {}  # class -> the state in which it was learned
         self.confidence: dict[int, float] = {}  # state -> mean top-1 score on its new classes
@@ -76,9 +76,8 @@ class IL2M(ExemplarRehearsal):
         return logits.softmax(1) if self.scfg["scores"] == "softmax" else logits
 
     def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # restores the best-on-val weights when configured
-        self.compute_statistics()
-        self.update_memory()
+        super()._after_training_exp(**kwargs)  # best-on-val weights restored, the exemplar memory updated
+        self.compute_statistics()  # on the data trained on, so on the exemplars before this update
 
     @torch.no_grad()
     def compute_statistics(self) -> None:

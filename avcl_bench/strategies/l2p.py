@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..models.prompts import PromptedAVNet, PromptPool, load_backbone_checkpoint, pretrain_backbone
 from . import register
 from .base import AVCLStrategy, make_optimizer, to_device
@@ -133,10 +132,10 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
 class L2P(FrozenBackbonePromptStrategy):
     """Prompt pool + key-query selection on a frozen pretrained audio-visual transformer."""
 
+    choices = {"head": ("prompt_avg", "cls")}
+
     def build_prompt(self):
         s = self.scfg
-        if s["head"] not in ("prompt_avg", "cls"):
-            raise ConfigError(f"strategy.head must be prompt_avg or cls, got {s['head']!r}")
         return PromptPool(int(s["pool_size"]), int(s["prompt_length"]), self.model.dim, int(s["top_n"])).to(self.device)
 
     def prompted_features(self, x, task=None):

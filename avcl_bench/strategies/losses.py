@@ -95,8 +95,6 @@ def proxy_attention_pool(sims: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- CIGN (Mo, Pian, Tian 2023)
-#: names of every loss term :func:`cign_loss_terms` may return
-TERMS = ("bce_audio", "bce_visual", "token_kl", "token_ce", "cg_audio", "cg_visual")
 
 
 def bce_heads(logits: torch.Tensor, y: torch.Tensor, num_seen: int) -> torch.Tensor:

@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from . import register
-from .base import AVCLStrategy
+from .base import AVCLStrategy, PreviousModel
 from .losses import kd_loss, taskwise_kd
 
 
@@ -51,25 +50,17 @@ def lwf_loss(logits: torch.Tensor, old_logits: torch.Tensor | None, y: torch.Ten
 
 @register("lwf")
 class LwF(AVCLStrategy):
+    choices = {"ce": ("new", "all"), "kd": ("taskwise", "global")}
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.scfg["ce"] not in ("new", "all"):
-            raise ConfigError(f"config key 'strategy.ce' must be new or all, got {self.scfg['ce']!r}")
-        if self.scfg["kd"] not in ("taskwise", "global"):
-            raise ConfigError(f"config key 'strategy.kd' must be taskwise or global, got {self.scfg['kd']!r}")
-        self.old_model = None
-
-    def _before_training_exp(self, **kwargs):
-        if self.experience.current_experience > 0:
-            # the model as it ended the previous experience (before the classifier grows)
-            self.old_model = self.frozen_copy()
-        super()._before_training_exp(**kwargs)
+        self.previous = self.add_part("previous", PreviousModel())
 
     def old_logits(self):
-        if self.old_model is None or self.num_old == 0:
+        if self.previous.model is None or self.num_old == 0:
             return None
         with torch.no_grad(), self.autocast():
-            return self.old_model(self.mb_x)
+            return self.previous.model(self.mb_x)
 
     def criterion(self):
         s = self.scfg

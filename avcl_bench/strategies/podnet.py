@@ -49,15 +49,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from avalanche.benchmarks.utils import concat_datasets
 from torch import nn
 
-from ..errors import ConfigError
 from ..models.avnet import GrowingRows
 from . import register
-from .base import AVCLStrategy
+from .base import AVCLStrategy, PreviousModel
 from .losses import nca_loss, proxy_attention_pool
-from .memory import ExemplarMemory
+from .memory import ClassMeans, ExemplarMemory
 
 
 # ---- POD: pooled outputs distillation -------------------------------------------------------------
@@ -184,32 +182,20 @@ def pod_forward(model, x, square: bool = True):
 
 @register("podnet")
 class PODNet(AVCLStrategy):
-    checkpoint_attrs = ("old_model", "memory", "class_means")
-    checkpoint_generators = ("_gen",)  # k-means initialisation of imprinted proxies
+    choices = {"classifier": ("lsc", "nme")}
+    checkpoint_attrs = ("_gen",)  # k-means initialisation of imprinted proxies, balanced fine-tuning order
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        if s["classifier"] not in ("lsc", "nme"):
-            raise ConfigError(f"strategy.classifier must be lsc or nme, got {s['classifier']!r}")
-        self.memory = ExemplarMemory.from_config(self.cfg, selection=s["exemplar_selection"])
-        if s["classifier"] == "nme" and self.memory is None:
-            raise ConfigError("PODNet's NME classifier needs an exemplar memory (memory.per_class or memory.total)")
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(
+            self.cfg, "exemplar_selection", required_by=self.name if s["classifier"] == "nme" else None))
+        # NME: cosine to the L2-normalised exemplar means (C, D)
+        self.class_means = self.add_part("class_means", ClassMeans(self.memory) if s["classifier"] == "nme" else None)
+        self.previous = self.add_part("previous", PreviousModel())
         self.model.classifier = LSCClassifier(self.model.dim, int(s["proxies_per_class"]), float(s["eta_init"]))
         self.model.to(self.device)
-        self.old_model = None
-        self.class_means = None  # (C, D) normalised exemplar means for NME
         self._gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
-
-    def buffer_len(self) -> int:
-        return len(self.memory) if self.memory is not None else 0
-
-    # ---- data: new experience + exemplars, merged ---------------------------------------------
-    def train_dataset_adaptation(self, **kwargs):
-        super().train_dataset_adaptation(**kwargs)
-        mem = self.memory.dataset() if self.memory is not None else None
-        if mem is not None:
-            self.adapted_dataset = concat_datasets([self.adapted_dataset, mem]).train()
 
     # ---- model: LSC growth + imprinting ----------------------------------------------------------
     def check_model_and_optimizer(self, **kwargs):
@@ -243,24 +229,18 @@ class PODNet(AVCLStrategy):
         s = self.scfg
         sims = self.mb_output[:, : self.num_seen].float()
         loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, float(s["nca_margin"]), hinge=True)  # PODNet Eq. 8
-        if self.old_model is not None and self.num_old > 0:
+        if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
-                old_feat, old_stages = pod_forward(self.old_model, self.mb_x, bool(s["pod_square"]))
+                old_feat, old_stages = pod_forward(self.previous.model, self.mb_x, bool(s["pod_square"]))
             adapt = math.sqrt(self.num_seen / max(1, self.num_seen - self.num_old))
             loss = loss + float(s["lambda_spatial"]) * adapt * pod_spatial_loss(old_stages, self._stages)
             loss = loss + float(s["lambda_flat"]) * adapt * pod_flat_loss(old_feat, self._feat)
         return loss
 
     def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)
-        if self.memory is not None:
-            fn = self.extract_features if self.memory.selection == "herding" else None
-            self.memory.update(self.experience.dataset.eval(), self.num_seen, feature_fn=fn)
-            if self.scfg["classifier"] == "nme":
-                self.class_means = self.compute_class_means()
-            else:
-                self.balanced_finetune()
-        self.old_model = self.frozen_copy()
+        super()._after_training_exp(**kwargs)  # the memory updated (and the NME class means computed)
+        if self.memory is not None and self.scfg["classifier"] == "lsc":
+            self.balanced_finetune()
 
     def balanced_finetune(self) -> None:
         """PODNet's class-balanced fine-tuning of the LSC after every task but the first (release
@@ -292,20 +272,12 @@ class PODNet(AVCLStrategy):
                 loss.backward()
                 opt.step()
 
-    @torch.no_grad()
-    def compute_class_means(self) -> torch.Tensor:
-        means = torch.zeros(self.num_seen, self.model.dim)
-        for c in self.memory.classes:
-            f = F.normalize(self.extract_features(self.memory.class_dataset(c)), dim=1)
-            means[c] = F.normalize(f.mean(0), dim=0)
-        return means.to(self.device)
-
     # ---- prediction --------------------------------------------------------------------------------
     def predict(self, x) -> dict:
         with self.autocast():
             feat = self.model.forward_features(x)
-        if self.scfg["classifier"] == "nme" and self.class_means is not None:
-            scores = F.normalize(feat.float(), dim=1) @ self.class_means[: self.num_seen].t()
+        if self.class_means is not None and self.class_means.means is not None:
+            scores = F.normalize(feat.float(), dim=1) @ self.class_means.means[: self.num_seen].t()
         else:
             scores = self.model.classifier(feat)[:, : self.num_seen]
         return {self.modality: scores.float()}

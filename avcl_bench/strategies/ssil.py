@@ -22,48 +22,27 @@ from __future__ import annotations
 
 import torch
 
-from ..data.loading import PairedReplayLoader
 from . import register
-from .base import AVCLStrategy
+from .base import AVCLStrategy, PreviousModel
 from .losses import separated_ce, taskwise_kd
 from .memory import ExemplarMemory
 
 
 @register("ssil")
 class SSIL(AVCLStrategy):
-    checkpoint_attrs = ("old_model", "memory")
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.memory = ExemplarMemory.from_config(self.cfg, selection="random")
-        self.old_model = None
-
-    def buffer_len(self) -> int:
-        return len(self.memory) if self.memory is not None else 0
-
-    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
-                              drop_last=False, **kwargs):
-        new_loader = self._loader(self.adapted_dataset, batch_size=self.train_mb_size, shuffle=True)
-        mem_loader = None
-        mem = self.memory.dataset() if self.memory is not None and self.task_id > 0 else None
-        if mem is not None and len(mem):
-            mem_loader = self._loader(mem.train(), batch_size=int(self.scfg["replay_batch_size"]), shuffle=True)
-        self.dataloader = PairedReplayLoader(new_loader, mem_loader)
+        self.memory = self.add_part("memory", ExemplarMemory.from_config(
+            self.cfg, replay="paired", batch_size=int(self.scfg["replay_batch_size"])))
+        self.previous = self.add_part("previous", PreviousModel())
 
     def criterion(self):
         logits = self.mb_output.float()
         loss = separated_ce(logits, self.mb_y, self.num_old, self.num_seen)
-        if self.old_model is not None and self.num_old > 0:
+        if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
-                old_logits = self.old_model(self.mb_x)
+                old_logits = self.previous.model(self.mb_x)
             kd = taskwise_kd(logits[:, : self.num_old], old_logits[:, : self.num_old].float(),
                              self.classes_per_task, self.num_old, T=float(self.scfg["temperature"]))
             loss = loss + float(self.scfg["kd_weight"]) * kd
         return loss
-
-    def _after_training_exp(self, **kwargs):
-        super()._after_training_exp(**kwargs)  # (restores the best-on-val weights when enabled)
-        if self.memory is not None:
-            self.memory.update(self.experience.dataset, self.num_seen)
-        self.old_model = self.frozen_copy()
-
