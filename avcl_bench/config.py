@@ -155,13 +155,19 @@ def strategy_names() -> list[str]:
 
 
 def load_strategy_yaml(name: str) -> dict:
+    from .strategies import external_document  # path.py:Class, module:Class or an entry point
+
+    doc = external_document(name)
+    if doc is not None:
+        return doc
     path = STRATEGIES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(strategy_names()) or "none"
         raise ConfigError(f"unknown strategy '{name}' (known: {known})")
     data = load_yaml(path, "strategy")
     for key in data:
-        if key not in ("name", "description", "paper", "deviations", "defaults", "benchmarks"):
+        if key not in ("name", "display_name", "paper", "tables", "modalities", "description", "deviations",
+                       "defaults", "benchmarks"):
             raise ConfigError(f"unknown top-level key '{key}' in {path}")
     return data
 
