@@ -89,6 +89,11 @@ def _entry_points() -> dict:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def installed_names() -> list[str]:
+    """Strategies of installed distributions (entry points of :data:`ENTRY_POINT_GROUP`)."""
+    return sorted(_entry_points())
+
+
 def _split(spec: str) -> tuple[str, str, str]:
     """(kind, target, class name): kind ``file``, ``module`` or ``entry``."""
     if ":" in spec:
@@ -153,7 +158,7 @@ def _external_class(spec: str) -> type:
     if kind == "entry":
         eps = _entry_points()
         if target not in eps:
-            known = ", ".join(builtin_names() + sorted(eps)) or "none"
+            known = ", ".join(builtin_names() + installed_names()) or "none"
             raise ConfigError(f"unknown strategy '{spec}' (known: {known}; or path/to/file.py:Class, "
                               f"package.module:Class)")
         module_path, _, cls_name = eps[target].value.partition(":")
@@ -172,7 +177,7 @@ def _external_class(spec: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, AVCLStrategy)):
         raise ConfigError(f"strategy spec '{spec}': {cls_name} is not a subclass of "
                           "avcl_bench.strategies.base.AVCLStrategy")
-    check_document(getattr(cls, "doc", None), f"{spec} ({cls_name}.doc)")
+    cls.name = check_document(getattr(cls, "doc", None), f"{spec} ({cls_name}.doc)")["name"]  # as @register does
     return cls
 
 
@@ -262,7 +267,9 @@ def paper_order_key(family: str):
     return key
 
 
-def members(table: str, family: str, catalogue: dict[str, dict] | None = None) -> list[str]:
-    """Strategies whose catalogue lists ``table``, in the paper's row order."""
+def members(tables, family: str, catalogue: dict[str, dict] | None = None) -> list[str]:
+    """Strategies whose catalogue entry lists ``tables`` (one key or several: any of them), in the
+    row order of the paper ``family``; ``catalogue`` defaults to the built-in strategies'."""
+    tables = {tables} if isinstance(tables, str) else set(tables)
     catalogue = builtin_catalogue() if catalogue is None else catalogue
-    return sorted((n for n, e in catalogue.items() if table in e["tables"]), key=paper_order_key(family))
+    return sorted((n for n, e in catalogue.items() if tables & set(e.get("tables") or ())), key=paper_order_key(family))
