@@ -84,7 +84,7 @@ def test_module_spec_runs_and_resumes_from_any_directory(tmp_path, monkeypatch, 
     assert info["catalogue"]["name"] == "mod-ft"
 
 
-def test_entry_point_name_runs(tmp_path, monkeypatch, feature_benchmark):
+def test_entry_point_name_runs(tmp_path, monkeypatch, feature_benchmark, capsys):
     write_module(tmp_path / "site", "ep_methods", "EpFT", "ep-ft", "Entry-point FT")
     write_dist_info(tmp_path / "site", "ep_dist", {"ep-ft": "ep_methods:EpFT", "ep-broken": "ep_methods:NotAStrategy"})
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -92,7 +92,9 @@ def test_entry_point_name_runs(tmp_path, monkeypatch, feature_benchmark):
     assert run_quick("ep-ft", tmp_path / "runs", "ep", feature_benchmark) == 0
     info = json.loads((tmp_path / "runs" / "ep" / "metrics.json").read_text())["run"]
     assert info["strategy"] == "ep-ft" and info["display_name"] == "Entry-point FT"
+    capsys.readouterr()
     assert main(["list"]) == 0
+    assert "installed strategies (entry points avcl_bench.strategies): ep-broken, ep-ft" in capsys.readouterr().out
 
 
 def test_declared_modalities_must_match_what_the_run_reports(tmp_path, monkeypatch, feature_benchmark, capsys):
