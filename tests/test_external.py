@@ -155,3 +155,19 @@ def test_example_sweeps_beside_finetune_and_appears_in_the_report(tmp_path, monk
     assert "| Replay + KD † |" in table and "| Fine-tuning † |" in table
     assert "| Replay + KD |" in (tmp_path / "reports" / "leaderboard.md").read_text()
     assert (tmp_path / "reports" / "figures" / "heatmaps" / "synth-av_cign_audio-visual.png").is_file()
+
+
+def test_sweep_plans_a_spec_by_its_catalogue(tmp_path):
+    """A method whose document says one audio-visual run reports every modality is planned once,
+    audio-visually (as CIGN); run ids carry its catalogue name, not the spec."""
+    from avcl_bench import sweep as sw
+
+    path = write_module(tmp_path, "all_mods", "AllMods", "all-mods", "All", MODALITIES_ALL)
+    spec = f"{path}:AllMods"
+    specs = sw.plan([spec, "finetune"], ["synth-av"], ["audio", "visual"], [0], sets={"synth": {"size": "tiny"}},
+                    results_dir=tmp_path / "runs")
+    mine = [s for s in specs if s.strategy == spec]
+    assert [(s.modality, s.predicted) for s in mine] == [("audio-visual", MODALITIES_ALL)]
+    assert mine[0].run_id.startswith("all-mods_synth-av_cign_audio-visual_s0_") and mine[0].status == "pending"
+    assert sorted(s.modality for s in specs if s.strategy == "finetune") == ["audio", "visual"]
+    assert sw.strategy_available(spec) and not sw.strategy_available(f"{tmp_path}/gone.py:X")
