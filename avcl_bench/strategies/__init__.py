@@ -120,7 +120,7 @@ def _import_file(path: Path, spec: str):
     if not path.is_file():
         raise ConfigError(f"strategy spec '{spec}': file not found: {path}")
     # one module name per file, so that importing the same file twice gives the same classes
-    name = f"avcl_bench_external.{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    name = f"avcl_bench_external_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]
     mod_spec = importlib.util.spec_from_file_location(name, path)
