@@ -18,7 +18,10 @@ MODALITIES = ("audio", "visual", "audio-visual")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default=None, help="strategy name (strategies/<name>.yaml), e.g. cign, finetune")
+    p.add_argument("--strategy", default=None,
+                   help="strategy name (strategies/<name>.yaml, e.g. cign, finetune), or your own method: "
+                        "path/to/my_method.py:MyMethod, my_pkg.module:MyMethod, or the name of an entry point "
+                        "of the group avcl_bench.strategies")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint (its saved config is used)")
     p.add_argument("--benchmark", default=None,
@@ -74,7 +77,9 @@ def _add_sweep_parser(sub) -> None:
                    help="named sweep: cign-table1 | cign-table2 | cign-table3 | cign-tables | cign-table4 | "
                         "cign-10tasks | avcil-tables (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    p.add_argument("--strategies", default=None, help="comma-separated strategies (replaces the preset's)")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated strategies or specs of your own methods (path.py:Class, module:Class, "
+                        "entry-point name); replaces the preset's")
     p.add_argument("--benchmarks", default=None,
                    help="comma-separated benchmarks or manifest paths (replaces the preset's), e.g. synth-av")
     p.add_argument("--modalities", default=None, help="comma-separated: audio,visual,audio-visual")
@@ -148,7 +153,12 @@ def cmd_list(args) -> int:
     from .config import strategy_names
     from .data.manifest import benchmark_names
 
+    from .strategies import ENTRY_POINT_GROUP, installed_names
+
     print("strategies: " + ", ".join(strategy_names()))
+    installed = installed_names()
+    if installed:
+        print(f"installed strategies (entry points {ENTRY_POINT_GROUP}): " + ", ".join(installed))
     print("benchmarks: " + ", ".join(benchmark_names()))
     return 0
 

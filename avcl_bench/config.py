@@ -181,28 +181,32 @@ def strategy_names() -> list[str]:
     return sorted(p.stem for p in STRATEGIES_DIR.glob("*.yaml"))
 
 
-#: top-level keys of a strategy document
-DOC_KEYS = ("name", "description", "paper", "deviations", "params", "defaults", "benchmarks")
-
-
 def load_strategy_yaml(name: str) -> dict:
-    """The strategy document of ``name`` (``strategies/<name>.yaml``), its keys checked."""
-    path = STRATEGIES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(strategy_names()) or "none"
-        raise ConfigError(f"unknown strategy '{name}' (known: {known})")
-    data = load_yaml(path, "strategy")
-    for key in data:
-        if key not in DOC_KEYS:
-            raise ConfigError(f"unknown top-level key '{key}' in {path}")
+    """The strategy document of ``name`` (``strategies/<name>.yaml``, or the ``doc`` of a class named
+    by ``path.py:Class``, ``module:Class`` or an entry point), its keys checked."""
+    from .strategies import DOC_KEYS, external_document
+
+    data = external_document(name)
+    where = strategy_origin(name)
+    if data is None:
+        path = STRATEGIES_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = ", ".join(strategy_names()) or "none"
+            raise ConfigError(f"unknown strategy '{name}' (known: {known})")
+        data = load_yaml(path, "strategy")
+        for key in data:
+            if key not in DOC_KEYS:
+                raise ConfigError(f"unknown top-level key '{key}' in {path}")
     if "strategy" in (data.get("defaults") or {}):
-        raise ConfigError(f"{path}: strategy hyperparameters are declared under 'params:', not 'defaults: strategy:'")
+        raise ConfigError(f"{where}: strategy hyperparameters are declared under 'params:', not 'defaults: strategy:'")
     return data
 
 
 def strategy_origin(name: str) -> str:
     """How errors name the document of strategy ``name``."""
-    return f"strategies/{name}.yaml"
+    from .strategies import is_builtin
+
+    return f"strategies/{name}.yaml" if is_builtin(name) else f"the doc of strategy {name}"
 
 
 def run_schema(params: dict[str, Param]) -> dict:

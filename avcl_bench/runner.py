@@ -29,11 +29,16 @@ from .rundir import RunDir, config_hash, make_run_id
 
 
 def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple[dict, object]:
-    """Resolve the layered config of a run; returns (cfg, manifest)."""
+    """Resolve the layered config of a run; returns (cfg, manifest).
+
+    ``strategy`` is a built-in name or a spec of a method outside the package; the config records
+    its canonical form (``strategy.name``), by which ``--resume`` finds the class again."""
+    from .strategies import canonical_spec
+
     bench = benchmark or overrides.get("benchmark") or "synth-av"
     manifest = load_manifest(bench)
     layer = manifest.config_layer(overrides.get("protocol"))
-    cfg = resolve(strategy, bench, layer, overrides, benchmark_name=manifest.name)
+    cfg = resolve(canonical_spec(strategy), bench, layer, overrides, benchmark_name=manifest.name)
     if cfg["input"] is None:
         cfg["input"] = manifest.inputs[0]
     if cfg["input"] not in manifest.inputs:
@@ -145,7 +150,7 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
     from .strategies import get_strategy
 
     quiet_third_party_warnings()
-    strategy_cls = get_strategy(strategy_name)
+    strategy_cls = get_strategy(cfg["strategy"]["name"])
     from .data.streams import check_divisible
 
     if manifest.doc.get("num_classes"):  # fail before any data is decoded
@@ -155,7 +160,7 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
         results_dir = Path(cfg["results_dir"])
         if not results_dir.is_absolute():
             results_dir = PROJECT_ROOT / results_dir
-        cfg["run_id"] = cfg["run_id"] or make_run_id(cfg)
+        cfg["run_id"] = cfg["run_id"] or _default_run_id(cfg)
         rd = RunDir.create(results_dir, cfg["run_id"])
         if rd.complete:
             raise ConfigError(f"run directory {rd.path} already holds a complete run; choose another run_id")
@@ -175,6 +180,16 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _default_run_id(cfg: dict) -> str:
+    """:func:`make_run_id` with the method's catalogue name where the config holds a spec (a file
+    spec is an absolute path); the hash stays that of the real config."""
+    from .strategies import strategy_catalogue
+
+    h = config_hash(cfg)[:6]
+    named = {**cfg, "strategy": {**cfg["strategy"], "name": strategy_catalogue(cfg["strategy"]["name"])["name"]}}
+    return make_run_id(named)[: -len(h)] + h
 
 
 def _main_thread() -> bool:
@@ -253,6 +268,7 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     test_stream = list(scenario.test_stream)
     train_stream = list(scenario.train_stream)
     mods = strategy.reported_modalities()
+    catalogue = _catalogue_of_run(cfg, mods)
     R = {m: [[None] * num_tasks for _ in range(num_tasks)] for m in mods}
     task_sizes = [len(exp.dataset) for exp in test_stream]
     timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0}
@@ -287,14 +303,15 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
         if stop_after and int(stop_after) == t + 1:
             raise RunInterrupted(f"AVCL_BENCH_STOP_AFTER_TASK={stop_after}")
 
-    _export_embeddings(strategy, test_stream[0].dataset, rd, data.classes[: C // num_tasks], cfg, quiet)
+    export_run_embeddings(strategy, test_stream[0].dataset, rd, data.classes[: C // num_tasks], cfg, quiet)
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
     for m in mods:
         full = [[np.nan if v is None else v for v in row] for row in R[m]]
         out["modalities"][m] = metrics.all_metrics(full, task_sizes)
     n_params = sum(p.numel() for p in strategy.model.parameters())
     out["run"] = {
-        "strategy": cfg["strategy"]["name"], "benchmark": manifest.name, "protocol": cfg["protocol"],
+        "strategy": cfg["strategy"]["name"], "display_name": catalogue["display_name"],
+        "catalogue": catalogue, "benchmark": manifest.name, "protocol": cfg["protocol"],
         "modality": cfg["modality"], "input": cfg["input"], "seed": cfg["seed"], "num_tasks": num_tasks,
         "num_classes": C, "classes": data.classes, "test_clips_per_task": task_sizes,
         "missing_clips": data.missing, "parameters": n_params,
@@ -319,18 +336,29 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     return rd
 
 
-def _export_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, quiet: bool) -> None:
+def export_run_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, quiet: bool) -> None:
     """embeddings.npz of the final model on the first task's test clips (CIGN Fig. 3), for the
     t-SNE in ``avcl-bench report``; a model that exposes no embedding is skipped."""
-    from .reporting.embeddings import export_embeddings
+    from .embeddings import export_embeddings, exposes_embeddings
 
-    model = strategy.model
-    if not any(callable(getattr(o, name, None))
-               for o, name in ((strategy, "embed"), (model, "embed"), (model, "forward_features"))):
-        _log(f"[avcl-bench] no embeddings exported: {type(model).__name__} exposes none", quiet)
+    if not exposes_embeddings(strategy):
+        _log(f"[avcl-bench] no embeddings exported: {type(strategy.model).__name__} exposes none", quiet)
         return
     export_embeddings(strategy, first_task_test, rd.path, class_names=class_names,
                       batch_size=cfg["train"]["eval_batch_size"])
+
+
+def _catalogue_of_run(cfg: dict, reported: list[str]) -> dict:
+    """The method's catalogue entry, recorded in metrics.json so that reports never import
+    strategy code; its ``modalities`` must be what an audio-visual run really reports."""
+    from .strategies import strategy_catalogue
+
+    spec = cfg["strategy"]["name"]
+    entry = strategy_catalogue(spec)
+    if cfg["modality"] == "audio-visual" and sorted(entry["modalities"]) != sorted(reported):
+        raise ConfigError(f"strategy {spec}: its document declares modalities {entry['modalities']} but an "
+                          f"audio-visual run reports {list(reported)}")
+    return entry
 
 
 def _buffer_size(strategy) -> int:

@@ -26,8 +26,11 @@ itself is recorded in ``<results>/../sweeps/<name>/sweep.json`` (per-run state, 
 with one log per child-process run under ``logs/``.
 
 Strategies that predict every modality from one model (CIGN: audio, visual and audio-visual from
-one run, :data:`ALL_MODALITY_STRATEGIES`) are run once, trained audio-visually, whatever
-modalities the sweep asks for; the report reads each predicted modality from that run.
+one run; the ``modalities`` of their catalogue entry) are run once, trained audio-visually, whatever
+modalities the sweep asks for; the report reads each predicted modality from that run. A preset's
+methods are those whose catalogue entry lists the preset in ``tables``, in the paper's row order.
+A strategy is a built-in name or the spec of a method outside the package
+(``path/to/file.py:Class``, ``package.module:Class``, an entry-point name).
 
 This module imports neither torch nor Avalanche at import time.
 """
@@ -49,19 +52,10 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
+from .strategies import canonical_spec, members, strategy_catalogue
 
 MODALITIES = ("audio", "visual", "audio-visual")
-
-#: Strategies whose one (audio-visual) run reports the accuracy matrices of all three modalities
-#: (CIGN Sec. 3.3: p_a, p_v and p_av = p_a * p_v from the same model; strategies/cign.yaml: "audio-visual
-#: reports all three from one model"). A set, so that planning needs no import of the strategies.
-ALL_MODALITY_STRATEGIES = {"cign"}
-
-#: CIGN Tables 1-3 rows, in the paper's order (Sec. 4.2), then the upper bound.
-CIGN_METHODS = ("ewc", "lwf", "icarl", "il2m", "bic", "podnet", "ssil", "l2p", "dualprompt", "cign", "joint")
-#: The AV-CIL release's baselines, AV-CIL itself and the upper bound.
-AVCIL_METHODS = ("finetune", "lwf", "icarl", "ssil", "afc", "av-cil", "joint")
 
 
 @dataclass(frozen=True)
@@ -76,17 +70,25 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
-#: Named sweeps. ``--benchmarks``, ``--strategies``, ``--modalities``, ``--seeds`` and ``--set``
-#: adapt any of them (e.g. ``--preset cign-table1 --benchmarks synth-av --set synth.size=tiny``).
+def _methods(*tables: str, family: str = "cign") -> tuple[str, ...]:
+    """The methods whose catalogue entry lists any of ``tables``, in the paper's row order."""
+    return tuple(members(tables, family))
+
+
+#: Named sweeps; a preset's name is the ``tables`` key by which strategies declare that they belong
+#: to it (``cign-tables``: Tables 1-3). ``--benchmarks``, ``--strategies``, ``--modalities``,
+#: ``--seeds`` and ``--set`` adapt any of them (e.g. ``--preset cign-table1 --benchmarks synth-av
+#: --set synth.size=tiny``).
 PRESETS: dict[str, Preset] = {
-    "cign-table1": Preset("CIGN Table 1: VGGSound-Instruments", ("vggsound-instruments",), CIGN_METHODS,
+    "cign-table1": Preset("CIGN Table 1: VGGSound-Instruments", ("vggsound-instruments",), _methods("cign-table1"),
                           protocol="cign"),
-    "cign-table2": Preset("CIGN Table 2: VGGSound-100", ("vggsound-100",), CIGN_METHODS, protocol="cign"),
-    "cign-table3": Preset("CIGN Table 3: VGG-Sound Sources", ("vggsound-sources",), CIGN_METHODS, protocol="cign"),
+    "cign-table2": Preset("CIGN Table 2: VGGSound-100", ("vggsound-100",), _methods("cign-table2"), protocol="cign"),
+    "cign-table3": Preset("CIGN Table 3: VGG-Sound Sources", ("vggsound-sources",), _methods("cign-table3"),
+                          protocol="cign"),
     "cign-tables": Preset("CIGN Tables 1-3", ("vggsound-instruments", "vggsound-100", "vggsound-sources"),
-                          CIGN_METHODS, protocol="cign"),
+                          _methods("cign-table1", "cign-table2", "cign-table3"), protocol="cign"),
     "cign-table4": Preset(
-        "CIGN Table 4: ablation of AVCTD / AVCG on VGGSound-100", ("vggsound-100",), ("cign",),
+        "CIGN Table 4: ablation of AVCTD / AVCG on VGGSound-100", ("vggsound-100",), _methods("cign-table4"),
         modalities=("audio-visual",), protocol="cign",
         variants={
             "no-avctd-no-avcg": {"strategy": {"avctd": False, "avcg": False}},
@@ -94,10 +96,10 @@ PRESETS: dict[str, Preset] = {
             "avcg-only": {"strategy": {"avctd": False, "avcg": True}},
             "avctd-avcg": {"strategy": {"avctd": True, "avcg": True}},
         }),
-    "cign-10tasks": Preset("CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100", ("vggsound-100",), ("cign",),
-                           protocol="cign-10"),
+    "cign-10tasks": Preset("CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100", ("vggsound-100",),
+                           _methods("cign-10tasks"), protocol="cign-10"),
     "avcil-tables": Preset("AV-CIL protocol: AVE-CI, K-S-CI, VS100-CI", ("ave-ci", "ks-ci", "vs100-ci"),
-                           AVCIL_METHODS, protocol="av-cil"),
+                           _methods("avcil-tables", family="avcil"), protocol="av-cil"),
 }
 
 
@@ -141,16 +143,37 @@ def _slug(text: str) -> str:
 
 
 def strategy_available(name: str) -> bool:
-    """Whether a strategy has its YAML and its module (without importing it)."""
-    from .paths import PROJECT_ROOT, STRATEGIES_DIR
-    from .strategies import module_name  # light: the registry module imports no torch
+    """Whether a built-in strategy has its YAML and its module (without importing it), or a spec
+    names a class that loads."""
+    from .paths import PROJECT_ROOT
+    from .strategies import is_builtin, module_name  # light: the registry module imports no torch
 
-    return ((STRATEGIES_DIR / f"{name}.yaml").is_file()
-            and (PROJECT_ROOT / "avcl_bench" / "strategies" / f"{module_name(name)}.py").is_file())
+    if is_builtin(name):
+        return (PROJECT_ROOT / "avcl_bench" / "strategies" / f"{module_name(name)}.py").is_file()
+    try:
+        strategy_catalogue(name)
+    except UserError:
+        return False
+    return True
 
 
-def predicts_all_modalities(name: str) -> bool:
-    return name in ALL_MODALITY_STRATEGIES
+def predicted_modalities(name: str) -> tuple[str, ...]:
+    """The modalities one audio-visual run of the strategy reports (its catalogue's
+    ``modalities``); () when it reports only the modality it trains, or when it does not resolve
+    (the run is then recorded as failed at planning)."""
+    try:
+        mods = strategy_catalogue(name)["modalities"]
+    except UserError:
+        return ()
+    return tuple(m for m in MODALITIES if m in mods) if len(mods) > 1 else ()
+
+
+def run_name(name: str) -> str:
+    """The method's name in run ids: its catalogue name (a spec holds a path or a module)."""
+    try:
+        return strategy_catalogue(name)["name"]
+    except UserError:
+        return name
 
 
 def index_complete_runs(results_dirs) -> dict[str, Path]:
@@ -189,7 +212,6 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
     ``extra`` are the sweep's own run options (device, data root), merged last.
     """
     from .data.manifest import load_manifest
-    from .errors import UserError
     from .paths import PROJECT_ROOT
     from .rundir import config_hash
     from .runner import build_config
@@ -212,14 +234,13 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
                         f"'{man.doc.get('default_protocol')}'")
             except UserError:
                 proto = protocol  # reported per run below
-        for strategy in strategies:
+        for strategy in map(canonical_spec, strategies):  # a file spec runs from any directory (Ray)
             if skip_unavailable and not strategy_available(strategy):
                 log(f"[sweep] strategy '{strategy}' is not available yet (no strategies/{strategy}.yaml or module): skipped")
                 continue
             mods = list(modalities)
-            predicted = ()
-            if predicts_all_modalities(strategy):
-                predicted = tuple(MODALITIES)
+            predicted = predicted_modalities(strategy)
+            if predicted:
                 mods = ["audio-visual"]
             for vlabel, vover in variants.items():
                 for modality in mods:
@@ -234,12 +255,12 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
                         try:
                             cfg, manifest = build_config(strategy, bench, over)
                             h = config_hash(cfg)
-                            run_id = "_".join(_slug(p) for p in (strategy, manifest.name, cfg["protocol"], modality,
-                                                                 f"s{seed}")) + f"_{h}"
+                            run_id = "_".join(_slug(p) for p in (run_name(strategy), manifest.name, cfg["protocol"],
+                                                                 modality, f"s{seed}")) + f"_{h}"
                             err = None
                         except UserError as exc:
                             h, err = None, str(exc)
-                            run_id = "_".join(_slug(p) for p in (strategy, bname, over.get("protocol") or "default",
+                            run_id = "_".join(_slug(p) for p in (run_name(strategy), bname, over.get("protocol") or "default",
                                                                  modality, f"s{seed}", vlabel or "base", "unresolved"))
                         key = h or run_id
                         if key in seen:

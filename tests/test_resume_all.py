@@ -1,4 +1,4 @@
-"""Every registered strategy: interrupted at an experience boundary and resumed, it ends with the
+"""Every registered strategy and the example method of examples/: interrupted at an experience boundary and resumed, it ends with the
 same accuracy matrix as an uninterrupted run (its previous model, memory, statistics and random
 streams all survive the checkpoint)."""
 
@@ -9,13 +9,18 @@ import pytest
 
 from avcl_bench.cli import main
 from avcl_bench.config import strategy_names
+from avcl_bench.paths import PROJECT_ROOT
 
 #: small enough for CI: the tiny generated feature benchmark, 2 epochs, D=16
 ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
         "--quiet"]
 
 
-@pytest.mark.parametrize("strategy", strategy_names())
+#: the example method from outside the package (examples/), named by its file spec
+EXAMPLE = f"{PROJECT_ROOT / 'examples' / 'replay_distill.py'}:ReplayDistill"
+
+
+@pytest.mark.parametrize("strategy", strategy_names() + [EXAMPLE])
 def test_interrupted_and_resumed_equals_straight(strategy, feature_benchmark, tmp_path, monkeypatch):
     base = ["run", "--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)] + ARGS
     assert main(base + ["--run-id", "straight"]) == 0

@@ -13,8 +13,10 @@ metric from the accuracy matrices (:mod:`avcl_bench.metrics`), and writes
 - ``reports/index.md`` (every table and a list of the figures) and ``reports/leaderboard.md``.
 
 Modules: :mod:`.collect` (reading and grouping), :mod:`.leaderboard`, :mod:`.tables`,
-:mod:`.published`, :mod:`.plots`, :mod:`.embeddings`. Nothing here imports torch, except
-:func:`.embeddings.export_embeddings`, which runs inside a training run.
+:mod:`.published`, :mod:`.plots`, :mod:`.embeddings` (reading ``embeddings.npz``). Nothing here
+imports torch or strategy code: reports read run directories only (method names: the catalogue
+entry each run recorded, over the built-in strategies' documents); the embeddings are written
+during a run by :mod:`avcl_bench.embeddings`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,12 @@ A *group* is every complete run with the same resolved configuration except the 
 ``config_id``) and the same predicted modality: the unit that is averaged over seeds. Metric
 values come from :func:`avcl_bench.metrics.all_metrics` applied to ``accuracy_<modality>.csv``;
 ``metrics.json`` is only read for what is not a function of the matrix (names, timing, memory,
-parameters, buffer size) and is cross-checked against the recomputation.
+parameters, buffer size, the method's catalogue entry) and is cross-checked against the
+recomputation.
+
+Method names come from the catalogue (:mod:`avcl_bench.strategies`: ``strategies/*.yaml``, read
+as data) overlaid with the entry each run recorded, so a method from outside the package is shown
+under the display name its run recorded; no strategy code is imported.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Run:
     config_hash: str
     variant: str = ""
     git_commit: str | None = None
+    catalogue: dict | None = None  # the method's catalogue entry the run recorded (metrics.json)
 
     def flat_cfg(self) -> dict:
         return flatten(self.cfg)
@@ -83,6 +89,7 @@ class Group:
     config_id: str
     modality: str
     runs: list[Run] = field(default_factory=list)
+    display_name: str = ""  # the method's name in tables and figures (Collection.display)
 
     @property
     def first(self) -> Run:
@@ -175,6 +182,11 @@ class Collection:
     groups: list[Group]
     incomplete: list[dict]  # run dirs without COMPLETE: {run_id, path, state, error}
     warnings: list[str]
+    #: strategy -> catalogue entry: the built-in strategies' overlaid with what the runs recorded
+    catalogue: dict[str, dict] = field(default_factory=dict)
+
+    def display(self, strategy: str) -> str:
+        return (self.catalogue.get(strategy) or {}).get("display_name") or strategy
 
 
 def _benchmark_name(cfg: dict, info: dict) -> str:
@@ -241,7 +253,7 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
         num_tasks=T, num_classes=run_info.get("num_classes"), results=results,
         info={k: v for k, v in info.items() if k not in ("modalities", "definitions")},
         completed_at=completed_at, config_id=config_id(cfg), config_hash=config_hash(cfg),
-        git_commit=env.get("git_commit"))
+        git_commit=env.get("git_commit"), catalogue=run_info.get("catalogue"))
 
 
 def matches(cfg: dict, where: dict | None) -> bool:
@@ -314,7 +326,21 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
                 warnings.append(f"runs {old.run_id} and {r.run_id} have the same config and seed; the latest is used")
                 continue
             g.runs.append(r)
-    return Collection(runs, list(groups.values()), incomplete, warnings)
+    col = Collection(runs, list(groups.values()), incomplete, warnings, method_catalogue(runs))
+    for g in col.groups:
+        g.display_name = col.display(g.strategy)
+    return col
+
+
+def method_catalogue(runs: list[Run]) -> dict[str, dict]:
+    """The built-in catalogue, then each run's recorded entry (the latest run of a method wins)."""
+    from ..strategies import builtin_catalogue
+
+    catalogue = builtin_catalogue()
+    for r in sorted(runs, key=lambda r: r.completed_at):
+        if isinstance(r.catalogue, dict) and r.catalogue.get("display_name"):
+            catalogue[r.strategy] = {**catalogue.get(r.strategy, {}), **r.catalogue}
+    return catalogue
 
 
 def pick_group(groups: list[Group], strategy: str, benchmark: str, protocol: str, modality: str,

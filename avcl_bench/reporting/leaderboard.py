@@ -13,13 +13,15 @@ from .. import metrics
 from ..rundir import atomic_write_text
 from .collect import SCALAR_METRICS, Collection, Group
 
-ID_COLUMNS = ["strategy", "benchmark", "protocol", "modality", "trained_modality", "input", "num_tasks", "num_classes",
+ID_COLUMNS = ["strategy", "display_name", "benchmark", "protocol", "modality", "trained_modality", "input", "num_tasks", "num_classes",
               "variant", "config_id"]
 COST_COLUMNS = ["train_s", "total_s", "peak_rss_mb", "peak_gpu_mb", "parameters", "buffer_size"]
 
 COLUMN_DEFINITIONS = {
     "run_id": "name of the run directory (results/runs/<run_id>)",
-    "strategy": "strategy (method) name, strategies/<name>.yaml",
+    "strategy": "strategy (method): a built-in name (strategies/<name>.yaml) or the spec of a method outside the "
+                "package (path/to/file.py:Class, package.module:Class, an entry-point name)",
+    "display_name": "the method's name in tables and figures (its catalogue's display_name, as the run recorded it)",
     "benchmark": "benchmark name (datasets/<name>.yaml or the user's manifest)",
     "protocol": "task/memory protocol of the benchmark (e.g. cign, cign-10, av-cil)",
     "modality": "predicted modality this row's accuracy matrix is for (accuracy_<modality>.csv)",
@@ -63,7 +65,8 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
     for g in col.groups:
         for r in g.runs:
             res = r.results[g.modality]
-            row = {"run_id": r.run_id, "strategy": r.strategy, "benchmark": r.benchmark, "protocol": r.protocol,
+            row = {"run_id": r.run_id, "strategy": r.strategy, "display_name": g.display_name,
+                   "benchmark": r.benchmark, "protocol": r.protocol,
                    "modality": g.modality, "trained_modality": r.trained_modality, "input": r.input, "seed": r.seed,
                    "num_tasks": r.num_tasks, "num_classes": r.num_classes, "variant": r.variant,
                    "config_id": r.config_id, "config_hash": r.config_hash}
@@ -75,7 +78,7 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
             row["git_commit"] = r.git_commit
             row["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.completed_at))
             rows.append(row)
-    cols = (["run_id"] + ID_COLUMNS[:6] + ["seed"] + ID_COLUMNS[6:] + ["config_hash"] + list(SCALAR_METRICS)
+    cols = (["run_id"] + ID_COLUMNS[:7] + ["seed"] + ID_COLUMNS[7:] + ["config_hash"] + list(SCALAR_METRICS)
             + ["step_acc"] + COST_COLUMNS + ["git_commit", "completed"])
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["benchmark", "protocol", "strategy", "variant", "modality", "trained_modality", "seed"],
@@ -106,7 +109,7 @@ def summary_frame(col: Collection) -> pd.DataFrame:
 
 def group_ids(g: Group) -> dict:
     r = g.first
-    return {"strategy": r.strategy, "benchmark": r.benchmark, "protocol": r.protocol, "modality": g.modality,
+    return {"strategy": r.strategy, "display_name": g.display_name, "benchmark": r.benchmark, "protocol": r.protocol, "modality": g.modality,
             "trained_modality": r.trained_modality, "input": r.input, "num_tasks": r.num_tasks,
             "num_classes": r.num_classes, "variant": r.variant, "config_id": r.config_id}
 
@@ -130,11 +133,11 @@ def leaderboard_markdown(col: Collection) -> str:
     """The seed aggregate as a Markdown table (mean ± std, n) for reports/leaderboard.md."""
     from .tables import fmt_stat
 
-    lines = ["| strategy | benchmark | protocol | modality | trained | variant | n | avg acc | forgetting | "
+    lines = ["| method | benchmark | protocol | modality | trained | variant | n | avg acc | forgetting | "
              "mean inc. acc | AV-CIL forgetting |", "|" + "---|" * 11]
     groups = sorted(col.groups, key=lambda g: (g.benchmark, g.protocol, g.strategy, g.variant, g.modality))
     for g in groups:
         cells = [fmt_stat(g.stat(m)) for m in ("avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting")]
-        lines.append(f"| {g.strategy} | {g.benchmark} | {g.protocol} | {g.modality} | {g.trained_modality} | "
+        lines.append(f"| {g.display_name} | {g.benchmark} | {g.protocol} | {g.modality} | {g.trained_modality} | "
                      f"{g.variant or ''} | {g.n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

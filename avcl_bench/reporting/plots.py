@@ -8,7 +8,8 @@
   one panel per strategy, from each run's ``embeddings.npz`` (CIGN Fig. 3).
 
 Each figure is one configuration per strategy (the one the tables show) averaged over its seeds;
-shaded bands / error bars are ± one standard deviation over seeds.
+shaded bands / error bars are ± one standard deviation over seeds. Methods are named by the display
+name of the catalogue (what their runs recorded) and ordered as the paper's tables.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..strategies import UPPER_BOUND, paper_order_key
 from .collect import Collection, Group, pick_group
-from .tables import AVCIL_ROWS, CIGN_ROWS, DISPLAY, MOD_TITLE, MODALITIES, full_method
-
-#: Fixed colour per strategy across every figure.
-ORDER = ["finetune", "ewc", "lwf", "icarl", "il2m", "bic", "podnet", "ssil", "afc", "l2p", "dualprompt", "av-cil",
-         "cign", "joint"]
+from .tables import AVCIL_PAPER, CIGN_PAPER, MOD_TITLE, MODALITIES, full_method
 
 
 def _plt():
@@ -75,18 +73,12 @@ def save(fig, base: Path) -> list[Path]:
     return out
 
 
-def label_of(strategy: str) -> str:
-    return DISPLAY.get(strategy, strategy)
-
-
 def representatives(col: Collection, benchmark: str, protocol: str, modality: str) -> list[Group]:
     """The group per strategy that the tables show for this cell, in the papers' row order."""
-    rows = AVCIL_ROWS if protocol == "av-cil" else CIGN_ROWS
-    order = [s for s, _ in rows if s != "joint"]
-    present = sorted({g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol
-                      and g.modality == modality})
-    ordered = [s for s in order if s in present] + [s for s in present if s not in order and s != "joint"]
-    ordered += ["joint"] if "joint" in present else []
+    family = (AVCIL_PAPER if protocol == "av-cil" else CIGN_PAPER)[0]
+    present = {g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol
+               and g.modality == modality}
+    ordered = sorted(present, key=paper_order_key(family))
     out = []
     for s in ordered:
         g, _ = pick_group(col.groups, s, benchmark, protocol, modality, full_method)
@@ -139,7 +131,7 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
             lines.append(ln)
         if handles is None or len(lines) > len(handles):
             handles = lines
-        ax.set_title(f"{label_of(g.strategy)} (n={g.n})")
+        ax.set_title(f"{g.display_name} (n={g.n})")
         ax.set_xticks(range(1, g.num_tasks + 1))
         ax.set_ylim(-3, 103)
         ax.set_xlabel("Tasks learnt (step)")
@@ -169,8 +161,8 @@ def accuracy_vs_classes(by_modality: dict[str, list[Group]], title: str, base: P
             y = curves.mean(axis=0)
             err = curves.std(axis=0, ddof=1) if len(curves) > 1 else None
             h = ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, lw=1.5, capsize=2, color=color_of(g.strategy),
-                            ls="--" if g.strategy == "joint" else "-", label=label_of(g.strategy))
-            seen_labels[label_of(g.strategy)] = h
+                            ls="--" if g.strategy == UPPER_BOUND else "-", label=g.display_name)
+            seen_labels[g.display_name] = h
         ax.set_title(MOD_TITLE[m])
         ax.set_xlabel("Number of classes seen" if by_modality[m] and by_modality[m][0].first.num_classes else "Step")
         ax.set_ylabel("Accuracy on all seen classes (%)" if step_accuracy else "Average accuracy over seen tasks (%)")
@@ -200,7 +192,7 @@ def heatmaps(groups: list[Group], title: str, base: Path) -> list[Path]:
                     annot_kws={"fontsize": 7}, cbar=False, square=True, ax=ax, xticklabels=ticks, yticklabels=ticks,
                     linewidths=0.3, linecolor="white")
         ax.grid(False)
-        ax.set_title(f"{label_of(g.strategy)} (n={g.n})")
+        ax.set_title(f"{g.display_name} (n={g.n})")
         ax.set_xlabel("Evaluated on task")
         ax.set_ylabel("After training task")
     sm = matplotlib.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.Normalize(0, 100))
@@ -328,7 +320,7 @@ def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
             for g in by_mod.get(m) or []:
                 for r in sorted(g.runs, key=lambda r: r.seed):
                     if (r.path / "embeddings.npz").is_file():
-                        items.append((label_of(g.strategy), r.path / "embeddings.npz"))
+                        items.append((g.display_name, r.path / "embeddings.npz"))
                         break
             if items:
                 written += embeddings_figure(

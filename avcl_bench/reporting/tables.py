@@ -10,6 +10,12 @@
 - the same layouts for any other benchmark/protocol that has runs (e.g. ``synth-av``), without
   published values (the paper's numbers are for other data).
 
+Which methods a paper's table lists, and their names, come from the method catalogue
+(``tables`` and ``display_name`` of each strategy's document, and what each run recorded:
+:attr:`.collect.Collection.catalogue`); the rows keep the paper's order
+(:data:`avcl_bench.strategies.PAPER_ROW_ORDER`), the paper's own method is marked "(ours)". The
+number of steps of a table is that of its runs.
+
 Every suite number is a seed aggregate of values recomputed from accuracy matrices
 (:mod:`.collect`). Published values come from ``reports/published`` and are shown next to the
 suite's with Δ = suite − paper. A cell without a complete run is shown as missing ("—"), never
@@ -24,25 +30,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..strategies import UPPER_BOUND, members
 from .collect import Collection, Group, Stat, pick_group
 from .published import lookup
 
 MODALITIES = ("audio", "visual", "audio-visual")
 MOD_TITLE = {"audio": "Audio", "visual": "Visual", "audio-visual": "Audio-Visual"}
 
-#: CIGN Tables 1-3 rows (Sec. 4.2 order) and display names.
-CIGN_ROWS = [("ewc", "EWC"), ("lwf", "LwF"), ("icarl", "iCaRL"), ("il2m", "IL2M"), ("bic", "BiC"),
-             ("podnet", "PODNet"), ("ssil", "SS-IL"), ("l2p", "L2P"), ("dualprompt", "DualPrompt"),
-             ("cign", "CIGN (ours)"), ("joint", "Upper-bound")]
-#: AV-CIL release baselines, AV-CIL, upper bound.
-AVCIL_ROWS = [("finetune", "Fine-tuning"), ("lwf", "LwF"), ("icarl", "iCaRL"), ("ssil", "SS-IL"), ("afc", "AFC"),
-              ("av-cil", "AV-CIL (ours)"), ("joint", "Upper bound")]
-DISPLAY = {**dict(CIGN_ROWS), **dict(AVCIL_ROWS), "joint": "Upper bound", "cign": "CIGN", "av-cil": "AV-CIL"}
+#: The paper families of the tables: (row order in PAPER_ROW_ORDER, the paper's own method).
+CIGN_PAPER = ("cign", "cign")
+AVCIL_PAPER = ("avcil", "av-cil")
+#: Catalogue ``tables`` keys whose methods the layouts of other benchmarks list.
+CIGN_LAYOUT = ("cign-table1", "cign-table2", "cign-table3")
+AVCIL_LAYOUT = ("avcil-tables",)
 #: CIGN Table 4 rows: (avctd, avcg) and labels as in reports/published/cign.csv.
 ABLATION_ROWS = [((False, False), "w/o AVCTD and AVCG"), ((True, False), "AVCTD only"),
                  ((False, True), "AVCG only"), ((True, True), "AVCTD + AVCG")]
 
-#: (key, benchmark, protocol, published table, title) of the CIGN tables.
+#: (key, benchmark, protocol, published table, title) of the CIGN tables; the key, hyphenated, is
+#: the catalogue ``tables`` key of its methods.
 CIGN_TABLES = [
     ("cign_table1", "vggsound-instruments", "cign", "Table 1", "CIGN Table 1: VGGSound-Instruments (4 tasks)"),
     ("cign_table2", "vggsound-100", "cign", "Table 2", "CIGN Table 2: VGGSound-100 (4 tasks)"),
@@ -293,15 +299,22 @@ def full_method(cfg: dict) -> bool:
     return _flag(cfg, "avctd") and _flag(cfg, "avcg")
 
 
+def listed_rows(col: Collection, tables, paper: tuple[str, str]) -> list[tuple[str, str]]:
+    """(strategy, label) of the methods whose catalogue entry lists any of ``tables``, in the
+    paper's row order; the paper's own method labelled "(ours)"."""
+    family, own = paper
+    return [(s, col.display(s) + (" (ours)" if s == own else "")) for s in members(tables, family, col.catalogue)]
+
+
 def _extras(col: Collection, benchmark: str, protocol: str, listed) -> list[tuple[str, str]]:
     present = sorted({g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol})
     known = {s for s, _ in listed}
-    return [(s, DISPLAY.get(s, s)) for s in present if s not in known]
+    return [(s, col.display(s)) for s in present if s not in known]
 
 
 def _with_extras(rows, extras):
     """Extras go before the upper bound (the last row)."""
-    if rows and rows[-1][0] == "joint":
+    if rows and rows[-1][0] == UPPER_BOUND:
         return list(rows[:-1]) + extras + [rows[-1]]
     return list(rows) + extras
 
@@ -330,11 +343,11 @@ AVCIL_METRIC_NOTE = ("Step k = accuracy over the test clips of all classes seen 
 
 
 def cign_table(col: Collection, pub, key: str, title: str, benchmark: str, protocol: str,
-               paper_table: str | None = None, only_present: bool = False) -> Table:
+               paper_table: str | None = None, only_present: bool = False, tables=CIGN_LAYOUT) -> Table:
     columns = [Column(MOD_TITLE[m], metric, m) for m in MODALITIES for metric in ("avg_acc", "forgetting")]
     t = Table(key, title, benchmark, protocol, ["Method"], columns, [], compare=paper_table is not None,
               paper=f"CIGN {paper_table}" if paper_table else "")
-    listed = CIGN_ROWS
+    listed = listed_rows(col, tables, CIGN_PAPER)
     for strategy, label in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
         cells = []
         for c in columns:
@@ -388,7 +401,7 @@ def avcil_table(col: Collection, pub, key: str, title: str, benchmark: str, prot
     columns += [Column(None, "mean_inc_acc", None), Column(None, "avcil_forgetting", None)]
     t = Table(key, title, benchmark, protocol, ["Modality", "Method"], columns, [], compare=compare,
               paper="AV-CIL (reference values, reports/published/av-cil.csv)" if compare else "", sectioned=True)
-    listed = AVCIL_ROWS
+    listed = listed_rows(col, AVCIL_LAYOUT, AVCIL_PAPER)
     for m in MODALITIES:
         for strategy, label in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
             g, alt = pick_group(col.groups, strategy, benchmark, protocol, m, full_method)
@@ -413,11 +426,12 @@ def avcil_summary(col: Collection, pub, compare: bool = True) -> Table:
               "ave-ci,ks-ci,vs100-ci", "av-cil", ["Modality", "Method"], columns, [], compare=compare,
               paper="AV-CIL (reference values, reports/published/av-cil.csv)" if compare else "", sectioned=True)
     bench_of = {name: b for b, name in AVCIL_BENCHMARKS}
+    listed = listed_rows(col, AVCIL_LAYOUT, AVCIL_PAPER)
     extras = []
     for b, _ in AVCIL_BENCHMARKS:
-        extras += [e for e in _extras(col, b, "av-cil", AVCIL_ROWS) if e not in extras]
+        extras += [e for e in _extras(col, b, "av-cil", listed) if e not in extras]
     for m in MODALITIES:
-        for strategy, label in _with_extras(AVCIL_ROWS, extras):
+        for strategy, label in _with_extras(listed, extras):
             cells = []
             for c in columns:
                 b = bench_of[c.group]
@@ -427,30 +441,25 @@ def avcil_summary(col: Collection, pub, compare: bool = True) -> Table:
                     cell.published, cell.source = lookup(pub, paper="AV-CIL", benchmark=b, strategy=strategy,
                                                          modality=m, metric=c.metric)
                 cells.append(cell)
-            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=strategy not in dict(AVCIL_ROWS)))
+            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=strategy not in dict(listed)))
     _common_notes(t, AVCIL_METRIC_NOTE)
     return t
 
 
 def _num_tasks(benchmark: str, protocol: str, col: Collection) -> int:
-    for g in col.groups:
-        if g.benchmark == benchmark and g.protocol == protocol:
-            return g.num_tasks
-    try:
-        from ..data.manifest import load_manifest
-
-        return int(load_manifest(benchmark).protocols[protocol]["num_tasks"])
-    except Exception:  # noqa: BLE001 - a user's benchmark that is gone: no steps to show
-        return 0
+    """Steps of a table: the most tasks among its runs (0, no step columns, without runs)."""
+    return max((g.num_tasks for g in col.groups if g.benchmark == benchmark and g.protocol == protocol), default=0)
 
 
 def build_tables(col: Collection, pub) -> list[Table]:
     """Every table: the papers' (always, missing cells shown) and layouts for other benchmarks."""
-    tables = [cign_table(col, pub, key, title, b, p, paper_table=pt) for key, b, p, pt, title in CIGN_TABLES]
+    tables = [cign_table(col, pub, key, title, b, p, paper_table=pt, tables=(key.replace("_", "-"),))
+              for key, b, p, pt, title in CIGN_TABLES]
     tables.append(ablation_table(col, pub, "cign_table4", "CIGN Table 4: ablation of AVCTD and AVCG (VGGSound-100)",
                                  "vggsound-100", "cign", paper_table="Table 4"))
     tables.append(cign_table(col, pub, "cign_10tasks", "CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100",
-                             "vggsound-100", "cign-10", paper_table="10 tasks", only_present=True))
+                             "vggsound-100", "cign-10", paper_table="10 tasks", only_present=True,
+                             tables=("cign-10tasks",)))
     for b, name in AVCIL_BENCHMARKS:
         tables.append(avcil_table(col, pub, f"avcil_{b}", f"AV-CIL protocol: {name}", b, "av-cil",
                                   _num_tasks(b, "av-cil", col)))
