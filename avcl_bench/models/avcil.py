@@ -58,14 +58,14 @@ def build_token_encoders(cfg: dict, feature_encoder: str = "auto") -> tuple[nn.M
     if feature_encoder not in FEATURE_ENCODERS:
         raise ConfigError(f"strategy.feature_encoder must be one of {FEATURE_ENCODERS}, got {feature_encoder!r}")
     if cfg["input"] == "features":
-        audio_dim, visual_dim = int(cfg["features"]["audio_dim"]), int(cfg["features"]["visual_shape"][-1])
+        audio_dim, visual_dim = cfg["features"]["audio_dim"], int(cfg["features"]["visual_shape"][-1])
         same = audio_dim == visual_dim
         if feature_encoder == "identity" and not same:
             raise ConfigError(f"strategy.feature_encoder=identity needs equal audio and visual feature widths, "
                               f"got features.audio_dim={audio_dim} and visual width {visual_dim}")
         if feature_encoder == "identity" or (feature_encoder == "auto" and same):
             return IdentityFeatureEncoders(), audio_dim
-    return build_encoders(cfg), int(cfg["model"]["dim"])
+    return build_encoders(cfg), cfg["model"]["dim"]
 
 
 class AVCILNet(nn.Module):

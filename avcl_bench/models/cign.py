@@ -129,8 +129,8 @@ class CIGNNet(nn.Module):
         self.branches = branches_for(self.modality)
         self.dim = m["dim"]
         self.encoders = build_encoders(cfg)
-        self.class_tokens = ClassTokens(self.dim, float(s.get("token_init_std", 1.0)))
-        depth = int(s.get("depth", 3))
+        self.class_tokens = ClassTokens(self.dim, s["token_init_std"])
+        depth = s["depth"]
         self.transformers = nn.ModuleDict(
             {b: ModalityTransformer(self.dim, depth, m["heads"], m["dropout"]) for b in self.branches})
         self.grouping = nn.ModuleDict({b: Grouping(self.dim) for b in self.branches})

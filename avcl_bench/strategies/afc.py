@@ -220,7 +220,6 @@ class AFC(AVCLStrategy):
     #: release: drop_last=True with the batch capped by the dataset size
     whole_batches_only = True
 
-    choices = {"classifier": ("nme", "lsc"), "margin_mode": ("target", "all")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -238,7 +237,7 @@ class AFC(AVCLStrategy):
 
     @classmethod
     def build_model(cls, cfg: dict):
-        k = int(cfg["strategy"]["proxies_per_class"])
+        k = cfg["strategy"]["proxies_per_class"]
         return AVCILNet(cfg, feature_encoder=cfg["strategy"]["feature_encoder"],
                         classifier=lambda d: LSCClassifier(d, k))
 
@@ -277,7 +276,7 @@ class AFC(AVCLStrategy):
         n = 0
         for batch in self._loader(mem):
             x, y = to_device(batch[0], self.device), batch[1].to(self.device)
-            grads = feature_gradients(self.previous.model, x, y, self.num_old, float(s["nca_margin"]), s["margin_mode"])
+            grads = feature_gradients(self.previous.model, x, y, self.num_old, s["nca_margin"], s["margin_mode"])
             part = {k: g.pow(2).sum(0) for k, g in grads.items()}
             sq = part if sq is None else {k: sq[k] + part[k] for k in sq}
             n += y.numel()
@@ -305,12 +304,12 @@ class AFC(AVCLStrategy):
     def loss_terms(self, out: dict, old: dict | None, y: torch.Tensor) -> dict:
         s = self.scfg
         sims = out["logits"][:, : self.num_seen]
-        terms = {"nca": nca_loss(sims, y, self.model.classifier.scale, float(s["nca_margin"]), s["margin_mode"])}
+        terms = {"nca": nca_loss(sims, y, self.model.classifier.scale, s["nca_margin"], s["margin_mode"])}
         if old is not None:
             groups = feature_groups(out, self.model.modality)
             weights = importance_weights(self.importance, groups)
             lam_t = math.sqrt(self.task_id + 1)  # release: lam_t = (step + 1) ** 0.5
-            terms["disc"] = float(s["lam_disc"]) * lam_t * feature_distillation(
+            terms["disc"] = s["lam_disc"] * lam_t * feature_distillation(
                 groups, feature_groups(old, self.model.modality), weights)
         return terms
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..models.avcil import AVCILNet
 from . import register
 from .base import AVCLStrategy, PreviousModel
@@ -117,12 +116,7 @@ def epochs_for_modality(cfg: dict) -> int:
     """
     table = cfg["strategy"].get("epochs_by_modality") or {}
     value = table.get(cfg["modality"])
-    if value is None:
-        return int(cfg["train"]["epochs"])
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"config key 'strategy.epochs_by_modality.{cfg['modality']}' must be a positive "
-                          f"integer, got {value!r}")
-    return value
+    return cfg["train"]["epochs"] if value is None else value  # typed and checked by its declaration
 
 
 # ----------------------------------------------------------------------------- strategy
@@ -139,8 +133,6 @@ class AVCIL(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        if not 0.0 <= float(s["lam"]) <= 1.0:
-            raise ConfigError(f"strategy.lam must lie in [0, 1], got {s['lam']!r}")
         self.train_epochs = epochs_for_modality(self.cfg)
         # new samples + a separate exemplar batch (herding, when chosen, on the fused features)
         self.memory = self.add_part("memory", ExemplarMemory.from_config(
@@ -166,19 +158,19 @@ class AVCIL(AVCLStrategy):
         terms = {
             "ce": separated_ce(logits, y, self.num_old, self.num_seen, is_old),
             "kd": taskwise_kd(logits, old["logits"][:, : self.num_old].float(), self.classes_per_task,
-                              self.num_old, float(s["kd_T"])),
+                              self.num_old, s["kd_T"]),
         }
         if self.model.modality == "audio-visual":
             za, zv = F.normalize(out["f_a"].float(), dim=1), F.normalize(out["f_v"].float(), dim=1)
             if s["instance_contrastive"]:
-                terms["instance"] = float(s["lam_I"]) * instance_contrastive(za, zv, float(s["tau_I"]))
+                terms["instance"] = s["lam_I"] * instance_contrastive(za, zv, s["tau_I"])
             if s["class_contrastive"]:
-                terms["class"] = float(s["lam_C"]) * class_contrastive(
-                    za, zv, y, float(s["tau_C"]), bool(s["class_contrastive_per_positive"]))
+                terms["class"] = s["lam_C"] * class_contrastive(
+                    za, zv, y, s["tau_C"], s["class_contrastive_per_positive"])
             if s["attention_distillation"]:
                 terms["vad"] = visual_attention_distillation(out["alpha"][is_old], old["alpha"][is_old],
                                                              out["beta"][is_old], old["beta"][is_old],
-                                                             float(s["lam"]))
+                                                             s["lam"])
         return terms
 
     def criterion(self):

@@ -113,10 +113,6 @@ class AVCLStrategy(SupervisedTemplate):
     def __init__(self, *, cfg: dict, num_classes: int, num_tasks: int, device, plugins=None, model=None):
         self.cfg = cfg
         self.scfg = cfg["strategy"]
-        for key, allowed in self.choices.items():
-            if self.scfg.get(key) not in allowed:
-                raise ConfigError(f"config key 'strategy.{key}' must be {' or '.join(allowed)}, "
-                                  f"got {self.scfg.get(key)!r}")
         self.modality = cfg["modality"]
         self.total_classes = num_classes
         self.num_tasks = num_tasks
@@ -142,8 +138,6 @@ class AVCLStrategy(SupervisedTemplate):
         )
         self.use_amp = bool(train["amp"]) and torch.device(device).type == "cuda"
 
-    #: {strategy key: its allowed values}, checked when the strategy is built
-    choices: dict = {}
     #: the AV-CIL release's training loader: whole batches only (``drop_last``), the batch size
     #: capped by the size of the data (and so the exemplar batch, when replayed separately)
     whole_batches_only = False
@@ -217,8 +211,8 @@ class AVCLStrategy(SupervisedTemplate):
         """Every loader of the suite: whole batches read by array rows (``data/loading.py``)."""
         return make_loader(dataset, batch_size or self.eval_mb_size, shuffle=shuffle, drop_last=drop_last,
                            num_workers=self.cfg["train"]["num_workers"],
-                           pin_memory=bool(self.cfg["train"]["pin_memory"]) and self.device.type == "cuda",
-                           batched=bool(self.cfg["train"]["batched_loading"]))
+                           pin_memory=self.cfg["train"]["pin_memory"] and self.device.type == "cuda",
+                           batched=self.cfg["train"]["batched_loading"])
 
     def new_training_data(self):
         """The part of the current experience's data trained on and offered to the memory (BiC

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from avalanche.benchmarks.utils import concat_datasets
 from torch import nn
 
-from ..errors import ConfigError
 from . import register
 from .base import AVCLStrategy, PreviousModel
 from .memory import ExemplarMemory
@@ -161,9 +160,6 @@ class BiC(AVCLStrategy):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        frac = float(self.scfg["val_fraction"])
-        if not 0.0 < frac < 1.0:
-            raise ConfigError(f"config key 'strategy.val_fraction' must be in (0, 1), got {frac!r}")
         # the training exemplars keep the budget minus ceil(val_fraction * budget) per class
         self.memory = self.add_part("memory", TrainingExemplars.from_config(
             self.cfg, "selection", required_by=self.name, val_count=self.val_count))
@@ -171,7 +167,7 @@ class BiC(AVCLStrategy):
         self.bias = BiasLayers().to(self.device)
         self._heldout: dict[int, list[int]] = {}
         self._train_rows: list[int] | None = None
-        self._rng = np.random.RandomState(int(self.cfg["seed"]) + 1)
+        self._rng = np.random.RandomState(self.cfg["seed"] + 1)
         self.stage2_losses: list[list[float]] = []
 
     @property
@@ -183,7 +179,7 @@ class BiC(AVCLStrategy):
         """Validation exemplars of a class out of its budget (paper: 1 in 10, at least 1)."""
         if budget <= 1:
             return 0
-        return min(budget - 1, max(1, math.ceil(float(self.scfg["val_fraction"]) * budget)))
+        return min(budget - 1, max(1, math.ceil(self.scfg["val_fraction"] * budget)))
 
     # ---- data: split of the new experience -----------------------------------------------------
     def _before_training_exp(self, **kwargs):
@@ -220,7 +216,7 @@ class BiC(AVCLStrategy):
         with torch.no_grad(), self.autocast():
             old = self.previous.model(self.mb_x)
         old = self.bias(old[:, : self.num_old].float(), upto=self.task_id)
-        loss_d = bic_distillation(logits[:, : self.num_old], old, float(self.scfg["T"]))
+        loss_d = bic_distillation(logits[:, : self.num_old], old, self.scfg["T"])
         lam = self.scfg["lambda"]
         lam = self.num_old / self.num_seen if lam is None else float(lam)
         return lam * loss_d + (1.0 - lam) * loss_c
@@ -251,9 +247,9 @@ class BiC(AVCLStrategy):
                 logits, y = self.dataset_logits(val)
                 s = self.scfg
                 losses = fit_bias_layer(self.bias, self.task_id, logits.to(self.device), y.to(self.device),
-                                        epochs=int(s["bias_epochs"]), lr=float(s["bias_lr"]),
+                                        epochs=s["bias_epochs"], lr=s["bias_lr"],
                                         batch_size=self.cfg["train"]["batch_size"],
-                                        seed=int(self.cfg["seed"]) + self.task_id, beta_l2=float(s["beta_l2"]))
+                                        seed=self.cfg["seed"] + self.task_id, beta_l2=float(s["beta_l2"]))
                 self.stage2_losses.append(losses)
         # the memory's rows of the new classes index the trained-on subset: re-linked to the
         # experience's dataset; the held-out clips become the new classes' validation exemplars

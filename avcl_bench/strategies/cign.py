@@ -79,7 +79,6 @@ class CIGN(AVCLStrategy):
 
     #: one audio-visual run reports the audio, visual and audio-visual accuracy matrices
     predicts_all_modalities = True
-    choices = {"cg_negatives": ("batch", "classes")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

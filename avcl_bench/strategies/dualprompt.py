@@ -36,8 +36,8 @@ from .l2p import FrozenBackbonePromptStrategy
 class DualPrompt(FrozenBackbonePromptStrategy):
     def build_prompt(self):
         s = self.scfg
-        return DualPrompts(self.model.dim, self.num_tasks, s["g_layers"], s["e_layers"], int(s["g_length"]),
-                           int(s["e_length"]), len(self.model.blocks)).to(self.device)
+        return DualPrompts(self.model.dim, self.num_tasks, s["g_layers"], s["e_layers"], s["g_length"],
+                           s["e_length"], len(self.model.blocks)).to(self.device)
 
     def make_optimizer(self, **kwargs):
         if self.is_training and self.experience is not None:

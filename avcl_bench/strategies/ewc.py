@@ -63,16 +63,15 @@ class EWC(AVCLStrategy):
     """Fine-tuning plus the EWC quadratic penalty towards the parameters of earlier experiences."""
 
     #: saved in run checkpoints besides the model (``--resume``)
-    choices = {"mode": ("separate", "online"), "fisher_target": ("sampled", "label")}
     checkpoint_attrs = ("penalties", "_gen")  # _gen: the labels sampled for the Fisher
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        self.ewc_lambda = float(s["lambda"])
+        self.ewc_lambda = s["lambda"]
         #: one (fisher, anchor) dict pair per earlier experience ("separate"), or a single running pair ("online")
         self.penalties: list[tuple[dict, dict]] = []
-        self._gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        self._gen = torch.Generator().manual_seed(self.cfg["seed"])
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         super().load_checkpoint_state(state, train_experiences)
@@ -103,7 +102,7 @@ class EWC(AVCLStrategy):
         was_training = self.model.training
         self.model.eval()
         count = 0
-        chunk = int(self.scfg["fisher_batch_size"])
+        chunk = self.scfg["fisher_batch_size"]
         for batch in self._loader(dataset.eval(), batch_size=chunk):
             x, y = to_device(batch[0], self.device), batch[1].to(self.device)
             for i in range(y.shape[0]):
@@ -136,7 +135,7 @@ class EWC(AVCLStrategy):
         anchor = {n: p.detach().clone().float() for n, p in self.model.named_parameters() if n in fisher}
         if self.scfg["mode"] == "online" and self.penalties:
             # online EWC: F <- gamma * F_old + F_new (on the rows the old Fisher covers), one anchor
-            gamma = float(self.scfg["gamma"])
+            gamma = self.scfg["gamma"]
             old_fisher, _ = self.penalties[0]
             merged = {}
             for n, f in fisher.items():

@@ -57,7 +57,6 @@ def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tenso
 
 @register("icarl")
 class ICaRL(AVCLStrategy):
-    choices = {"loss": ("bce", "ce_bce"), "classifier": ("nme", "fc")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

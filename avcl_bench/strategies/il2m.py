@@ -57,7 +57,6 @@ def class_statistics(scores: torch.Tensor, y: torch.Tensor, num_old: int) -> tup
 
 @register("il2m")
 class IL2M(AVCLStrategy):
-    choices = {"scores": ("logits", "softmax")}
     #: the second memory, saved in run checkpoints (``--resume``; the exemplar memory saves itself)
     checkpoint_attrs = ("init_mean", "class_state", "confidence", "cur_mean", "stats_state")
 

@@ -132,11 +132,10 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
 class L2P(FrozenBackbonePromptStrategy):
     """Prompt pool + key-query selection on a frozen pretrained audio-visual transformer."""
 
-    choices = {"head": ("prompt_avg", "cls")}
 
     def build_prompt(self):
         s = self.scfg
-        return PromptPool(int(s["pool_size"]), int(s["prompt_length"]), self.model.dim, int(s["top_n"])).to(self.device)
+        return PromptPool(s["pool_size"], s["prompt_length"], self.model.dim, s["top_n"]).to(self.device)
 
     def prompted_features(self, x, task=None):
         model = self.model

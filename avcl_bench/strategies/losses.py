@@ -164,13 +164,13 @@ def cign_loss_terms(model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tens
     for b in model.branches:  # CIGN Eq. 8: BCE over all seen classes, audio and visual
         terms["bce_" + b] = bce_heads(out[b], y, num_seen)
     tokens = model.class_tokens()
-    if scfg.get("avctd", True):
+    if scfg["avctd"]:
         if num_old and prev_model is not None:  # CIGN Eq. 8: KL(c_i^t || c_i^{t-1}), old tokens
             terms["token_kl"] = token_kl(tokens[:num_old], prev_model.class_tokens()[:num_old],
-                                         float(scfg.get("kl_temperature", 1.0)))
+                                         scfg["kl_temperature"])
         new = torch.arange(num_old, num_seen, device=tokens.device)  # CIGN Eq. 8: CE(h_i, e_i), new tokens
         terms["token_ce"] = token_ce(model.token_logits(slice(num_old, num_seen))[:, :num_seen], new)
-    if scfg.get("avcg", True) and num_old and prev_model is not None:
+    if scfg["avcg"] and num_old and prev_model is not None:
         old = y < num_old
         if bool(old.any()):
             with torch.no_grad():
@@ -181,10 +181,10 @@ def cign_loss_terms(model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tens
                 g = out["g_" + b]
                 anchor = prev_out["g_" + b][ar, y_old]  # g^{t-1}_{b,n}
                 positive = g[old][ar, y_old]  # g^t_{b,n}
-                if scfg.get("cg_negatives", "classes") == "classes":
+                if scfg["cg_negatives"] == "classes":
                     negatives = g[old][:, num_old:num_seen]  # (N, C_new, D)
                 else:
                     negatives = g[~old][torch.arange(len(y_new), device=y.device), y_new]  # (M, D)
                 # CIGN Eq. 9 (InfoNCE form, positive in the denominator)
-                terms["cg_" + b] = continual_grouping_loss(anchor, positive, negatives, float(scfg["tau"]))
+                terms["cg_" + b] = continual_grouping_loss(anchor, positive, negatives, scfg["tau"])
     return terms

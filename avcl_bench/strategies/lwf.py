@@ -50,7 +50,6 @@ def lwf_loss(logits: torch.Tensor, old_logits: torch.Tensor | None, y: torch.Ten
 
 @register("lwf")
 class LwF(AVCLStrategy):
-    choices = {"ce": ("new", "all"), "kd": ("taskwise", "global")}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -65,5 +64,5 @@ class LwF(AVCLStrategy):
     def criterion(self):
         s = self.scfg
         return lwf_loss(self.mb_output, self.old_logits(), self.mb_y, self.num_old, self.num_seen,
-                        self.classes_per_task, T=float(s["T"]), lambda_old=float(s["lambda_old"]), ce=s["ce"],
+                        self.classes_per_task, T=s["T"], lambda_old=s["lambda_old"], ce=s["ce"],
                         kd=s["kd"])

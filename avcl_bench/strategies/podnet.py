@@ -182,7 +182,6 @@ def pod_forward(model, x, square: bool = True):
 
 @register("podnet")
 class PODNet(AVCLStrategy):
-    choices = {"classifier": ("lsc", "nme")}
     checkpoint_attrs = ("_gen",)  # k-means initialisation of imprinted proxies, balanced fine-tuning order
 
     def __init__(self, **kwargs):
@@ -193,9 +192,9 @@ class PODNet(AVCLStrategy):
         # NME: cosine to the L2-normalised exemplar means (C, D)
         self.class_means = self.add_part("class_means", ClassMeans(self.memory) if s["classifier"] == "nme" else None)
         self.previous = self.add_part("previous", PreviousModel())
-        self.model.classifier = LSCClassifier(self.model.dim, int(s["proxies_per_class"]), float(s["eta_init"]))
+        self.model.classifier = LSCClassifier(self.model.dim, s["proxies_per_class"], s["eta_init"])
         self.model.to(self.device)
-        self._gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        self._gen = torch.Generator().manual_seed(self.cfg["seed"])
 
     # ---- model: LSC growth + imprinting ----------------------------------------------------------
     def check_model_and_optimizer(self, **kwargs):
@@ -221,20 +220,20 @@ class PODNet(AVCLStrategy):
     # ---- training ----------------------------------------------------------------------------------
     def forward(self):
         with self.autocast():
-            feat, self._stages = pod_forward(self.model, self.mb_x, bool(self.scfg["pod_square"]))
+            feat, self._stages = pod_forward(self.model, self.mb_x, self.scfg["pod_square"])
             self._feat = feat
             return self.model.classifier(feat)
 
     def criterion(self):
         s = self.scfg
         sims = self.mb_output[:, : self.num_seen].float()
-        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, float(s["nca_margin"]), hinge=True)  # PODNet Eq. 8
+        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, s["nca_margin"], hinge=True)  # PODNet Eq. 8
         if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
-                old_feat, old_stages = pod_forward(self.previous.model, self.mb_x, bool(s["pod_square"]))
+                old_feat, old_stages = pod_forward(self.previous.model, self.mb_x, s["pod_square"])
             adapt = math.sqrt(self.num_seen / max(1, self.num_seen - self.num_old))
-            loss = loss + float(s["lambda_spatial"]) * adapt * pod_spatial_loss(old_stages, self._stages)
-            loss = loss + float(s["lambda_flat"]) * adapt * pod_flat_loss(old_feat, self._feat)
+            loss = loss + s["lambda_spatial"] * adapt * pod_spatial_loss(old_stages, self._stages)
+            loss = loss + s["lambda_flat"] * adapt * pod_flat_loss(old_feat, self._feat)
         return loss
 
     def _after_training_exp(self, **kwargs):
@@ -253,16 +252,16 @@ class PODNet(AVCLStrategy):
         once, in eval mode (the same as the release's train mode for this backbone: no batch
         norm, dropout 0 by default)."""
         s = self.scfg
-        epochs = int(s["balanced_finetune_epochs"])
+        epochs = s["balanced_finetune_epochs"]
         if epochs <= 0 or self.task_id == 0 or len(self.memory) == 0:
             return
         ds = self.memory.dataset().eval()
         feats = self.extract_features(ds).to(self.device)
         targets = torch.as_tensor(list(ds.targets), device=self.device)
         clf = self.model.classifier
-        opt = torch.optim.SGD([clf.weight], lr=float(s["balanced_finetune_lr"]), momentum=0.9,
-                              weight_decay=float(self.cfg["train"]["weight_decay"]))
-        eta, margin, bs = clf.eta.detach(), float(s["nca_margin"]), int(self.cfg["train"]["batch_size"])
+        opt = torch.optim.SGD([clf.weight], lr=s["balanced_finetune_lr"], momentum=0.9,
+                              weight_decay=self.cfg["train"]["weight_decay"])
+        eta, margin, bs = clf.eta.detach(), s["nca_margin"], self.cfg["train"]["batch_size"]
         for _ in range(epochs):
             order = torch.randperm(len(targets), generator=self._gen).to(self.device)
             for i in range(0, len(order), bs):

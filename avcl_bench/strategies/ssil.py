@@ -33,7 +33,7 @@ class SSIL(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, replay="paired", batch_size=int(self.scfg["replay_batch_size"])))
+            self.cfg, replay="paired", batch_size=self.scfg["replay_batch_size"]))
         self.previous = self.add_part("previous", PreviousModel())
 
     def criterion(self):
@@ -43,6 +43,6 @@ class SSIL(AVCLStrategy):
             with torch.no_grad(), self.autocast():
                 old_logits = self.previous.model(self.mb_x)
             kd = taskwise_kd(logits[:, : self.num_old], old_logits[:, : self.num_old].float(),
-                             self.classes_per_task, self.num_old, T=float(self.scfg["temperature"]))
-            loss = loss + float(self.scfg["kd_weight"]) * kd
+                             self.classes_per_task, self.num_old, T=self.scfg["temperature"])
+            loss = loss + self.scfg["kd_weight"] * kd
         return loss
