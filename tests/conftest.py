@@ -71,3 +71,28 @@ def run_tiny(tmp_path, feature_benchmark):
         return json.loads((tmp_path / run_id / "metrics.json").read_text())
 
     return _run
+
+
+@pytest.fixture
+def interrupt_after_task(monkeypatch):
+    """``interrupt_after_task(n)``: every run started from now on in this process (through the CLI,
+    a sweep or ``runner.run``) stops after its n-th experience as if SIGTERM had arrived there, via
+    the runner's ``after_task`` callback; ``interrupt_after_task(None)`` lets runs complete again."""
+    import functools
+
+    from avcl_bench import runner
+
+    uninterrupted = runner.run
+
+    def _interrupt(task):
+        if task is None:
+            monkeypatch.setattr(runner, "run", uninterrupted)
+            return
+
+        def stop(tasks_done):
+            if tasks_done == task:
+                raise runner.RunInterrupted(f"interrupted by the test after task {task}")
+
+        monkeypatch.setattr(runner, "run", functools.partial(uninterrupted, after_task=stop))
+
+    return _interrupt

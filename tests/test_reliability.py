@@ -21,10 +21,10 @@ def _matrix(run_dir: Path, modality="audio-visual"):
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "joint"])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path, monkeypatch):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path, interrupt_after_task):
     base = ["run", "--strategy", strategy, "--results-dir", str(tmp_path)] + TINY
     assert main(base + ["--run-id", "straight"]) == 0
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
+    interrupt_after_task(2)
     assert main(base + ["--run-id", "cut"]) == 130
     cut = tmp_path / "cut"
     assert not (cut / "COMPLETE").exists()
@@ -32,7 +32,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path
     assert (cut / "checkpoint.pt").is_file()
     partial = _matrix(cut)
     assert partial[1][1] is not None and partial[2][0] is None  # two tasks measured, kept on disk
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
     assert (cut / "COMPLETE").is_file() and not (cut / "checkpoint.pt").exists()
     assert _matrix(cut) == _matrix(tmp_path / "straight")

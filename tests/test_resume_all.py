@@ -16,12 +16,12 @@ ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "mode
 
 
 @pytest.mark.parametrize("strategy", strategy_names())
-def test_interrupted_and_resumed_equals_straight(strategy, feature_benchmark, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_equals_straight(strategy, feature_benchmark, tmp_path, interrupt_after_task):
     base = ["run", "--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)] + ARGS
     assert main(base + ["--run-id", "straight"]) == 0
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
+    interrupt_after_task(2)
     assert main(base + ["--run-id", "cut"]) == 130
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["run"]["resumed"] is True
     for csv in sorted((tmp_path / "straight").glob("accuracy_*.csv")):
