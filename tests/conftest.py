@@ -44,6 +44,29 @@ def total_memory_benchmark(tmp_path_factory):
                                       visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-total")
 
 
+@pytest.fixture(scope="session")
+def build_strategy(feature_benchmark):
+    """``build_strategy(name, overrides=None, benchmark=None, seed=None)`` -> the strategy on the CPU,
+    built as the runner builds it from the resolved config (``overrides`` in ``build_config``'s form)
+    on the tiny generated feature benchmark unless ``benchmark`` names another; ``seed`` seeds every
+    generator right before the model is built, as the runner does."""
+    import copy
+
+    import torch
+
+    from avcl_bench.runner import build_config, seed_everything
+    from avcl_bench.strategies import get_strategy
+
+    def _build(name, overrides=None, benchmark=None, seed=None):
+        cfg, manifest = build_config(name, str(benchmark or feature_benchmark), copy.deepcopy(overrides or {}))
+        if seed is not None:
+            seed_everything(seed)
+        return get_strategy(name)(cfg=cfg, num_classes=manifest.doc["num_classes"], num_tasks=cfg["num_tasks"],
+                                  device=torch.device("cpu"))
+
+    return _build
+
+
 #: CLI arguments of the smallest end-to-end run on the embedded benchmark.
 TINY_RUN = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--quiet"]
 

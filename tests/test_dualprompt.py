@@ -48,13 +48,8 @@ def test_task_key_matching_and_loss():
 
 
 @pytest.fixture
-def dualprompt(feature_benchmark):
-    from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
-
-    cfg, _ = build_config("dualprompt", str(feature_benchmark), {"model": {"dim": 16, "heads": 2}})
-    torch.manual_seed(0)
-    s = get_strategy("dualprompt")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+def dualprompt(build_strategy):
+    s = build_strategy("dualprompt", {"model": {"dim": 16, "heads": 2}}, seed=0)
     s.model.grow(6)
     s.model.eval()
     s.task_id = 2  # three tasks learned

@@ -15,12 +15,8 @@ SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
 
 
 @pytest.fixture
-def ssil(feature_benchmark):
-    from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
-
-    cfg, _ = build_config("ssil", str(feature_benchmark), {"model": {"dim": 16, "heads": 2}})
-    s = get_strategy("ssil")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+def ssil(build_strategy):
+    s = build_strategy("ssil", {"model": {"dim": 16, "heads": 2}})
     s.num_old, s.num_seen, s.classes_per_task = 2, 4, 2
     return s
 
