@@ -393,6 +393,7 @@ def test_smoke_features_every_modality(run_tiny, strategy, modality):
 CLIP_ARGS = ["--set", "model.encoder_width=8", "--set", "model.dim=32", "--set", "model.heads=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_smoke_raw_clips(run_tiny, strategy):
     m = run_tiny(strategy, "audio-visual", "clips", CLIP_ARGS)

@@ -301,6 +301,7 @@ def test_unknown_negatives_form_is_a_config_error(build_strategy):
 FAST = ["--set", "model.dim=32", "--set", "model.heads=4", "--set", "strategy.depth=1"]
 
 
+@pytest.mark.slow
 def test_end_to_end_clips_reports_three_modalities(run_tiny, tmp_path):
     from avcl_bench.reporting.embeddings import load_npz
 
@@ -322,6 +323,7 @@ def test_end_to_end_single_modalities(run_tiny):
     assert set(v["modalities"]) == {"visual"}
 
 
+@pytest.mark.slow
 def test_forgets_less_than_finetuning_on_features(run_tiny):
     # Seeds 0-6 of this setting: CIGN forgetting <= 42 (audio-visual), <= 59 (visual), <= 30 (audio),
     # average accuracy >= 68 (audio-visual); fine-tuning forgetting >= 95, average accuracy <= 25.

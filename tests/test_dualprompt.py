@@ -79,7 +79,7 @@ def test_inference_uses_the_expert_prompt_of_the_matched_task(dualprompt):
     assert torch.allclose(logits, model.classifier(feat), atol=1e-6)
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_dualprompt_smoke(run_tiny, modality, input):
     m = run_tiny("dualprompt", modality, input, SMALL_FEATURES if input == "features" else [])

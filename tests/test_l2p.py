@@ -138,7 +138,7 @@ def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_b
     assert len(res) == 2 and all(total > 0 for _, total in res)
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_l2p_smoke(run_tiny, modality, input, tmp_path):
     from avcl_bench.reporting.embeddings import load_npz

@@ -113,7 +113,7 @@ def test_token_layout_matches_model_and_identical_models_do_not_distil(feature_b
     assert pod_flat_loss(old_feat, feat).item() == 0.0
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_podnet_smoke(run_tiny, modality, input):
     extra = []

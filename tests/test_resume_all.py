@@ -10,6 +10,8 @@ import pytest
 from avcl_bench.cli import main
 from avcl_bench.config import strategy_names
 
+pytestmark = pytest.mark.slow  # 3 runs of every strategy; test_reliability and test_sweep resume fast
+
 #: small enough for CI: the tiny generated feature benchmark, 2 epochs, D=16
 ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
         "--quiet"]

@@ -76,7 +76,7 @@ def test_replay_batches_are_drawn_separately_and_cycle():
     assert [b[1].tolist() for b in PairedReplayLoader(new, None)] == [[10, 11], [12, 13], [14, 15]]
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_ssil_smoke(run_tiny, modality, input):
     extra = []

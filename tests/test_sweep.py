@@ -163,6 +163,7 @@ def test_crashed_child_process_is_recorded(tmp_path, monkeypatch):
     assert not (results / spec.run_id / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_local_pool_real_run_and_failure_then_resume_skips(tmp_path):
     """Two child processes at once: a tiny real finetune run and one that fails inside the runner."""
     results = tmp_path / "runs"
@@ -199,6 +200,7 @@ def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tmp_path, interru
     assert m["run"]["resumed"] is True and (rd / "COMPLETE").is_file()
 
 
+@pytest.mark.slow
 def test_ray_executor_two_tiny_runs(tmp_path):
     # deliberately NOT skipped when Ray is missing: the Ray path must be tested
     try:
