@@ -120,8 +120,8 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
     """Execute one run end to end and return its (complete) run directory.
 
     With ``resume`` (a run directory), the run's saved config is used and training continues
-    after the last experience checkpointed there. ``after_task(tasks_done)`` is called at every
-    experience boundary once its results and checkpoint are on disk; raising
+    after the last experience checkpointed there. ``after_task(tasks_done)`` is called after every
+    experience once its results (and, before the last, its checkpoint) are on disk; raising
     :class:`RunInterrupted` there stops the run as a signal would (tests interrupt runs this way).
     """
     overrides = dict(overrides or {})
