@@ -17,6 +17,7 @@ import time
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -119,11 +120,14 @@ def _on_signal(signum, frame):
 
 
 def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict | None = None,
-        quiet: bool = False, resume: str | None = None) -> RunDir:
+        quiet: bool = False, resume: str | None = None,
+        after_task: Callable[[int], None] | None = None) -> RunDir:
     """Execute one run end to end and return its (complete) run directory.
 
     With ``resume`` (a run directory), the run's saved config is used and training continues
-    after the last experience checkpointed there.
+    after the last experience checkpointed there. ``after_task(tasks_done)`` is called after every
+    experience once its results (and, before the last, its checkpoint) are on disk; raising
+    :class:`RunInterrupted` there stops the run as a signal would (tests interrupt runs this way).
     """
     overrides = dict(overrides or {})
     if resume:
@@ -169,7 +173,7 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
     t_start = time.time()
     previous = signal.signal(signal.SIGTERM, _on_signal) if _main_thread() else None
     try:
-        return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet, resume=bool(resume))
+        return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet, resume=bool(resume), after_task=after_task)
     except KeyboardInterrupt:
         rd.write_status("interrupted", after_s=time.time() - t_start,
                         resume_with=f"avcl-bench run --resume {rd.path}")
@@ -242,7 +246,8 @@ def _restore_rng(rng: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool, resume: bool = False) -> RunDir:
+def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool, resume: bool = False,
+             after_task: Callable[[int], None] | None = None) -> RunDir:
     from .data.datasets import load_data
     from .data.streams import make_streams
 
@@ -281,7 +286,6 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
             timing.setdefault("earlier_sessions_s", 0.0)
             _restore_rng(ckpt["rng"])
             _log(f"[avcl-bench] resuming {rd.path.name} after task {start_task}/{num_tasks}", quiet)
-    stop_after = os.environ.get("AVCL_BENCH_STOP_AFTER_TASK")  # test hook: simulate an interruption
     for t in range(start_task, num_tasks):
         t1 = time.time()
         strategy.train(train_stream[t], eval_streams=[])
@@ -300,8 +304,8 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
         _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
-        if stop_after and int(stop_after) == t + 1:
-            raise RunInterrupted(f"AVCL_BENCH_STOP_AFTER_TASK={stop_after}")
+        if after_task is not None:
+            after_task(t + 1)
 
     export_run_embeddings(strategy, test_stream[0].dataset, rd, data.classes[: C // num_tasks], cfg, quiet)
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}

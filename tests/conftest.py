@@ -44,6 +44,29 @@ def total_memory_benchmark(tmp_path_factory):
                                       visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-total")
 
 
+@pytest.fixture(scope="session")
+def build_strategy(feature_benchmark):
+    """``build_strategy(name, overrides=None, benchmark=None, seed=None)`` -> the strategy on the CPU,
+    built as the runner builds it from the resolved config (``overrides`` in ``build_config``'s form)
+    on the tiny generated feature benchmark unless ``benchmark`` names another; ``seed`` seeds every
+    generator right before the model is built, as the runner does."""
+    import copy
+
+    import torch
+
+    from avcl_bench.runner import build_config, seed_everything
+    from avcl_bench.strategies import get_strategy
+
+    def _build(name, overrides=None, benchmark=None, seed=None):
+        cfg, manifest = build_config(name, str(benchmark or feature_benchmark), copy.deepcopy(overrides or {}))
+        if seed is not None:
+            seed_everything(seed)
+        return get_strategy(name)(cfg=cfg, num_classes=manifest.doc["num_classes"], num_tasks=cfg["num_tasks"],
+                                  device=torch.device("cpu"))
+
+    return _build
+
+
 #: CLI arguments of the smallest end-to-end run on the embedded benchmark.
 TINY_RUN = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--quiet"]
 
@@ -71,3 +94,28 @@ def run_tiny(tmp_path, feature_benchmark):
         return json.loads((tmp_path / run_id / "metrics.json").read_text())
 
     return _run
+
+
+@pytest.fixture
+def interrupt_after_task(monkeypatch):
+    """``interrupt_after_task(n)``: every run started from now on in this process (through the CLI,
+    a sweep or ``runner.run``) stops after its n-th experience as if SIGTERM had arrived there, via
+    the runner's ``after_task`` callback; ``interrupt_after_task(None)`` lets runs complete again."""
+    import functools
+
+    from avcl_bench import runner
+
+    uninterrupted = runner.run
+
+    def _interrupt(task):
+        if task is None:
+            monkeypatch.setattr(runner, "run", uninterrupted)
+            return
+
+        def stop(tasks_done):
+            if tasks_done == task:
+                raise runner.RunInterrupted(f"interrupted by the test after task {task}")
+
+        monkeypatch.setattr(runner, "run", functools.partial(uninterrupted, after_task=stop))
+
+    return _interrupt

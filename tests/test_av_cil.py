@@ -204,6 +204,7 @@ def _metrics(rd):
     return json.loads((rd / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_av_cil_forgets_less_than_finetuning(tmp_path, total_memory_benchmark):
     bench = total_memory_benchmark
     common = ["--benchmark", str(bench), "--results-dir", str(tmp_path / "runs"), "--set", "train.epochs=10",
@@ -250,6 +251,7 @@ def test_cli_on_the_official_ave_ci_layout(tmp_path):
     assert "total: 340" in cfg and "seed: 42" in cfg
 
 
+@pytest.mark.slow
 def test_av_cil_runs_on_raw_clips(run_tiny):
     m = run_tiny("av-cil", "audio-visual", "clips", ["--set", "strategy.exemplar_batch_size=8"])
     av = m["modalities"]["audio-visual"]

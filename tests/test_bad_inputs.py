@@ -223,6 +223,14 @@ def test_unknown_manifest_key(tmp_path, capsys):
           "unknown key 'splitz'", tmp_path)
 
 
+def test_removed_protocol_key_metrics(tmp_path, capsys):
+    """A protocol's `metrics` key was never read (every run reports every metric) and is gone."""
+    y = tmp_path / "old.yaml"
+    y.write_text("name: x\nprotocols:\n  p: {num_tasks: 2, memory: {per_class: 1}, metrics: cign}\n")
+    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
+          "unknown key 'protocols.p.metrics'", tmp_path)
+
+
 def test_results_dir_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -27,13 +27,12 @@ SMALL_ARGS = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
 
 # ---- helpers -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def feature_setup(feature_benchmark):
+def feature_setup(feature_benchmark, build_strategy):
     """(make(strategy, **overrides) -> strategy, scenario) on the tiny feature benchmark."""
     from avcl_bench.config import parse_set
     from avcl_bench.data.datasets import load_data
     from avcl_bench.data.streams import make_streams
-    from avcl_bench.runner import build_config, quiet_third_party_warnings, seed_everything
-    from avcl_bench.strategies import get_strategy
+    from avcl_bench.runner import build_config, quiet_third_party_warnings
 
     quiet_third_party_warnings()
     bench = str(feature_benchmark)
@@ -44,10 +43,7 @@ def feature_setup(feature_benchmark):
 
     def make(strategy, **overrides):
         sets = {**SMALL, **overrides}
-        cfg, _ = build_config(strategy, bench, parse_set([f"{k}={v}" for k, v in sets.items()]))
-        seed_everything(0)
-        cls = get_strategy(strategy)
-        return cls(cfg=cfg, num_classes=len(data.classes), num_tasks=cfg["num_tasks"], device=torch.device("cpu"))
+        return build_strategy(strategy, parse_set([f"{k}={v}" for k, v in sets.items()]), seed=0)
 
     return make, scenario
 
@@ -468,6 +464,7 @@ def test_smoke_features_every_modality(run_tiny, strategy, modality):
 CLIP_ARGS = ["--set", "model.encoder_width=8", "--set", "model.dim=32", "--set", "model.heads=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_smoke_raw_clips(run_tiny, strategy):
     m = run_tiny(strategy, "audio-visual", "clips", CLIP_ARGS)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from avcl_bench.models.cign import CIGNNet
-from avcl_bench.strategies.cign import CIGN
 from avcl_bench.strategies.losses import bce_heads, cign_loss_terms, continual_grouping_loss, token_ce, token_kl
 
 # Small sizes for the unit tests (the model shapes, not its quality, are under test here).
@@ -258,15 +257,9 @@ def test_ablation_rows_are_set_options(feature_benchmark):
 
 
 # ------------------------------------------------------------------ strategy: prediction, buffer
-def _strategy(cfg, **changes):
-    c = copy.deepcopy(cfg)
-    c.update(changes)
-    return CIGN(cfg=c, num_classes=8, num_tasks=4, device=torch.device("cpu"))
-
-
-def test_predict_three_modalities_with_product_rule(cfg):
+def test_predict_three_modalities_with_product_rule(cfg, build_strategy):
     torch.manual_seed(0)
-    st = _strategy(cfg)
+    st = build_strategy("cign", SMALL)
     st.model.grow(4)
     st.num_seen = 4
     st.model.eval()
@@ -281,33 +274,34 @@ def test_predict_three_modalities_with_product_rule(cfg):
 
 
 @pytest.mark.parametrize("modality", ["audio", "visual"])
-def test_single_modality_strategy_reports_that_modality(cfg, modality):
-    st = _strategy(cfg, modality=modality)
+def test_single_modality_strategy_reports_that_modality(cfg, modality, build_strategy):
+    st = build_strategy("cign", {**SMALL, "modality": modality})
     st.model.grow(2)
     st.num_seen = 2
     assert st.model.branches == (modality,) and st.reported_modalities() == [modality]
     assert list(st.predict(_features_batch(cfg, n=2))) == [modality]
 
 
-def test_buffer_form(cfg):
-    assert _strategy(cfg).memory.per_class == cfg["memory"]["per_class"] == 3  # the protocol's memory
-    fallback = _strategy(cfg, memory={"per_class": None, "total": None}).memory
+def test_buffer_form(cfg, build_strategy):
+    assert build_strategy("cign", SMALL).memory.per_class == cfg["memory"]["per_class"] == 3  # the protocol's memory
+    fallback = build_strategy("cign", {**SMALL, "memory": {"per_class": None, "total": None}}).memory
     assert fallback.per_class == 50  # CIGN Sec. 4.1 where the protocol declares none
-    assert _strategy(cfg, memory={"per_class": None, "total": 40}).memory.total == 40
-    assert _strategy(cfg, memory={"per_class": 0, "total": None}).memory is None
+    assert build_strategy("cign", {**SMALL, "memory": {"per_class": None, "total": 40}}).memory.total == 40
+    assert build_strategy("cign", {**SMALL, "memory": {"per_class": 0, "total": None}}).memory is None
 
 
-def test_unknown_negatives_form_is_a_config_error(cfg):
+def test_unknown_negatives_form_is_a_config_error(build_strategy):
     from avcl_bench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cg_negatives"):
-        _strategy(cfg, strategy=dict(cfg["strategy"], cg_negatives="others"))
+        build_strategy("cign", {**SMALL, "strategy": {**SMALL["strategy"], "cg_negatives": "others"}})
 
 
 # ------------------------------------------------------------------ end to end
 FAST = ["--set", "model.dim=32", "--set", "model.heads=4", "--set", "strategy.depth=1"]
 
 
+@pytest.mark.slow
 def test_end_to_end_clips_reports_three_modalities(run_tiny, tmp_path):
     from avcl_bench.reporting.embeddings import load_npz
 
@@ -329,6 +323,7 @@ def test_end_to_end_single_modalities(run_tiny):
     assert set(v["modalities"]) == {"visual"}
 
 
+@pytest.mark.slow
 def test_forgets_less_than_finetuning_on_features(run_tiny):
     # Seeds 0-6 of this setting: CIGN forgetting <= 42 (audio-visual), <= 59 (visual), <= 30 (audio),
     # average accuracy >= 68 (audio-visual); fine-tuning forgetting >= 95, average accuracy <= 25.

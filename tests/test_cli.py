@@ -28,7 +28,7 @@ def test_help_does_not_import_torch_or_avalanche():
     assert proc.returncode == 0 and "run" in proc.stdout
 
 
-@pytest.mark.parametrize("strategy", ["finetune", "joint"])
+@pytest.mark.parametrize("strategy", ["finetune", pytest.param("joint", marks=pytest.mark.slow)])
 def test_run_end_to_end_writes_complete_run_dir(strategy, tmp_path, capsys):
     code, out, err = run_cli(["run", "--strategy", strategy, "--results-dir", str(tmp_path), "--run-id", "r1"] + TINY,
                              capsys)
@@ -48,6 +48,7 @@ def test_run_end_to_end_writes_complete_run_dir(strategy, tmp_path, capsys):
     assert m["timing"]["total_s"] > 0 and m["memory"]["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow
 def test_each_modality_runs(tmp_path, capsys):
     for mod in ("audio", "visual"):
         code, _, err = run_cli(["run", "--strategy", "finetune", "--modality", mod, "--results-dir", str(tmp_path),
@@ -95,6 +96,7 @@ def own_benchmark(tmp_path):
     return root, pd.read_csv(src / "splits.csv"), base
 
 
+@pytest.mark.slow
 def test_missing_clips_fail_or_are_skipped_and_counted(tmp_path, capsys):
     root, splits, base = own_benchmark(tmp_path)
     for g in splits[splits.split == "train"]["id"].iloc[:2]:

@@ -48,13 +48,8 @@ def test_task_key_matching_and_loss():
 
 
 @pytest.fixture
-def dualprompt(feature_benchmark):
-    from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
-
-    cfg, _ = build_config("dualprompt", str(feature_benchmark), {"model": {"dim": 16, "heads": 2}})
-    torch.manual_seed(0)
-    s = get_strategy("dualprompt")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+def dualprompt(build_strategy):
+    s = build_strategy("dualprompt", {"model": {"dim": 16, "heads": 2}}, seed=0)
     s.model.grow(6)
     s.model.eval()
     s.task_id = 2  # three tasks learned
@@ -84,7 +79,7 @@ def test_inference_uses_the_expert_prompt_of_the_matched_task(dualprompt):
     assert torch.allclose(logits, model.classifier(feat), atol=1e-6)
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_dualprompt_smoke(run_tiny, modality, input):
     m = run_tiny("dualprompt", modality, input, SMALL_FEATURES if input == "features" else [])

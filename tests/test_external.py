@@ -67,14 +67,15 @@ def test_file_spec_loads_class_and_document(monkeypatch):
     assert get_strategy(canonical_spec(EXAMPLE)) is cls  # one module per file, whatever the spelling
 
 
-def test_module_spec_runs_and_resumes_from_any_directory(tmp_path, monkeypatch, feature_benchmark):
+def test_module_spec_runs_and_resumes_from_any_directory(tmp_path, monkeypatch, feature_benchmark,
+                                                          interrupt_after_task):
     write_module(tmp_path / "pkg" / "ext_pkg", "methods", "ModFT", "mod-ft", "Module FT")
     (tmp_path / "pkg" / "ext_pkg" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
     results = tmp_path / "runs"
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "1")
+    interrupt_after_task(1)
     assert run_quick("ext_pkg.methods:ModFT", results, "cut", feature_benchmark) == 130
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     saved = (results / "cut" / "config.yaml").read_text()
     assert "name: ext_pkg.methods:ModFT" in saved and "unused_knob: 3" in saved  # the document's defaults
     monkeypatch.chdir(tmp_path)

@@ -44,13 +44,8 @@ def test_prompt_pool_picks_top_n_keys_by_cosine():
 
 
 @pytest.fixture
-def l2p(feature_benchmark):
-    from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
-
-    cfg, _ = build_config("l2p", str(feature_benchmark), {"model": {"dim": 16, "heads": 2}})
-    torch.manual_seed(0)
-    return get_strategy("l2p")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+def l2p(build_strategy):
+    return build_strategy("l2p", {"model": {"dim": 16, "heads": 2}}, seed=0)
 
 
 def test_l2p_query_is_the_unprompted_cls_and_selected_prompts_are_prepended(l2p):
@@ -71,10 +66,9 @@ def test_l2p_query_is_the_unprompted_cls_and_selected_prompts_are_prepended(l2p)
     assert surrogate.item() > 0
 
 
-def test_backbone_checkpoint_is_loaded_and_frozen(tmp_path, feature_benchmark):
+def test_backbone_checkpoint_is_loaded_and_frozen(tmp_path, feature_benchmark, build_strategy):
     from avcl_bench.models.avnet import AVNet
     from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
 
     over = {"model": {"dim": 16, "heads": 2}}
     cfg, _ = build_config("l2p", str(feature_benchmark), over)
@@ -82,19 +76,16 @@ def test_backbone_checkpoint_is_loaded_and_frozen(tmp_path, feature_benchmark):
     src = AVNet(cfg)
     path = tmp_path / "avnet.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
-    cfg["strategy"]["backbone_checkpoint"] = str(path)
-    s = get_strategy("l2p")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+    s = build_strategy("l2p", {**over, "strategy": {"backbone_checkpoint": str(path)}})
     assert s.model.backbone_frozen
     for name, p in s.model.backbone_named_parameters():
         assert torch.equal(p, src.state_dict()[name]) and not p.requires_grad
     bad = tmp_path / "bad.pt"
     torch.save({"blocks.0.norm1.weight": torch.ones(3)}, bad)
-    cfg["strategy"]["backbone_checkpoint"] = str(bad)
     with pytest.raises(ConfigError, match="lacks"):
-        get_strategy("l2p")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
-    cfg["strategy"]["backbone_checkpoint"] = str(tmp_path / "missing.pt")
+        build_strategy("l2p", {**over, "strategy": {"backbone_checkpoint": str(bad)}})
     with pytest.raises(ConfigError, match="not found"):
-        get_strategy("l2p")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+        build_strategy("l2p", {**over, "strategy": {"backbone_checkpoint": str(tmp_path / "missing.pt")}})
 
 
 def test_frozen_backbone_stays_in_eval_mode():
@@ -113,11 +104,10 @@ def test_frozen_backbone_stays_in_eval_mode():
 
 
 @pytest.mark.parametrize("strategy", ["l2p", "dualprompt"])
-def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_benchmark, strategy):
+def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_benchmark, strategy, build_strategy):
     from avcl_bench.data.datasets import load_data
     from avcl_bench.data.streams import make_streams
     from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
 
     over = {"model": {"dim": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 16},
             "strategy": {"pretrain_epochs": 2}, "progress": False}
@@ -126,7 +116,7 @@ def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_b
     scenario = make_streams(load_data(manifest, cfg), cfg["num_tasks"], manifest.name)
     train = list(scenario.train_stream)
     torch.manual_seed(0)
-    s = get_strategy(strategy)(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+    s = build_strategy(strategy, over)
     init = {n: p.detach().clone() for n, p in s.model.backbone_named_parameters()}
     s.train(train[0], eval_streams=[])
     assert len(s.pretrain_history) == 2  # default backbone: pretrained on the first experience ...
@@ -148,7 +138,7 @@ def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_b
     assert len(res) == 2 and all(total > 0 for _, total in res)
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_l2p_smoke(run_tiny, modality, input, tmp_path):
     from avcl_bench.reporting.embeddings import load_npz

@@ -113,7 +113,7 @@ def test_token_layout_matches_model_and_identical_models_do_not_distil(feature_b
     assert pod_flat_loss(old_feat, feat).item() == 0.0
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_podnet_smoke(run_tiny, modality, input):
     extra = []
@@ -133,30 +133,29 @@ def test_podnet_smoke(run_tiny, modality, input):
         assert m["run"]["buffer_size"] > 0
 
 
-def _podnet_after_two_tasks(feature_benchmark, **strategy):
+def _podnet_after_two_tasks(feature_benchmark, build_strategy, **strategy):
     """A PODNet strategy trained on the first two experiences of the tiny feature benchmark."""
     from avcl_bench.data.datasets import load_data
     from avcl_bench.data.streams import make_streams
     from avcl_bench.runner import build_config, seed_everything
-    from avcl_bench.strategies import get_strategy
 
-    cfg, manifest = build_config("podnet", str(feature_benchmark), {
-        "model": {"dim": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 64}, "progress": False,
-        "strategy": strategy})
+    over = {"model": {"dim": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 64}, "progress": False,
+            "strategy": strategy}
+    cfg, manifest = build_config("podnet", str(feature_benchmark), over)
     seed_everything(0)
     manifest.materialize(cfg)
     sc = make_streams(load_data(manifest, cfg), cfg["num_tasks"])
-    s = get_strategy("podnet")(cfg=cfg, num_classes=8, num_tasks=cfg["num_tasks"], device=torch.device("cpu"))
+    s = build_strategy("podnet", over)
     for exp in list(sc.train_stream)[:2]:
         s.train(exp, eval_streams=[])
     return s
 
 
-def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark):
+def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark, build_strategy):
     """One epoch, one full batch (the memory: 3 clips of each of the 4 seen classes): the proxies
     move by exactly -lr * d(NCA)/d(proxies) (first SGD step: momentum has no history yet); the
     backbone and eta do not move; the exemplars are class-balanced."""
-    s = _podnet_after_two_tasks(feature_benchmark, balanced_finetune_epochs=0)
+    s = _podnet_after_two_tasks(feature_benchmark, build_strategy, balanced_finetune_epochs=0)
     counts = torch.bincount(torch.as_tensor(list(s.memory.dataset().targets)))
     assert counts.tolist() == [3, 3, 3, 3]
     before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
@@ -178,8 +177,8 @@ def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark
             assert torch.equal(p, before[n]), n
 
 
-def test_balanced_finetune_lowers_the_loss_on_the_balanced_memory(feature_benchmark):
-    s = _podnet_after_two_tasks(feature_benchmark, balanced_finetune_epochs=0)
+def test_balanced_finetune_lowers_the_loss_on_the_balanced_memory(feature_benchmark, build_strategy):
+    s = _podnet_after_two_tasks(feature_benchmark, build_strategy, balanced_finetune_epochs=0)
     ds = s.memory.dataset().eval()
     feats, y = s.extract_features(ds), torch.as_tensor(list(ds.targets))
     eta = s.model.classifier.eta.detach()

@@ -20,11 +20,12 @@ def _matrix(run_dir: Path, modality="audio-visual"):
     return read_matrix(run_dir / f"accuracy_{modality}.csv")[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["finetune", "joint"])
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path, monkeypatch):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path, interrupt_after_task):
     base = ["run", "--strategy", strategy, "--results-dir", str(tmp_path)] + TINY
     assert main(base + ["--run-id", "straight"]) == 0
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
+    interrupt_after_task(2)
     assert main(base + ["--run-id", "cut"]) == 130
     cut = tmp_path / "cut"
     assert not (cut / "COMPLETE").exists()
@@ -32,7 +33,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path
     assert (cut / "checkpoint.pt").is_file()
     partial = _matrix(cut)
     assert partial[1][1] is not None and partial[2][0] is None  # two tasks measured, kept on disk
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     assert main(["run", "--resume", str(cut), "--quiet"]) == 0
     assert (cut / "COMPLETE").is_file() and not (cut / "checkpoint.pt").exists()
     assert _matrix(cut) == _matrix(tmp_path / "straight")
@@ -42,6 +43,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path
     assert m["timing"]["total_s"] >= m["timing"]["train_s"] + m["timing"]["eval_s"]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_matrices(tmp_path):
     base = ["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--seed", "3"] + TINY
     assert main(base + ["--run-id", "a"]) == 0
@@ -49,6 +51,7 @@ def test_same_seed_gives_identical_matrices(tmp_path):
     assert _matrix(tmp_path / "a") == _matrix(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
     run_dir = tmp_path / "killed"
     args = [sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", "finetune", "--results-dir", str(tmp_path),

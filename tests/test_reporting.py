@@ -110,6 +110,7 @@ def report(tmp_path_factory):
     return {"root": root, "results": results, "out": out, "lb": lb, "summary": summary, "T": T}
 
 
+@pytest.mark.slow
 def test_leaderboard_rows_metrics_recomputed(report):
     df = pd.read_csv(report["lb"])
     # complete runs: lwf 9 + 1, joint 6, cign 2 + 1 (3 modalities each), finetune 2; the failed run is not a row
@@ -132,6 +133,7 @@ def test_leaderboard_rows_metrics_recomputed(report):
     assert any("lwf_audio_s0" in w and "differs" in w for w in warnings)
 
 
+@pytest.mark.slow
 def test_aggregation_over_seeds(report):
     s = pd.read_csv(report["lb"].with_name("leaderboard_summary.csv"))
     sel = s[(s.strategy == "lwf") & (s.modality == "audio") & (s.n_seeds == 3)]
@@ -156,6 +158,7 @@ def _md_rows(path):
     return rows
 
 
+@pytest.mark.slow
 def test_cign_table1_layout_and_missing_cells(report):
     tables = report["out"] / "tables"
     md = (tables / "cign_table1.md").read_text()
@@ -180,6 +183,7 @@ def test_cign_table1_layout_and_missing_cells(report):
     assert "more than one configuration" in md
 
 
+@pytest.mark.slow
 def test_published_values_side_by_side_with_deltas(report):
     frame = pd.read_csv(report["out"] / "tables" / "cign_table1.csv")
     cell = frame[(frame.strategy == "lwf") & (frame.modality == "audio") & (frame.metric == "avg_acc")].iloc[0]
@@ -198,6 +202,7 @@ def test_published_values_side_by_side_with_deltas(report):
     assert tex.count(r"\begin{tabular}") == 2  # suite table + suite/paper/delta table
 
 
+@pytest.mark.slow
 def test_table4_ablation_and_10_tasks(report):
     rows = _md_rows(report["out"] / "tables" / "cign_table4.md")
     assert list(rows) == [("✗", "✗"), ("✓", "✗"), ("✗", "✓"), ("✓", "✓")]
@@ -211,6 +216,7 @@ def test_table4_ablation_and_10_tasks(report):
     assert ten[(ten.modality == "audio-visual") & (ten.metric == "avg_acc")].iloc[0]["published"] == pytest.approx(48.16)
 
 
+@pytest.mark.slow
 def test_avcil_tables_and_reference_file_is_empty(report, tmp_path):
     tables = report["out"] / "tables"
     for b in ("ave-ci", "ks-ci", "vs100-ci"):
@@ -233,6 +239,7 @@ def test_avcil_tables_and_reference_file_is_empty(report, tmp_path):
     assert sorted(hit["value"]) == [12.5, 40.0]
 
 
+@pytest.mark.slow
 def test_layout_tables_for_other_benchmarks(report):
     tables = report["out"] / "tables"
     md = (tables / "layout_cign_synth-av_cign.md").read_text()
@@ -247,6 +254,7 @@ def test_layout_tables_for_other_benchmarks(report):
     assert "CIGN Table 1" in index and "forgetting_curves" in index
 
 
+@pytest.mark.slow
 def test_each_plot_file_produced_and_non_empty(report):
     figs = report["out"] / "figures"
     expected = [f"forgetting_curves/vggsound-instruments_cign_{m}" for m in MODS]
@@ -393,6 +401,7 @@ def test_published_cign_transcription_matches_the_papers_text():
     assert len(rows) == 3 * 11 + 4 + 1 and all(r["source"].startswith("CIGN (ICCV 2023)") for r in rows)
 
 
+@pytest.mark.slow
 def test_report_cli_one_command(tmp_path, capsys):
     from avcl_bench.cli import main
 

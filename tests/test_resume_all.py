@@ -1,5 +1,5 @@
-"""Every registered strategy and the example method of examples/: interrupted at an experience boundary and resumed, it ends with the
-same accuracy matrix as an uninterrupted run (its previous model, memory, statistics and random
+"""Every registered strategy and the example method of examples/: interrupted at an experience
+boundary and resumed, it ends with the same accuracy matrix as an uninterrupted run (its previous model, memory, statistics and random
 streams all survive the checkpoint)."""
 
 import json
@@ -11,6 +11,8 @@ from avcl_bench.cli import main
 from avcl_bench.config import strategy_names
 from avcl_bench.paths import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # 3 runs of every strategy; test_reliability and test_sweep resume fast
+
 #: small enough for CI: the tiny generated feature benchmark, 2 epochs, D=16
 ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
         "--quiet"]
@@ -21,12 +23,12 @@ EXAMPLE = f"{PROJECT_ROOT / 'examples' / 'replay_distill.py'}:ReplayDistill"
 
 
 @pytest.mark.parametrize("strategy", strategy_names() + [EXAMPLE])
-def test_interrupted_and_resumed_equals_straight(strategy, feature_benchmark, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_equals_straight(strategy, feature_benchmark, tmp_path, interrupt_after_task):
     base = ["run", "--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)] + ARGS
     assert main(base + ["--run-id", "straight"]) == 0
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "2")
+    interrupt_after_task(2)
     assert main(base + ["--run-id", "cut"]) == 130
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["run"]["resumed"] is True
     for csv in sorted((tmp_path / "straight").glob("accuracy_*.csv")):

@@ -15,12 +15,8 @@ SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
 
 
 @pytest.fixture
-def ssil(feature_benchmark):
-    from avcl_bench.runner import build_config
-    from avcl_bench.strategies import get_strategy
-
-    cfg, _ = build_config("ssil", str(feature_benchmark), {"model": {"dim": 16, "heads": 2}})
-    s = get_strategy("ssil")(cfg=cfg, num_classes=8, num_tasks=4, device=torch.device("cpu"))
+def ssil(build_strategy):
+    s = build_strategy("ssil", {"model": {"dim": 16, "heads": 2}})
     s.num_old, s.num_seen, s.classes_per_task = 2, 4, 2
     return s
 
@@ -80,7 +76,7 @@ def test_replay_batches_are_drawn_separately_and_cycle():
     assert [b[1].tolist() for b in PairedReplayLoader(new, None)] == [[10, 11], [12, 13], [14, 15]]
 
 
-@pytest.mark.parametrize("input", ["clips", "features"])
+@pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
 @pytest.mark.parametrize("modality", ["audio", "visual", "audio-visual"])
 def test_ssil_smoke(run_tiny, modality, input):
     extra = []

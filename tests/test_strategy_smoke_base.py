@@ -10,6 +10,7 @@ def test_finetune_runs_on_both_input_forms(run_tiny, input):
     assert m["run"]["input"] == input
 
 
+@pytest.mark.slow
 def test_joint_beats_finetune_on_features(run_tiny):
     extra = ["--set", "train.epochs=8", "--set", "train.lr=0.003"]
     ft = run_tiny("finetune", "audio-visual", "features", extra)["modalities"]["audio-visual"]

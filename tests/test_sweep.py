@@ -163,6 +163,7 @@ def test_crashed_child_process_is_recorded(tmp_path, monkeypatch):
     assert not (results / spec.run_id / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_local_pool_real_run_and_failure_then_resume_skips(tmp_path):
     """Two child processes at once: a tiny real finetune run and one that fails inside the runner."""
     results = tmp_path / "runs"
@@ -179,18 +180,18 @@ def test_local_pool_real_run_and_failure_then_resume_skips(tmp_path):
     assert again[0].status == "skipped" and again[0].run_id == good[0].run_id
 
 
-def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tmp_path, monkeypatch):
-    """In process: the run is interrupted after task 1 (the runner's test hook), the sweep stops;
+def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tmp_path, interrupt_after_task):
+    """In process: the run is interrupted after task 1 (the runner's after_task callback), the sweep stops;
     the same sweep again continues that run from its checkpoint instead of starting over."""
     results = tmp_path / "runs"
     specs = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], sets=TINY, results_dir=results)
-    monkeypatch.setenv("AVCL_BENCH_STOP_AFTER_TASK", "1")
+    interrupt_after_task(1)
     with pytest.raises(KeyboardInterrupt):
         sw.run_sweep(specs, "resume", results, progress=False)
     rd = results / specs[0].run_id
     assert json.loads((rd / "status.json").read_text())["state"] == "interrupted"
     assert json.loads((tmp_path / "sweeps" / "resume" / "sweep.json").read_text())["interrupted"]
-    monkeypatch.delenv("AVCL_BENCH_STOP_AFTER_TASK")
+    interrupt_after_task(None)
     again = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], sets=TINY, results_dir=results)
     assert again[0].status == "pending" and again[0].run_id == specs[0].run_id
     record = sw.run_sweep(again, "resume", results, progress=False)
@@ -199,6 +200,7 @@ def test_interrupted_sweep_resumes_the_run_from_its_checkpoint(tmp_path, monkeyp
     assert m["run"]["resumed"] is True and (rd / "COMPLETE").is_file()
 
 
+@pytest.mark.slow
 def test_ray_executor_two_tiny_runs(tmp_path):
     # deliberately NOT skipped when Ray is missing: the Ray path must be tested
     try:

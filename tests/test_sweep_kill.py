@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # real sweep processes, really killed
 
 #: 2 strategies (one with an exemplar memory, saved in checkpoints) x 2 seeds, tiny runs of 3 tasks.
 SWEEP = ["sweep", "--strategies", "finetune,icarl", "--benchmarks", "synth-av", "--modalities", "audio-visual",

@@ -64,6 +64,7 @@ def test_layout_and_manifest(tiny0):
     assert frames.shape == (1, 64, 64, 3) and tuple(log_spectrogram(w, aspec).shape) == (1, 129, 126)
 
 
+@pytest.mark.slow
 def test_determinism(tiny0, tmp_path):
     # Same seed, another directory, another number of writer threads: identical benchmark.
     again = S.generate_synth_av(tmp_path / "b", size="tiny", seed=0, progress=False, workers=2)

@@ -24,7 +24,7 @@ MANIFEST_KEYS = {
     "generated", "prepare", "ids", "class_order_seed", "config", "dropped_placeholder_rows",
     "test_annotated", "citation",
 }
-PROTOCOL_KEYS = {"num_tasks", "memory", "metrics", "description"}
+PROTOCOL_KEYS = {"num_tasks", "memory", "description"}
 
 
 def benchmark_names() -> list[str]:
