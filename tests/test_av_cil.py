@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from avcl_bench.cli import main
 from avcl_bench.models.avcil import AVCILNet
 from avcl_bench.paths import DATASETS_DIR
-from avcl_bench.strategies.av_cil import (AVCIL, class_contrastive, epochs_for_modality, instance_contrastive,
+from avcl_bench.strategies.base import epochs_for_modality
+from avcl_bench.strategies.av_cil import (AVCIL, class_contrastive, instance_contrastive,
                                           visual_attention_distillation)
 from avcl_bench.strategies.losses import separated_ce, taskwise_kd
 

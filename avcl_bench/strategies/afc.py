@@ -44,7 +44,6 @@ from torch import nn
 
 from ..models.avcil import AVCILNet
 from . import register
-from .av_cil import epochs_for_modality
 from .base import AVCLStrategy, PreviousModel, to_device
 from .losses import nca_loss, proxy_attention_pool
 from .memory import ClassMeans, ExemplarMemory, herding_select
@@ -220,15 +219,12 @@ class AFC(AVCLStrategy):
     #: release: drop_last=True with the batch capped by the dataset size
     whole_batches_only = True
 
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        s = self.scfg
-        self.train_epochs = epochs_for_modality(self.cfg)
+        nme = self.scfg["classifier"] == "nme"  # NME cannot predict without exemplars
         # herding and class means on the normalised fused features; release: means not renormalised
         self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, "selection", required_by=self.name if s["classifier"] == "nme" else None,
-            feature_fn=self.normalised_features))
+            self.cfg, "selection", required_by=self.name if nme else None, feature_fn=self.normalised_features))
         self.class_means = self.add_part("class_means", None if self.memory is None else ClassMeans(
             self.memory, features=self.normalised_features, renormalise=False))
         self.previous = self.add_part("previous", PreviousModel())

@@ -23,7 +23,7 @@ Memory: :class:`ExemplarMemory` with a fixed total split equally over the classe
 (``ours/dataloader_ours.py``: ``random.sample`` per new class, old classes truncated to the new
 quota). Model selection: the epoch with the best validation accuracy over all seen classes
 (``train.select_best_on_val``). Epochs per modality: ``strategy.epochs_by_modality`` (see
-:func:`epochs_for_modality`). Ablation switches: ``strategy.instance_contrastive``,
+:func:`avcl_bench.strategies.base.epochs_for_modality`). Ablation switches: ``strategy.instance_contrastive``,
 ``strategy.class_contrastive``, ``strategy.attention_distillation``.
 
 The cross-modal terms (L_I, L_C, VAD) need both modalities: with ``--modality audio|visual``
@@ -102,23 +102,6 @@ def visual_attention_distillation(alpha_new: torch.Tensor, alpha_old: torch.Tens
     return lam * spatial + (1.0 - lam) * temporal
 
 
-# ----------------------------------------------------------------------------- protocol helpers
-
-
-def epochs_for_modality(cfg: dict) -> int:
-    """Epochs of this run: ``strategy.epochs_by_modality[modality]`` when set (the release's
-    per-modality epochs of the AV-CIL benchmarks), else ``train.epochs``.
-
-    The config has one ``train.epochs``; the AV-CIL release trains each modality for a different
-    number of epochs, so the strategy YAMLs give ``epochs_by_modality`` per benchmark. To change the
-    epochs of such a run use ``--set strategy.epochs_by_modality.audio-visual=N`` (or
-    ``--set strategy.epochs_by_modality=null`` to fall back to ``train.epochs``).
-    """
-    table = cfg["strategy"].get("epochs_by_modality") or {}
-    value = table.get(cfg["modality"])
-    return cfg["train"]["epochs"] if value is None else value  # typed and checked by its declaration
-
-
 # ----------------------------------------------------------------------------- strategy
 
 
@@ -133,7 +116,6 @@ class AVCIL(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        self.train_epochs = epochs_for_modality(self.cfg)
         # new samples + a separate exemplar batch (herding, when chosen, on the fused features)
         self.memory = self.add_part("memory", ExemplarMemory.from_config(
             self.cfg, "selection", replay="paired", batch_size=s["exemplar_batch_size"]))

@@ -59,6 +59,20 @@ def frozen_copy(module):
     return old
 
 
+def epochs_for_modality(cfg: dict) -> int:
+    """Epochs of this run: ``strategy.epochs_by_modality[modality]`` when set (the release's
+    per-modality epochs of the AV-CIL benchmarks), else ``train.epochs``.
+
+    The config has one ``train.epochs``; the AV-CIL release trains each modality for a different
+    number of epochs, so the strategy YAMLs give ``epochs_by_modality`` per benchmark. To change the
+    epochs of such a run use ``--set strategy.epochs_by_modality.audio-visual=N`` (or
+    ``--set strategy.epochs_by_modality=null`` to fall back to ``train.epochs``).
+    """
+    table = cfg["strategy"].get("epochs_by_modality") or {}
+    value = table.get(cfg["modality"])
+    return cfg["train"]["epochs"] if value is None else value  # typed and checked by its declaration
+
+
 class Part:
     """A mechanism several strategies share, in the manner of an Avalanche plugin: the base runs
     its hooks at each experience and saves and restores its state in run checkpoints, so a
@@ -129,7 +143,7 @@ class AVCLStrategy(SupervisedTemplate):
             model=model,
             optimizer=make_optimizer(model.parameters(), train),
             train_mb_size=train["batch_size"],
-            train_epochs=train["epochs"],
+            train_epochs=epochs_for_modality(cfg),
             eval_mb_size=train["eval_batch_size"],
             device=device,
             plugins=list(plugins or []),
