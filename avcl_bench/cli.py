@@ -18,24 +18,48 @@ MODALITIES = ("audio", "visual", "audio-visual")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default=None,
-                   help="strategy name (strategies/<name>.yaml, e.g. cign, finetune), or your own method: "
-                        "path/to/my_method.py:MyMethod, my_pkg.module:MyMethod, or the name of an entry point "
-                        "of the group avcl_bench.strategies")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint (its saved config is used)")
-    p.add_argument("--benchmark", default=None,
-                   help="benchmark name (datasets/<name>.yaml) or path to your own manifest YAML; default synth-av")
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help="strategy name (strategies/<name>.yaml, e.g. cign, finetune), or your own method: "
+        "path/to/my_method.py:MyMethod, my_pkg.module:MyMethod, or the name of an entry point "
+        "of the group avcl_bench.strategies",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its saved config is used)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run folder that --run-id names if it exists (otherwise an existing folder is refused)",
+    )
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="benchmark name (datasets/<name>.yaml) or path to your own manifest YAML; default synth-av",
+    )
     p.add_argument("--modality", default=None, help="audio | visual | audio-visual (default audio-visual)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     p.add_argument("--data-root", default=None, help="folder with the benchmark's clips or AV-CIL feature files")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="skip manifest ids missing on disk (their number is recorded) instead of failing")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip manifest ids missing on disk (their number is recorded) instead of failing",
+    )
     p.add_argument("--results-dir", default=None, help="where run directories go (default results/runs)")
     p.add_argument("--run-id", default=None, help="name of the run directory (default: time_strategy_benchmark_...)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.epochs=5 --set strategy.tau=0.1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.epochs=5 --set strategy.tau=0.1 (repeatable)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -54,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--benchmark", default="ave-ci", help="avcil-features: benchmark whose ids/classes to use")
-    p.add_argument("--audio-dim", type=int, default=None, help="avcil-features: audio feature size (default manifest's)")
+    p.add_argument(
+        "--audio-dim", type=int, default=None, help="avcil-features: audio feature size (default manifest's)"
+    )
     p.add_argument("--visual-shape", default=None, help="avcil-features: T,P,D (default manifest's)")
     p.add_argument("--limit-per-class", type=int, default=None, help="avcil-features: clips per class and split")
     p = sub.add_parser("prepare", help="build a benchmark's split from the user's annotations (vggsound-sources)")
@@ -69,35 +95,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sweep_parser(sub) -> None:
     p = sub.add_parser(
-        "sweep", help="run strategies x benchmarks x modalities x seeds (presets, resumable, local or Ray)",
+        "sweep",
+        help="run strategies x benchmarks x modalities x seeds (presets, resumable, local or Ray)",
         description="Run a grid of runs. Runs whose resolved config already has a complete run directory are "
-                    "skipped, so re-running an interrupted sweep resumes it; a failed run is recorded (status.json "
-                    "state failed) and the sweep goes on.")
-    p.add_argument("--preset", default=None,
-                   help="named sweep: cign-table1 | cign-table2 | cign-table3 | cign-tables | cign-table4 | "
-                        "cign-10tasks | avcil-tables (see --list-presets)")
+        "skipped, so re-running an interrupted sweep resumes it; a failed run is recorded (status.json "
+        "state failed) and the sweep goes on.",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="named sweep: cign-table1 | cign-table2 | cign-table3 | cign-tables | cign-table4 | "
+        "cign-10tasks | avcil-tables (see --list-presets)",
+    )
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    p.add_argument("--strategies", default=None,
-                   help="comma-separated strategies or specs of your own methods (path.py:Class, module:Class, "
-                        "entry-point name); replaces the preset's")
-    p.add_argument("--benchmarks", default=None,
-                   help="comma-separated benchmarks or manifest paths (replaces the preset's), e.g. synth-av")
+    p.add_argument(
+        "--strategies",
+        default=None,
+        help="comma-separated strategies or specs of your own methods (path.py:Class, module:Class, "
+        "entry-point name); replaces the preset's",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=None,
+        help="comma-separated benchmarks or manifest paths (replaces the preset's), e.g. synth-av",
+    )
     p.add_argument("--modalities", default=None, help="comma-separated: audio,visual,audio-visual")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (preset default 0,1,2; otherwise 0)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override applied to every run (repeatable)")
-    p.add_argument("--skip-unavailable", action="store_true",
-                   help="leave out strategies that have no YAML or module yet instead of recording them as failed")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every run (repeatable)",
+    )
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="leave out strategies that have no YAML or module yet instead of recording them as failed",
+    )
     p.add_argument("--no-retry-failed", action="store_true", help="do not re-run runs recorded as failed")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="local: 1 = sequential in this process; N > 1 = N concurrent child processes")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="local: 1 = sequential in this process; N > 1 = N concurrent child processes",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
     p.add_argument("--ray-cpus", type=int, default=None, help="ray: CPUs of the local instance it starts")
     p.add_argument("--cpus-per-run", type=float, default=1, help="ray: CPUs requested per run")
-    p.add_argument("--gpus-per-run", type=float, default=None,
-                   help="ray: GPUs requested per run (default 1 where the cluster has GPUs, else 0)")
+    p.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="ray: GPUs requested per run (default 1 where the cluster has GPUs, else 0)",
+    )
     p.add_argument("--data-root", default=None, help="data root passed to every run")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (every run)")
     p.add_argument("--results-dir", default=None, help="where run directories go (default results/runs)")
@@ -108,16 +162,27 @@ def _add_sweep_parser(sub) -> None:
 
 def _add_report_parser(sub) -> None:
     p = sub.add_parser(
-        "report", help="leaderboard CSV, the papers' tables and the figures from existing run directories",
+        "report",
+        help="leaderboard CSV, the papers' tables and the figures from existing run directories",
         description="Regenerate results/leaderboard*.csv and everything under reports/ (tables in Markdown, "
-                    "LaTeX and CSV; figures in PNG and PDF) from the run directories alone.")
-    p.add_argument("--results-dir", action="append", default=None,
-                   help="folder of run directories (repeatable; default results/runs)")
+        "LaTeX and CSV; figures in PNG and PDF) from the run directories alone.",
+    )
+    p.add_argument(
+        "--results-dir",
+        action="append",
+        default=None,
+        help="folder of run directories (repeatable; default results/runs)",
+    )
     p.add_argument("--out", default=None, help="reports folder (default reports/)")
     p.add_argument("--leaderboard", default=None, help="leaderboard CSV path (default results/leaderboard.csv)")
     p.add_argument("--published-dir", default=None, help="folder of published values (default reports/published)")
-    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs whose resolved config has KEY=VALUE, e.g. --where synth.size=tiny (repeatable)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs whose resolved config has KEY=VALUE, e.g. --where synth.size=tiny (repeatable)",
+    )
     p.add_argument("--no-plots", action="store_true", help="tables and leaderboard only")
     p.add_argument("--quiet", action="store_true")
 
@@ -126,8 +191,14 @@ def _overrides(args) -> dict:
     from .config import parse_set
 
     over = parse_set(args.sets)
-    for key, val in (("modality", args.modality), ("seed", args.seed), ("data_root", args.data_root),
-                     ("device", args.device), ("results_dir", args.results_dir), ("run_id", args.run_id)):
+    for key, val in (
+        ("modality", args.modality),
+        ("seed", args.seed),
+        ("data_root", args.data_root),
+        ("device", args.device),
+        ("results_dir", args.results_dir),
+        ("run_id", args.run_id),
+    ):
         if val is not None:
             over[key] = val
     if args.allow_missing:
@@ -145,14 +216,13 @@ def cmd_run(args) -> int:
 
     if not args.strategy and not args.resume:
         raise ConfigError("run needs --strategy NAME (or --resume RUN_DIR)")
-    run(args.strategy, args.benchmark, _overrides(args), quiet=args.quiet, resume=args.resume)
+    run(args.strategy, args.benchmark, _overrides(args), quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def cmd_list(args) -> int:
     from .config import strategy_names
     from .data.manifest import benchmark_names
-
     from .strategies import ENTRY_POINT_GROUP, installed_names
 
     print("strategies: " + ", ".join(strategy_names()))
@@ -187,11 +257,20 @@ def cmd_generate(args) -> int:
     if args.limit_per_class:
         splits = splits.groupby(["split", "label"], sort=False).head(args.limit_per_class)
     shape = tuple(int(v) for v in args.visual_shape.split(",")) if args.visual_shape else tuple(feats["visual_shape"])
-    write_avcil_features(Path(args.out), splits["id"].tolist(), splits["label"].tolist(),
-                         args.audio_dim or feats["audio_dim"], shape, feats["visual_format"], seed=args.seed)
+    write_avcil_features(
+        Path(args.out),
+        splits["id"].tolist(),
+        splits["label"].tolist(),
+        args.audio_dim or feats["audio_dim"],
+        shape,
+        feats["visual_format"],
+        seed=args.seed,
+    )
     if args.limit_per_class:
         # A reduced set: write the matching manifest next to the features.
-        splits.assign(label=[man.classes[i] for i in splits["label"]]).to_csv(Path(args.out) / "splits.csv", index=False)
+        splits.assign(label=[man.classes[i] for i in splits["label"]]).to_csv(
+            Path(args.out) / "splits.csv", index=False
+        )
     print(args.out)
     return 0
 
@@ -217,10 +296,12 @@ def cmd_sweep(args) -> int:
     if args.list_presets:
         for name, pre in sw.PRESETS.items():
             variants = ", ".join(v for v in pre.variants if v)
-            print(f"{name:<14} {pre.title}\n{'':<14} benchmarks: {', '.join(pre.benchmarks)}"
-                  f"{'  protocol: ' + pre.protocol if pre.protocol else ''}\n{'':<14} strategies: "
-                  f"{', '.join(pre.strategies)}\n{'':<14} modalities: {', '.join(pre.modalities)}"
-                  f"{chr(10) + ' ' * 15 + 'variants: ' + variants if variants else ''}")
+            print(
+                f"{name:<14} {pre.title}\n{'':<14} benchmarks: {', '.join(pre.benchmarks)}"
+                f"{'  protocol: ' + pre.protocol if pre.protocol else ''}\n{'':<14} strategies: "
+                f"{', '.join(pre.strategies)}\n{'':<14} modalities: {', '.join(pre.modalities)}"
+                f"{chr(10) + ' ' * 15 + 'variants: ' + variants if variants else ''}"
+            )
         return 0
     pre = None
     if args.preset:
@@ -247,30 +328,55 @@ def cmd_sweep(args) -> int:
     results_dir = Path(args.results_dir) if args.results_dir else PROJECT_ROOT / "results" / "runs"
     if not results_dir.is_absolute():
         results_dir = PROJECT_ROOT / results_dir
-    specs = sw.plan(strategies, benchmarks, modalities, seeds, sets=parse_set(args.sets),
-                    variants=pre.variants if pre else None, protocol=pre.protocol if pre else None,
-                    results_dir=results_dir, skip_unavailable=args.skip_unavailable,
-                    retry_failed=not args.no_retry_failed, extra=extra,
-                    log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    specs = sw.plan(
+        strategies,
+        benchmarks,
+        modalities,
+        seeds,
+        sets=parse_set(args.sets),
+        variants=pre.variants if pre else None,
+        protocol=pre.protocol if pre else None,
+        results_dir=results_dir,
+        skip_unavailable=args.skip_unavailable,
+        retry_failed=not args.no_retry_failed,
+        extra=extra,
+        log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)),
+    )
     counts = {st: sum(1 for s in specs if s.status == st) for st in ("pending", "skipped", "skipped-failed", "failed")}
-    print(f"[sweep] {len(specs)} runs: {counts['pending']} to run, {counts['skipped']} already complete"
-          + (f", {counts['skipped-failed']} failed before (not retried)" if counts["skipped-failed"] else "")
-          + (f", {counts['failed']} do not resolve" if counts["failed"] else ""), file=sys.stderr)
+    print(
+        f"[sweep] {len(specs)} runs: {counts['pending']} to run, {counts['skipped']} already complete"
+        + (f", {counts['skipped-failed']} failed before (not retried)" if counts["skipped-failed"] else "")
+        + (f", {counts['failed']} do not resolve" if counts["failed"] else ""),
+        file=sys.stderr,
+    )
     if args.dry_run:
         for s in specs:
             extra_info = s.existing or s.error or ""
             print(f"{s.status:<15} {s.run_id}  {extra_info}")
         return 0
     name = args.name or args.preset or "custom"
-    record = sw.run_sweep(specs, name, results_dir, executor=args.executor, jobs=args.jobs, address=args.address,
-                          cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, ray_num_cpus=args.ray_cpus,
-                          threads=args.threads, progress=not args.quiet,
-                          description={"preset": args.preset, "argv": sys.argv[1:]})
+    record = sw.run_sweep(
+        specs,
+        name,
+        results_dir,
+        executor=args.executor,
+        jobs=args.jobs,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        ray_num_cpus=args.ray_cpus,
+        threads=args.threads,
+        progress=not args.quiet,
+        description={"preset": args.preset, "argv": sys.argv[1:]},
+    )
     c = record["counts"]
     failed = [s for s in specs if s.status == "failed"]
-    print(f"[sweep] complete {c.get('complete', 0)}, skipped {c.get('skipped', 0)}, failed {c.get('failed', 0)}"
-          + (f", run by another sweep {c['busy']}" if c.get("busy") else "")
-          + f"; record: {record['record_path']}", file=sys.stderr)
+    print(
+        f"[sweep] complete {c.get('complete', 0)}, skipped {c.get('skipped', 0)}, failed {c.get('failed', 0)}"
+        + (f", run by another sweep {c['busy']}" if c.get("busy") else "")
+        + f"; record: {record['record_path']}",
+        file=sys.stderr,
+    )
     for s in failed:
         print(f"[sweep] failed: {s.run_id}: {s.error}", file=sys.stderr)
     return 1 if failed else 0
@@ -287,14 +393,22 @@ def cmd_report(args) -> int:
         out_dir=Path(args.out) if args.out else None,
         leaderboard_path=Path(args.leaderboard) if args.leaderboard else None,
         published_dir=Path(args.published_dir) if args.published_dir else None,
-        where=parse_set(args.where), plots=not args.no_plots,
-        log=(lambda m: None) if args.quiet else print)
+        where=parse_set(args.where),
+        plots=not args.no_plots,
+        log=(lambda m: None) if args.quiet else print,
+    )
     print(summary["message"])
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "generate": cmd_generate, "prepare": cmd_prepare,
-            "sweep": cmd_sweep, "report": cmd_report}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "generate": cmd_generate,
+    "prepare": cmd_prepare,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+}
 
 
 def main(argv=None) -> int:

@@ -91,8 +91,11 @@ SCHEMA: dict[str, Any] = {
     # Raw-clip preprocessing: the keys, types and defaults are those of data.clips.AudioSpec /
     # VisualSpec (CIGN Sec. 4.1: 3 s at 22050 Hz -> log spectrogram; one 224x224 frame), whose own
     # checks give the ranges (validate()).
-    "clips": {"audio": dataclass_params(AudioSpec), "visual": dataclass_params(VisualSpec),
-              "cache": Param("bool", True)},
+    "clips": {
+        "audio": dataclass_params(AudioSpec),
+        "visual": dataclass_params(VisualSpec),
+        "cache": Param("bool", True),
+    },
     "features": {
         "audio_dim": Param("int", 768, min=1),
         "visual_shape": Param("list", [8, 196, 768], items=Param("int", min=1)),  # T, P, D
@@ -231,10 +234,12 @@ def resolve(
     bench = benchmark_name or benchmark or cfg["benchmark"]
     cfg["benchmark"] = benchmark or cfg["benchmark"]
     per_bench = (sdoc.get("benchmarks") or {}).get(bench) or {}
-    for layer, where in ((manifest_config, f"benchmark manifest '{bench}'"),
-                         (sdoc.get("defaults"), f"{origin} defaults"),
-                         (per_bench, f"{origin} benchmarks.{bench}"),
-                         (overrides, "--set")):
+    for layer, where in (
+        (manifest_config, f"benchmark manifest '{bench}'"),
+        (sdoc.get("defaults"), f"{origin} defaults"),
+        (per_bench, f"{origin} benchmarks.{bench}"),
+        (overrides, "--set"),
+    ):
         cfg = _apply_layer(schema, cfg, layer or {}, where)
     validate(cfg)
     return cfg
@@ -247,8 +252,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"unknown device '{device}' (known: auto, cpu, cuda, cuda:N)")
     model = cfg["model"]
     if model["dim"] % model["heads"]:
-        raise ConfigError(f"config key 'model.dim' ({model['dim']}) must be divisible by 'model.heads' "
-                          f"({model['heads']})")
+        raise ConfigError(
+            f"config key 'model.dim' ({model['dim']}) must be divisible by 'model.heads' ({model['heads']})"
+        )
     for name, spec in (("audio", AudioSpec), ("visual", VisualSpec)):
         try:
             spec.from_dict(cfg["clips"][name])

@@ -7,10 +7,11 @@ the trained strategy is still in memory, into ``<run_dir>/embeddings.npz``
 (:func:`avcl_bench.reporting.embeddings.load_npz`).
 
 What is embedded: the strategy's own ``embed(x)`` when it defines one (the prompt methods: the
-prompted feature the classifier sees), else ``model.embed(x)`` -- or ``model.embed(x, y)`` if it takes the labels too --
-when the model defines it (a tensor ``(B, D)`` or a dict ``{modality: (B, D)}``, e.g. CIGN's
-class-aware embedding g of each clip's ground-truth class per modality), otherwise ``model.forward_features(x)`` (AVNet's CLS feature, for the
-AVNet-based strategies).
+prompted feature the classifier sees), else ``model.embed(x)`` -- or ``model.embed(x, y)`` if it
+takes the labels too -- when the model defines it (a tensor ``(B, D)`` or a dict
+``{modality: (B, D)}``, e.g. CIGN's class-aware embedding g of each clip's ground-truth class per
+modality), otherwise ``model.forward_features(x)`` (AVNet's CLS feature, for the AVNet-based
+strategies).
 
 The ``.npz`` holds ``labels`` (N,), ``class_names`` (K,), one ``emb_<modality>`` array (N, D) per
 embedded modality, and ``meta`` (a JSON string: source method, strategy, run modality).
@@ -43,8 +44,11 @@ def _takes_labels(fn) -> bool:
     import inspect
 
     try:
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) >= 2
@@ -53,12 +57,23 @@ def _takes_labels(fn) -> bool:
 def exposes_embeddings(strategy) -> bool:
     """Whether :func:`export_embeddings` finds an embedding on this strategy or its model."""
     model = strategy.model
-    return any(callable(getattr(o, name, None))
-               for o, name in ((strategy, "embed"), (model, "embed"), (model, "forward_features")))
+    return any(
+        callable(getattr(o, name, None))
+        for o, name in ((strategy, "embed"), (model, "embed"), (model, "forward_features"))
+    )
 
 
-def export_embeddings(strategy_or_model, dataset, run_dir, *, class_names=None, batch_size: int = 128,
-                      max_items: int | None = None, device=None, filename: str = FILENAME) -> Path:
+def export_embeddings(
+    strategy_or_model,
+    dataset,
+    run_dir,
+    *,
+    class_names=None,
+    batch_size: int = 128,
+    max_items: int | None = None,
+    device=None,
+    filename: str = FILENAME,
+) -> Path:
     """Embed ``dataset`` (items ``((audio, visual), label, ...)``) with the trained model and write
     ``run_dir/filename`` atomically. Returns the path.
 
@@ -123,10 +138,13 @@ def export_embeddings(strategy_or_model, dataset, run_dir, *, class_names=None, 
     if class_names is None:
         class_names = [str(c) for c in sorted(set(y_all.tolist()))]
     cfg = getattr(strategy_or_model, "cfg", None) or {}
-    meta = {"source": source, "model": type(model).__name__,
-            "strategy": (cfg.get("strategy") or {}).get("name") if isinstance(cfg, dict) else None,
-            "run_modality": cfg.get("modality") if isinstance(cfg, dict) else None,
-            "what": "test clips of the first task's classes, embedded by the final model"}
+    meta = {
+        "source": source,
+        "model": type(model).__name__,
+        "strategy": (cfg.get("strategy") or {}).get("name") if isinstance(cfg, dict) else None,
+        "run_modality": cfg.get("modality") if isinstance(cfg, dict) else None,
+        "what": "test clips of the first task's classes, embedded by the final model",
+    }
     return write_npz(Path(run_dir) / filename, labels=y_all, class_names=list(class_names), meta=meta, **arrays)
 
 
@@ -137,10 +155,16 @@ def write_npz(path: Path, *, labels, class_names, meta: dict | None = None, **em
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, labels=np.asarray(labels), class_names=np.asarray([str(c) for c in class_names]),
-                                meta=np.asarray(json.dumps(meta or {})),
-                                **{k if k.startswith("emb_") else f"emb_{k}": np.asarray(v, dtype=np.float32)
-                                   for k, v in embeddings.items()})
+            np.savez_compressed(
+                fh,
+                labels=np.asarray(labels),
+                class_names=np.asarray([str(c) for c in class_names]),
+                meta=np.asarray(json.dumps(meta or {})),
+                **{
+                    k if k.startswith("emb_") else f"emb_{k}": np.asarray(v, dtype=np.float32)
+                    for k, v in embeddings.items()
+                },
+            )
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -5,6 +5,8 @@ an unknown name or config key) is raised as a :class:`UserError`. The CLI prints
 line and exits with code 2; no traceback, and no run is marked complete.
 """
 
+import errno
+
 
 class UserError(Exception):
     """A problem with the user's input; the message must name the file, key or value at fault."""
@@ -26,3 +28,7 @@ class ClipError(DataError):
 
 class FeatureError(DataError):
     """A pre-extracted feature file with a wrong shape, dtype or missing ids."""
+
+
+#: errno values meaning "no room to write": a full disk, a quota, the process's file-size limit
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

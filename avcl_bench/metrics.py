@@ -22,8 +22,7 @@ DEFINITIONS = {
     "max_{i<T-1} R[i][j] - R[T-1][j] (CIGN Sec. 4.1, L2P definition).",
     "step_acc": "Step accuracy at step i: accuracy over the test clips of all classes seen so far, "
     "i.e. R[i][0..i] weighted by each task's number of test clips (AV-CIL code).",
-    "mean_inc_acc": "Mean incremental accuracy: mean over steps of step_acc "
-    "(AV-CIL's reported 'mean accuracy').",
+    "mean_inc_acc": "Mean incremental accuracy: mean over steps of step_acc (AV-CIL's reported 'mean accuracy').",
     "avcil_forgetting": "AV-CIL forgetting: at step k>=1, mean over old tasks i<k of "
     "best_i - R[k][i], best_i being the best accuracy on task i over earlier steps, updated after "
     "each step (so it can be negative); reported as the mean over steps 1..T-1 (AV-CIL code).",

@@ -29,8 +29,20 @@ from .errors import ConfigError
 SCALAR_TYPES = ("int", "float", "bool", "str")
 TYPES = SCALAR_TYPES + ("list", "map")
 #: the keys a declaration in a ``params:`` section may carry
-DECLARATION_KEYS = ("type", "default", "nullable", "choices", "min", "max", "exclusive_min", "exclusive_max",
-                    "items", "keys", "values", "source")
+DECLARATION_KEYS = (
+    "type",
+    "default",
+    "nullable",
+    "choices",
+    "min",
+    "max",
+    "exclusive_min",
+    "exclusive_max",
+    "items",
+    "keys",
+    "values",
+    "source",
+)
 _NO_DEFAULT = object()
 
 
@@ -69,10 +81,14 @@ class Param:
             keys = f" with keys among {', '.join(self.keys)}" if self.keys else ""
             text = f"a mapping{keys} to ({self.values.describe()})"
         else:
-            text = {"int": "an integer", "float": "a finite number", "bool": "true or false",
-                    "str": "a string"}[self.type]
-            bounds = [f"{op} {_num(v)}" for op, v in ((">=", self.min), (">", self.exclusive_min),
-                                                       ("<=", self.max), ("<", self.exclusive_max)) if v is not None]
+            text = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}[
+                self.type
+            ]
+            bounds = [
+                f"{op} {_num(v)}"
+                for op, v in ((">=", self.min), (">", self.exclusive_min), ("<=", self.max), ("<", self.exclusive_max))
+                if v is not None
+            ]
             if bounds:
                 text += " " + " and ".join(bounds)
         return text + (" or null" if self.nullable else "")
@@ -96,15 +112,21 @@ class Param:
                     raise InvalidValue(self, value, f".{k}", unknown_key=True)
             return {k: _element(self.values, v, f".{k}") for k, v in value.items()}
         out = _SCALAR[self.type](value)
-        if (out is None or (self.choices is not None and out not in self.choices)
-                or (self.type in ("int", "float") and not self._in_range(out))):
+        if (
+            out is None
+            or (self.choices is not None and out not in self.choices)
+            or (self.type in ("int", "float") and not self._in_range(out))
+        ):
             raise InvalidValue(self, value)
         return out
 
     def _in_range(self, x: float) -> bool:
-        return ((self.min is None or x >= self.min) and (self.max is None or x <= self.max)
-                and (self.exclusive_min is None or x > self.exclusive_min)
-                and (self.exclusive_max is None or x < self.exclusive_max))
+        return (
+            (self.min is None or x >= self.min)
+            and (self.max is None or x <= self.max)
+            and (self.exclusive_min is None or x > self.exclusive_min)
+            and (self.exclusive_max is None or x < self.exclusive_max)
+        )
 
 
 def _element(spec: Param, value: Any, at: str) -> Any:
@@ -182,18 +204,22 @@ def dataclass_params(cls) -> dict[str, Param]:
     """Typed parameters of a dataclass's fields, with its defaults (the dataclass stays their one
     place; its own checks give the ranges)."""
     names = {bool: "bool", int: "int", float: "float", str: "str"}
-    return {f.name: Param(names[type(f.default)], f.default, source=f"{cls.__name__}.{f.name}")
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: Param(names[type(f.default)], f.default, source=f"{cls.__name__}.{f.name}")
+        for f in dataclasses.fields(cls)
+    }
 
 
 # ---- declarations in documents -----------------------------------------------------------------
+
 
 def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param:
     """One ``params:`` entry -> :class:`Param`; a malformed declaration raises :class:`ConfigError`
     naming ``where`` (the file and key)."""
     if not isinstance(decl, dict):
-        raise ConfigError(f"{where}: a parameter declaration must be a mapping with type, default and source, "
-                          f"got {decl!r}")
+        raise ConfigError(
+            f"{where}: a parameter declaration must be a mapping with type, default and source, got {decl!r}"
+        )
     unknown = [k for k in decl if k not in DECLARATION_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown declaration key '{unknown[0]}' (known: {', '.join(DECLARATION_KEYS)})")
@@ -210,10 +236,14 @@ def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param
     choices = decl.get("choices")
     if choices is not None and (kind not in SCALAR_TYPES or not isinstance(choices, list) or not choices):
         raise ConfigError(f"{where}: 'choices' needs a scalar type and a non-empty list")
-    if (("items" in decl) != (kind == "list") or ("values" in decl) != (kind == "map")
-            or ("keys" in decl and kind != "map")):
-        raise ConfigError(f"{where}: a list declares 'items', a map 'values' (and optionally 'keys'); "
-                          "other types neither")
+    if (
+        ("items" in decl) != (kind == "list")
+        or ("values" in decl) != (kind == "map")
+        or ("keys" in decl and kind != "map")
+    ):
+        raise ConfigError(
+            f"{where}: a list declares 'items', a map 'values' (and optionally 'keys'); other types neither"
+        )
     if "nullable" in decl and not isinstance(decl["nullable"], bool):
         raise ConfigError(f"{where}: 'nullable' must be true or false")
     if "keys" in decl and not (isinstance(decl["keys"], list) and all(isinstance(k, str) for k in decl["keys"])):
@@ -224,12 +254,15 @@ def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param
         except InvalidValue:
             raise ConfigError(f"{where}: choices {decl['choices']} are not all of type {kind}") from None
     spec = Param(
-        type=kind, nullable=decl.get("nullable", False), choices=choices,
+        type=kind,
+        nullable=decl.get("nullable", False),
+        choices=choices,
         **{b: _to_float(decl[b]) for b in ("min", "max", "exclusive_min", "exclusive_max") if b in decl},
         items=parse_declaration(decl["items"], f"{where}.items", with_default=False) if kind == "list" else None,
         keys=tuple(decl["keys"]) if "keys" in decl else None,
         values=parse_declaration(decl["values"], f"{where}.values", with_default=False) if kind == "map" else None,
-        source=str(decl.get("source", "")).strip())
+        source=str(decl.get("source", "")).strip(),
+    )
     if not with_default:
         return spec
     try:

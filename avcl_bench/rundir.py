@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +134,26 @@ class RunDir:
         atomic_write_text(self.path / COMPLETE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
 
+def numpy_state_to_plain(state: tuple) -> dict:
+    """A numpy ``RandomState.get_state()`` tuple as plain data (its own form holds an ndarray, which a
+    checkpoint read with ``weights_only=True`` refuses)."""
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "name": name,
+        "keys": [int(k) for k in keys],
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def numpy_state_from_plain(plain: dict) -> tuple:
+    """Inverse of :func:`numpy_state_to_plain`, for ``RandomState.set_state``."""
+    import numpy as np
+
+    return (plain["name"], np.array(plain["keys"], dtype=np.uint32), plain["pos"], plain["has_gauss"], plain["cached"])
+
+
 def read_matrix(path: Path):
     """Inverse of :meth:`RunDir.write_matrix`: (R as list of lists with None, task_sizes)."""
     rows, sizes = [], []
@@ -143,3 +164,65 @@ def read_matrix(path: Path):
         else:
             rows.append([float(v) if v != "" else None for v in vals])
     return rows, sizes
+
+
+# ----------------------------------------------------------------------------- locks
+#: a run folder's lock file: "<host> <pid> <time>", created with O_EXCL by the process running it
+LOCK = ".run-lock"
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """A lock of a process that no longer runs on this host (locks of other hosts are respected)."""
+    try:
+        text = lock.read_text().split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    if len(text) < 2:
+        return age > 60  # being written right now, or a torn write long ago
+    host, pid = text[0], text[1]
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def lock_holder(path: Path) -> tuple[str, int] | None:
+    """(host, pid) of the process holding the run folder's lock, or None."""
+    try:
+        host, pid = (path / LOCK).read_text().split()[:2]
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def held_by_this_process(path: Path) -> bool:
+    return lock_holder(path) == (socket.gethostname(), os.getpid())
+
+
+def acquire_run_lock(path: Path) -> Path | None:
+    """Claim a run directory for this process (O_EXCL lock file); None if another live process has it.
+    One lock serves ``run``, ``run --resume`` and a sweep's runs (a sweep worker takes it before it
+    calls the runner, which then finds it held by its own process)."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _lock_is_stale(lock):
+                return None
+            try:
+                lock.unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
+        return lock
+    return None

@@ -6,6 +6,7 @@ so nothing is lost on interruption) and marked ``COMPLETE`` only at the very end
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import random
@@ -24,9 +25,20 @@ import numpy as np
 from . import metrics
 from .config import resolve
 from .data.manifest import load_manifest
-from .errors import ConfigError
+from .errors import NO_SPACE, ConfigError, UserError
 from .paths import PROJECT_ROOT
-from .rundir import RunDir, config_hash, make_run_id
+from .rundir import (
+    COMPLETE,
+    LOCK,
+    RunDir,
+    acquire_run_lock,
+    config_hash,
+    held_by_this_process,
+    lock_holder,
+    make_run_id,
+    numpy_state_from_plain,
+    numpy_state_to_plain,
+)
 
 
 def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple[dict, object]:
@@ -43,8 +55,10 @@ def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple
     if cfg["input"] is None:
         cfg["input"] = manifest.inputs[0]
     if cfg["input"] not in manifest.inputs:
-        raise ConfigError(f"benchmark '{manifest.name}' does not support input '{cfg['input']}' "
-                          f"(supports: {', '.join(manifest.inputs)})")
+        raise ConfigError(
+            f"benchmark '{manifest.name}' does not support input '{cfg['input']}' "
+            f"(supports: {', '.join(manifest.inputs)})"
+        )
     return cfg, manifest
 
 
@@ -81,14 +95,31 @@ def environment_info(device) -> dict:
         except metadata.PackageNotFoundError:
             pkgs[name] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    info = {"packages": pkgs, "git_commit": commit, "git_dirty": dirty, "python": sys.version.split()[0],
-            "platform": platform.platform(), "device": str(device)}
+    info = {
+        "packages": pkgs,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+    }
     import torch
 
     info["torch_threads"] = torch.get_num_threads()
@@ -119,15 +150,25 @@ def _on_signal(signum, frame):
     raise RunInterrupted(f"signal {signum}")
 
 
-def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict | None = None,
-        quiet: bool = False, resume: str | None = None,
-        after_task: Callable[[int], None] | None = None) -> RunDir:
+def run(
+    strategy_name: str | None,
+    benchmark: str | None = None,
+    overrides: dict | None = None,
+    quiet: bool = False,
+    resume: str | None = None,
+    after_task: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> RunDir:
     """Execute one run end to end and return its (complete) run directory.
 
     With ``resume`` (a run directory), the run's saved config is used and training continues
     after the last experience checkpointed there. ``after_task(tasks_done)`` is called after every
     experience once its results (and, before the last, its checkpoint) are on disk; raising
     :class:`RunInterrupted` there stops the run as a signal would (tests interrupt runs this way).
+
+    A run id that names an existing run folder is refused unless ``overwrite`` (which replaces its
+    contents); the folder is locked while the run executes (a second ``run`` or ``--resume`` of it
+    exits 2, a sweep that holds the lock itself runs it).
     """
     overrides = dict(overrides or {})
     if resume:
@@ -142,10 +183,11 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
             saved = yaml.safe_load((rd.path / "config.yaml").read_text())
             strategy_name = saved["strategy"]["name"]
             cfg, manifest = build_config(strategy_name, saved["benchmark"], _config_overrides(saved))
-        except (ConfigError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        except (ConfigError, KeyError, TypeError, AttributeError, yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
             why = exc if isinstance(exc, ConfigError) else f"malformed ({type(exc).__name__}: {exc})"
-            raise ConfigError(f"cannot resume {rd.path}: its config.yaml does not match this version "
-                              f"of avcl-bench: {why}") from None
+            raise ConfigError(
+                f"cannot resume {rd.path}: its config.yaml does not match this version of avcl-bench: {why}"
+            ) from None
         for key in ("device", "progress"):  # may differ on the machine that resumes
             if key in overrides:
                 cfg[key] = overrides[key]
@@ -165,9 +207,20 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
         if not results_dir.is_absolute():
             results_dir = PROJECT_ROOT / results_dir
         cfg["run_id"] = cfg["run_id"] or _default_run_id(cfg)
+        _refuse_existing_run_folder(results_dir / cfg["run_id"], overwrite)
         rd = RunDir.create(results_dir, cfg["run_id"])
-        if rd.complete:
-            raise ConfigError(f"run directory {rd.path} already holds a complete run; choose another run_id")
+    lock = _lock_run_folder(rd)
+    try:
+        return _run_locked(cfg, manifest, strategy_cls, rd, quiet, resume, after_task, overwrite)
+    finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+
+
+def _run_locked(cfg, manifest, strategy_cls, rd: RunDir, quiet, resume, after_task, overwrite) -> RunDir:
+    if not resume:
+        if overwrite:
+            _clear_run_folder(rd.path)
         rd.write_config(cfg)
     rd.write_status("running")
     t_start = time.time()
@@ -175,15 +228,76 @@ def run(strategy_name: str | None, benchmark: str | None = None, overrides: dict
     try:
         return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet, resume=bool(resume), after_task=after_task)
     except KeyboardInterrupt:
-        rd.write_status("interrupted", after_s=time.time() - t_start,
-                        resume_with=f"avcl-bench run --resume {rd.path}")
+        _try_status(rd, "interrupted", after_s=time.time() - t_start, resume_with=f"avcl-bench run --resume {rd.path}")
         raise
     except BaseException as exc:
-        rd.write_status("failed", error=f"{type(exc).__name__}: {exc}", after_s=time.time() - t_start)
+        error = results_write_error(exc, rd.path)
+        _try_status(rd, "failed", error=f"{type(error or exc).__name__}: {error or exc}", after_s=time.time() - t_start)
+        if error is not None:
+            raise error from None
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _try_status(rd: RunDir, state: str, **info) -> None:
+    """Record the final state; when even that cannot be written (a full disk), the status stays
+    'running' with no live process holding the folder's lock, which ``report`` lists as failed."""
+    try:
+        rd.write_status(state, **info)
+    except OSError:
+        pass
+
+
+def results_write_error(exc: BaseException, folder: Path) -> UserError | None:
+    """A one-line error for a failed write into the results folder (a full disk, a file-size limit,
+    a read-only folder), or None for any other failure."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE | {errno.EROFS, errno.EACCES, errno.EIO}:
+        return None
+    what = Path(exc.filename).name if getattr(exc, "filename", None) else "a result file"
+    why = "no space left (or the file-size limit reached)" if exc.errno in NO_SPACE else exc.strerror
+    return UserError(f"cannot write {what} in the results folder {folder}: {why}")
+
+
+def _refuse_existing_run_folder(path: Path, overwrite: bool) -> None:
+    """A run id names a new run: an existing folder (complete, failed, interrupted, or another
+    config's) is kept unless the user asks to overwrite it."""
+    if overwrite or not path.is_dir() or not [p for p in path.iterdir() if p.name != LOCK]:
+        return
+    if (path / COMPLETE).is_file():
+        raise ConfigError(
+            f"run folder {path} already holds a complete run: choose another --run-id, or pass "
+            "--overwrite to replace it"
+        )
+    raise ConfigError(
+        f"run folder {path} already exists: resume it with 'avcl-bench run --resume {path}', choose "
+        "another --run-id, or pass --overwrite to replace it"
+    )
+
+
+def _lock_run_folder(rd: RunDir) -> Path | None:
+    """This process's lock on the run folder (None when it already holds it: a sweep worker)."""
+    if held_by_this_process(rd.path):
+        return None
+    lock = acquire_run_lock(rd.path)
+    if lock is None:
+        host, pid = lock_holder(rd.path) or ("?", "?")
+        raise ConfigError(f"run folder {rd.path} is in use by another process (pid {pid} on {host})")
+    return lock
+
+
+def _clear_run_folder(path: Path) -> None:
+    """--overwrite: remove what an earlier run left (its lock, now ours, stays)."""
+    import shutil
+
+    for entry in path.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _default_run_id(cfg: dict) -> str:
@@ -212,42 +326,85 @@ def _config_overrides(saved: dict) -> dict:
 CHECKPOINT = "checkpoint.pt"
 
 
-def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict) -> None:
-    """State dicts at an experience boundary, written atomically (Avalanche's pickling fails here)."""
+def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict, cfg: dict) -> None:
+    """State dicts at an experience boundary, written atomically (Avalanche's pickling fails here).
+
+    Plain data only (tensors, numbers, strings, containers), so that :func:`load_checkpoint` reads it
+    with ``weights_only=True``; the run's config hash is inside, so a checkpoint is never resumed
+    into another config."""
     import torch
 
-    state = {"task": task, "R": R, "timing": timing, "strategy": strategy.checkpoint_state(),
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-    tmp = rd.path / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, rd.path / CHECKPOINT)
+    state = {
+        "config_hash": config_hash(cfg),
+        "task": task,
+        "R": R,
+        "timing": timing,
+        "strategy": strategy.checkpoint_state(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": numpy_state_to_plain(np.random.get_state()),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    }
+    tmp = rd.path / f".{CHECKPOINT}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # one per process
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, rd.path / CHECKPOINT)
+    except RuntimeError as exc:  # torch's writer reports a failed write (disk full, size limit) so
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed"
+        raise UserError(
+            f"cannot write {CHECKPOINT} in the results folder {rd.path}: {first[:120]} (disk full or file-size limit?)"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(rd: RunDir) -> dict | None:
+def load_checkpoint(rd: RunDir, cfg: dict) -> dict | None:
+    """The run's checkpoint, read as plain data (no code runs from it), or None when there is none;
+    a foreign or mismatched file is a one-line ConfigError."""
+    import pickle
+
     import torch
 
     path = rd.path / CHECKPOINT
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a checkpoint is written atomically; anything else is a foreign file
-        raise ConfigError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read checkpoint {path}: not a plain avcl-bench checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or not {"config_hash", "task", "R", "timing", "strategy", "rng"} <= set(ckpt):
+        raise ConfigError(f"cannot read checkpoint {path}: not an avcl-bench checkpoint of this version")
+    if ckpt["config_hash"] != config_hash(cfg):
+        raise ConfigError(
+            f"checkpoint {path} belongs to another config (hash {str(ckpt['config_hash'])[:12]}, this run's "
+            f"config.yaml {config_hash(cfg)[:12]}): start a new run instead of resuming this one"
+        )
+    return ckpt
 
 
 def _restore_rng(rng: dict) -> None:
     import torch
 
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    np.random.set_state(numpy_state_from_plain(rng["numpy"]))
     random.setstate(rng["python"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: bool, resume: bool = False,
-             after_task: Callable[[int], None] | None = None) -> RunDir:
+def _execute(
+    cfg,
+    manifest,
+    strategy_cls,
+    rd: RunDir,
+    t_start: float,
+    quiet: bool,
+    resume: bool = False,
+    after_task: Callable[[int], None] | None = None,
+) -> RunDir:
     from .data.datasets import load_data
     from .data.streams import make_streams
 
@@ -260,9 +417,12 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     scenario = make_streams(data, num_tasks, manifest.name)
     t_data = time.time() - t0
     C = len(data.classes)
-    _log(f"[avcl-bench] {cfg['strategy']['name']} on {manifest.name} ({cfg['input']}, {cfg['modality']}): "
-         f"{C} classes, {num_tasks} tasks, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}"
-         f", device {device}, run {rd.path.name}", quiet)
+    _log(
+        f"[avcl-bench] {cfg['strategy']['name']} on {manifest.name} ({cfg['input']}, {cfg['modality']}): "
+        f"{C} classes, {num_tasks} tasks, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}"
+        f", device {device}, run {rd.path.name}",
+        quiet,
+    )
     if data.missing:
         _log(f"[avcl-bench] skipped {data.missing} missing clips (--allow-missing)", quiet)
 
@@ -279,7 +439,7 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
     timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0}
     start_task = 0
     if resume:
-        ckpt = load_checkpoint(rd)
+        ckpt = load_checkpoint(rd, cfg)
         if ckpt is not None:
             strategy.load_checkpoint_state(ckpt["strategy"], train_stream)
             R, timing, start_task = ckpt["R"], ckpt["timing"], ckpt["task"] + 1
@@ -299,8 +459,14 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
             rd.write_matrix(m, R[m], task_sizes)
         if t + 1 < num_tasks:
             # the wall time up to this boundary, so a resumed run's total counts every session
-            save_checkpoint(rd, strategy, t, R,
-                            {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start})
+            save_checkpoint(
+                rd,
+                strategy,
+                t,
+                R,
+                {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start},
+                cfg,
+            )
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
         _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
@@ -314,19 +480,33 @@ def _execute(cfg, manifest, strategy_cls, rd: RunDir, t_start: float, quiet: boo
         out["modalities"][m] = metrics.all_metrics(full, task_sizes)
     n_params = sum(p.numel() for p in strategy.model.parameters())
     out["run"] = {
-        "strategy": cfg["strategy"]["name"], "display_name": catalogue["display_name"],
-        "catalogue": catalogue, "benchmark": manifest.name, "protocol": cfg["protocol"],
-        "modality": cfg["modality"], "input": cfg["input"], "seed": cfg["seed"], "num_tasks": num_tasks,
-        "num_classes": C, "classes": data.classes, "test_clips_per_task": task_sizes,
-        "missing_clips": data.missing, "parameters": n_params,
-        "buffer_size": _buffer_size(strategy), "resumed": bool(resume and start_task > 0),
+        "strategy": cfg["strategy"]["name"],
+        "display_name": catalogue["display_name"],
+        "catalogue": catalogue,
+        "benchmark": manifest.name,
+        "protocol": cfg["protocol"],
+        "modality": cfg["modality"],
+        "input": cfg["input"],
+        "seed": cfg["seed"],
+        "num_tasks": num_tasks,
+        "num_classes": C,
+        "classes": data.classes,
+        "test_clips_per_task": task_sizes,
+        "missing_clips": data.missing,
+        "parameters": n_params,
+        "buffer_size": _buffer_size(strategy),
+        "resumed": bool(resume and start_task > 0),
         "config_hash": config_hash(cfg),
     }
     earlier = timing.pop("earlier_sessions_s")
     # total_s: wall time of every session up to its last checkpoint plus this one (work lost to an
     # interruption after a checkpoint is not counted); sessions > 1 marks a resumed run
-    out["timing"] = {"total_s": earlier + time.time() - t_start, "data_s": t_data, **timing,
-                     "sessions": 1 + int(bool(resume and start_task > 0))}
+    out["timing"] = {
+        "total_s": earlier + time.time() - t_start,
+        "data_s": t_data,
+        **timing,
+        "sessions": 1 + int(bool(resume and start_task > 0)),
+    }
     out["memory"] = _peak_memory(device)
     rd.write_json("metrics.json", out)
     rd.write_json("environment.json", environment_info(device))
@@ -348,8 +528,9 @@ def export_run_embeddings(strategy, first_task_test, rd: RunDir, class_names, cf
     if not exposes_embeddings(strategy):
         _log(f"[avcl-bench] no embeddings exported: {type(strategy.model).__name__} exposes none", quiet)
         return
-    export_embeddings(strategy, first_task_test, rd.path, class_names=class_names,
-                      batch_size=cfg["train"]["eval_batch_size"])
+    export_embeddings(
+        strategy, first_task_test, rd.path, class_names=class_names, batch_size=cfg["train"]["eval_batch_size"]
+    )
 
 
 def _catalogue_of_run(cfg: dict, reported: list[str]) -> dict:
@@ -360,8 +541,10 @@ def _catalogue_of_run(cfg: dict, reported: list[str]) -> dict:
     spec = cfg["strategy"]["name"]
     entry = strategy_catalogue(spec)
     if cfg["modality"] == "audio-visual" and sorted(entry["modalities"]) != sorted(reported):
-        raise ConfigError(f"strategy {spec}: its document declares modalities {entry['modalities']} but an "
-                          f"audio-visual run reports {list(reported)}")
+        raise ConfigError(
+            f"strategy {spec}: its document declares modalities {entry['modalities']} but an "
+            f"audio-visual run reports {list(reported)}"
+        )
     return entry
 
 
@@ -375,7 +558,9 @@ def _buffer_size(strategy) -> int:
 def summary_table(out: dict) -> str:
     lines = [f"{'modality':<14}{'avg acc %':>10}{'forgetting':>12}{'mean inc acc':>14}{'AV-CIL forg.':>14}"]
     for m, v in out["modalities"].items():
-        lines.append(f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['mean_inc_acc']:>14.2f}"
-                     f"{v['avcil_forgetting']:>14.2f}")
+        lines.append(
+            f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['mean_inc_acc']:>14.2f}"
+            f"{v['avcil_forgetting']:>14.2f}"
+        )
     lines.append("avg acc and forgetting (max-minus-last) as in CIGN/L2P; definitions in metrics.json")
     return "\n".join(lines)

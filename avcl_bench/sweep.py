@@ -41,7 +41,6 @@ import copy
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -80,30 +79,49 @@ def _methods(*tables: str, family: str = "cign") -> tuple[str, ...]:
 #: ``--seeds`` and ``--set`` adapt any of them (e.g. ``--preset cign-table1 --benchmarks synth-av
 #: --set synth.size=tiny``).
 PRESETS: dict[str, Preset] = {
-    "cign-table1": Preset("CIGN Table 1: VGGSound-Instruments", ("vggsound-instruments",), _methods("cign-table1"),
-                          protocol="cign"),
+    "cign-table1": Preset(
+        "CIGN Table 1: VGGSound-Instruments", ("vggsound-instruments",), _methods("cign-table1"), protocol="cign"
+    ),
     "cign-table2": Preset("CIGN Table 2: VGGSound-100", ("vggsound-100",), _methods("cign-table2"), protocol="cign"),
-    "cign-table3": Preset("CIGN Table 3: VGG-Sound Sources", ("vggsound-sources",), _methods("cign-table3"),
-                          protocol="cign"),
-    "cign-tables": Preset("CIGN Tables 1-3", ("vggsound-instruments", "vggsound-100", "vggsound-sources"),
-                          _methods("cign-table1", "cign-table2", "cign-table3"), protocol="cign"),
+    "cign-table3": Preset(
+        "CIGN Table 3: VGG-Sound Sources", ("vggsound-sources",), _methods("cign-table3"), protocol="cign"
+    ),
+    "cign-tables": Preset(
+        "CIGN Tables 1-3",
+        ("vggsound-instruments", "vggsound-100", "vggsound-sources"),
+        _methods("cign-table1", "cign-table2", "cign-table3"),
+        protocol="cign",
+    ),
     "cign-table4": Preset(
-        "CIGN Table 4: ablation of AVCTD / AVCG on VGGSound-100", ("vggsound-100",), _methods("cign-table4"),
-        modalities=("audio-visual",), protocol="cign",
+        "CIGN Table 4: ablation of AVCTD / AVCG on VGGSound-100",
+        ("vggsound-100",),
+        _methods("cign-table4"),
+        modalities=("audio-visual",),
+        protocol="cign",
         variants={
             "no-avctd-no-avcg": {"strategy": {"avctd": False, "avcg": False}},
             "avctd-only": {"strategy": {"avctd": True, "avcg": False}},
             "avcg-only": {"strategy": {"avctd": False, "avcg": True}},
             "avctd-avcg": {"strategy": {"avctd": True, "avcg": True}},
-        }),
-    "cign-10tasks": Preset("CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100", ("vggsound-100",),
-                           _methods("cign-10tasks"), protocol="cign-10"),
-    "avcil-tables": Preset("AV-CIL protocol: AVE-CI, K-S-CI, VS100-CI", ("ave-ci", "ks-ci", "vs100-ci"),
-                           _methods("avcil-tables", family="avcil"), protocol="av-cil"),
+        },
+    ),
+    "cign-10tasks": Preset(
+        "CIGN Sec. 4.3: 10 tasks x 10 classes on VGGSound-100",
+        ("vggsound-100",),
+        _methods("cign-10tasks"),
+        protocol="cign-10",
+    ),
+    "avcil-tables": Preset(
+        "AV-CIL protocol: AVE-CI, K-S-CI, VS100-CI",
+        ("ave-ci", "ks-ci", "vs100-ci"),
+        _methods("avcil-tables", family="avcil"),
+        protocol="av-cil",
+    ),
 }
 
 
 # ---- planning --------------------------------------------------------------------------------
+
 
 @dataclass
 class RunSpec:
@@ -124,8 +142,23 @@ class RunSpec:
     ran_as: str | None = None  # the run id it ran under, when the config changed after planning
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("strategy", "benchmark", "modality", "seed", "variant", "overrides",
-                                              "run_id", "config_hash", "error", "status", "existing", "ran_as")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "strategy",
+                "benchmark",
+                "modality",
+                "seed",
+                "variant",
+                "overrides",
+                "run_id",
+                "config_hash",
+                "error",
+                "status",
+                "existing",
+                "ran_as",
+            )
+        }
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -202,9 +235,20 @@ def _run_state(path: Path) -> str | None:
         return None
 
 
-def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, variants: dict | None = None,
-         protocol: str | None = None, results_dir: Path | None = None, skip_unavailable: bool = False,
-         retry_failed: bool = True, extra: dict | None = None, log=print) -> list[RunSpec]:
+def plan(
+    strategies,
+    benchmarks,
+    modalities,
+    seeds,
+    sets: dict | None = None,
+    variants: dict | None = None,
+    protocol: str | None = None,
+    results_dir: Path | None = None,
+    skip_unavailable: bool = False,
+    retry_failed: bool = True,
+    extra: dict | None = None,
+    log=print,
+) -> list[RunSpec]:
     """Resolve every cell of the grid into a :class:`RunSpec` (skips marked, duplicates dropped).
 
     ``sets`` are the user's ``--set`` overrides (nested dict); ``variants`` label -> overrides;
@@ -230,13 +274,18 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
                 if protocol in man.protocols:
                     proto = protocol
                 else:
-                    log(f"[sweep] benchmark '{bench}' has no protocol '{protocol}': using its default "
-                        f"'{man.doc.get('default_protocol')}'")
+                    log(
+                        f"[sweep] benchmark '{bench}' has no protocol '{protocol}': using its default "
+                        f"'{man.doc.get('default_protocol')}'"
+                    )
             except UserError:
                 proto = protocol  # reported per run below
         for strategy in map(canonical_spec, strategies):  # a file spec runs from any directory (Ray)
             if skip_unavailable and not strategy_available(strategy):
-                log(f"[sweep] strategy '{strategy}' is not available yet (no strategies/{strategy}.yaml or module): skipped")
+                log(
+                    f"[sweep] strategy '{strategy}' is not available yet (no strategies/{strategy}.yaml or module): "
+                    "skipped"
+                )
                 continue
             mods = list(modalities)
             predicted = predicted_modalities(strategy)
@@ -255,20 +304,36 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
                         try:
                             cfg, manifest = build_config(strategy, bench, over)
                             h = config_hash(cfg)
-                            run_id = "_".join(_slug(p) for p in (run_name(strategy), manifest.name, cfg["protocol"],
-                                                                 modality, f"s{seed}")) + f"_{h}"
+                            run_id = (
+                                "_".join(
+                                    _slug(p)
+                                    for p in (run_name(strategy), manifest.name, cfg["protocol"], modality, f"s{seed}")
+                                )
+                                + f"_{h}"
+                            )
                             err = None
                         except UserError as exc:
                             h, err = None, str(exc)
-                            run_id = "_".join(_slug(p) for p in (run_name(strategy), bname, over.get("protocol") or "default",
-                                                                 modality, f"s{seed}", vlabel or "base", "unresolved"))
+                            run_id = "_".join(
+                                _slug(p)
+                                for p in (
+                                    run_name(strategy),
+                                    bname,
+                                    over.get("protocol") or "default",
+                                    modality,
+                                    f"s{seed}",
+                                    vlabel or "base",
+                                    "unresolved",
+                                )
+                            )
                         key = h or run_id
                         if key in seen:
                             continue
                         seen.add(key)
                         over["run_id"] = run_id
-                        spec = RunSpec(strategy, bench, modality, int(seed), vlabel, over, run_id, h, err,
-                                       predicted=predicted)
+                        spec = RunSpec(
+                            strategy, bench, modality, int(seed), vlabel, over, run_id, h, err, predicted=predicted
+                        )
                         if err:
                             spec.status = "failed"
                         elif h in complete:
@@ -280,6 +345,7 @@ def plan(strategies, benchmarks, modalities, seeds, sets: dict | None = None, va
 
 
 # ---- executing one run ------------------------------------------------------------------------
+
 
 def _record_failure(results_dir: Path, spec_json: dict, error: str, tb: str | None = None) -> None:
     """Make sure the run directory says ``failed`` with the error (never touching a complete run)."""
@@ -297,14 +363,27 @@ def _record_failure(results_dir: Path, spec_json: dict, error: str, tb: str | No
         pass
     if not (path / "config.yaml").is_file():
         # The config did not resolve (or the run died before writing it): keep what was asked.
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(
-            {"unresolved": True, "strategy": {"name": spec_json["strategy"]}, "benchmark": spec_json["benchmark"],
-             "requested_overrides": spec_json["overrides"]}, sort_keys=False))
+        atomic_write_text(
+            path / "config.yaml",
+            yaml.safe_dump(
+                {
+                    "unresolved": True,
+                    "strategy": {"name": spec_json["strategy"]},
+                    "benchmark": spec_json["benchmark"],
+                    "requested_overrides": spec_json["overrides"],
+                },
+                sort_keys=False,
+            ),
+        )
     if status.get("state") == "interrupted":  # the runner's own record (resumable): keep it, add the error
         status["sweep_error"] = error
     elif status.get("state") != "failed":
-        status = {"state": "failed", "time": time.time(), "error": error, **{k: v for k, v in status.items()
-                                                                          if k not in ("state", "time", "error")}}
+        status = {
+            "state": "failed",
+            "time": time.time(),
+            "error": error,
+            **{k: v for k, v in status.items() if k not in ("state", "time", "error")},
+        }
     status["error"] = status.get("error") or error
     if tb:
         status["traceback"] = tb
@@ -322,51 +401,6 @@ def _resumable(path: Path, expected_hash: str | None) -> bool:
         return config_hash(yaml.safe_load((path / "config.yaml").read_text())) == expected_hash
     except (OSError, yaml.YAMLError, AttributeError, TypeError):
         return False
-
-
-LOCK = ".sweep-lock"
-
-
-def _lock_is_stale(lock: Path) -> bool:
-    """A lock of a process that no longer runs on this host (locks of other hosts are respected)."""
-    try:
-        text = lock.read_text().split()
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return False
-    if len(text) < 2:
-        return age > 60  # being written right now, or a torn write long ago
-    host, pid = text[0], text[1]
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
-
-
-def acquire_run_lock(path: Path) -> Path | None:
-    """Claim a run directory for this process (O_EXCL lock file); None if another live process has it."""
-    path.mkdir(parents=True, exist_ok=True)
-    lock = path / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if not _lock_is_stale(lock):
-                return None
-            try:
-                lock.unlink()
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
-        return lock
-    return None
 
 
 def _refresh(spec_json: dict, results_dir: Path) -> tuple[dict, Path | None]:
@@ -388,8 +422,12 @@ def _refresh(spec_json: dict, results_dir: Path) -> tuple[dict, Path | None]:
         return spec_json, None
     prefix = spec_json["run_id"][: -len(spec_json["config_hash"])]
     new_id = prefix + h if spec_json["run_id"].endswith(spec_json["config_hash"]) else f"{spec_json['run_id']}_{h}"
-    spec_json = {**spec_json, "config_hash": h, "run_id": new_id,
-                 "overrides": {**spec_json["overrides"], "run_id": new_id}}
+    spec_json = {
+        **spec_json,
+        "config_hash": h,
+        "run_id": new_id,
+        "overrides": {**spec_json["overrides"], "run_id": new_id},
+    }
     return spec_json, index_complete_runs([results_dir]).get(h)
 
 
@@ -401,7 +439,7 @@ def execute_spec(spec_json: dict) -> dict:
     concurrent sweep) holds it. Used by every executor (in process, in a child process, in a Ray
     task). A run interrupted at a task boundary (checkpoint present) is resumed, not restarted.
     """
-    from .rundir import COMPLETE
+    from .rundir import COMPLETE, acquire_run_lock
 
     t0 = time.time()
     results_dir = Path(spec_json["overrides"]["results_dir"])
@@ -436,10 +474,22 @@ def execute_spec(spec_json: dict) -> dict:
         resumed = _resumable(path, spec_json.get("config_hash"))
         if resumed:
             # An interrupted (or failed) attempt left a checkpoint at a task boundary: continue it.
-            run(None, None, {k: v for k, v in spec_json["overrides"].items() if k in ("device", "progress")},
-                quiet=True, resume=str(path))
+            run(
+                None,
+                None,
+                {k: v for k, v in spec_json["overrides"].items() if k in ("device", "progress")},
+                quiet=True,
+                resume=str(path),
+            )
         else:
-            run(spec_json["strategy"], spec_json["benchmark"], copy.deepcopy(spec_json["overrides"]), quiet=True)
+            # a fresh attempt: what an earlier failed attempt left in the folder is replaced
+            run(
+                spec_json["strategy"],
+                spec_json["benchmark"],
+                copy.deepcopy(spec_json["overrides"]),
+                quiet=True,
+                overwrite=True,
+            )
         return {**base, "state": "complete", "seconds": time.time() - t0, "resumed": resumed}
     except KeyboardInterrupt:
         raise
@@ -461,6 +511,7 @@ def _spec_payload(spec: RunSpec, threads: int | None = None) -> dict:
 
 
 # ---- executors -----------------------------------------------------------------------------------
+
 
 class Progress:
     """tqdm bar over the runs to execute, with done / failed counts."""
@@ -490,8 +541,14 @@ class Progress:
             self.bar.close()
 
 
-def run_local(specs: list[RunSpec], jobs: int = 1, on_result=None, progress: bool = True, log_dir: Path | None = None,
-              threads: int | None = None) -> list[dict]:
+def run_local(
+    specs: list[RunSpec],
+    jobs: int = 1,
+    on_result=None,
+    progress: bool = True,
+    log_dir: Path | None = None,
+    threads: int | None = None,
+) -> list[dict]:
     """Sequential in-process (jobs=1) or a pool of ``jobs`` concurrent child processes."""
     bar = Progress(len(specs), progress)
     results = []
@@ -528,8 +585,13 @@ def _run_child(payload: dict, log_dir: Path | None) -> dict:
         log_path = Path(log_dir) / f"{payload['run_id']}.log"
     out = open(log_path, "w") if log_path else subprocess.DEVNULL
     try:
-        proc = subprocess.run([sys.executable, "-m", "avcl_bench.sweep", "--worker", json.dumps(payload)],
-                              stdout=subprocess.PIPE, stderr=out, text=True, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "avcl_bench.sweep", "--worker", json.dumps(payload)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            env=env,
+        )
     finally:
         if log_path:
             out.close()
@@ -545,9 +607,15 @@ def _run_child(payload: dict, log_dir: Path | None) -> dict:
     return {"run_id": payload["run_id"], "state": "failed", "error": error, "seconds": time.time() - t0}
 
 
-def run_ray(specs: list[RunSpec], address: str | None = None, num_cpus: int | None = None,
-            cpus_per_run: float = 1, gpus_per_run: float | None = None, on_result=None,
-            progress: bool = True) -> list[dict]:
+def run_ray(
+    specs: list[RunSpec],
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float | None = None,
+    on_result=None,
+    progress: bool = True,
+) -> list[dict]:
     """One run per Ray task; GPUs are requested per task when the cluster has any."""
     try:
         import ray
@@ -599,15 +667,26 @@ def run_ray(specs: list[RunSpec], address: str | None = None, num_cpus: int | No
 
 # ---- the sweep as a whole -----------------------------------------------------------------------
 
+
 def sweeps_dir(results_dir: Path) -> Path:
     results_dir = Path(results_dir)
     return results_dir.parent / "sweeps" if results_dir.name == "runs" else results_dir / "_sweeps"
 
 
-def run_sweep(specs: list[RunSpec], name: str, results_dir: Path, executor: str = "local", jobs: int = 1,
-              address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float | None = None,
-              ray_num_cpus: int | None = None, threads: int | None = None, progress: bool = True,
-              description: dict | None = None) -> dict:
+def run_sweep(
+    specs: list[RunSpec],
+    name: str,
+    results_dir: Path,
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    cpus_per_run: float = 1,
+    gpus_per_run: float | None = None,
+    ray_num_cpus: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    description: dict | None = None,
+) -> dict:
     """Execute the pending specs, recording failures; returns the sweep record."""
     from .rundir import atomic_write_json
 
@@ -618,13 +697,18 @@ def run_sweep(specs: list[RunSpec], name: str, results_dir: Path, executor: str 
     for s in specs:  # planning failures: recorded like any failed run
         if s.status == "failed" and s.error:
             _record_failure(results_dir, s.to_json(), s.error)
-    record = {"name": name, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": executor,
-              "results_dir": str(results_dir), **(description or {}), "runs": {}}
+    record = {
+        "name": name,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "executor": executor,
+        "results_dir": str(results_dir),
+        **(description or {}),
+        "runs": {},
+    }
 
     def save():
         record["runs"] = {s.run_id: s.to_json() for s in specs}
-        record["counts"] = {st: sum(1 for s in specs if s.status == st)
-                            for st in sorted({s.status for s in specs})}
+        record["counts"] = {st: sum(1 for s in specs if s.status == st) for st in sorted({s.status for s in specs})}
         atomic_write_json(record_path, record)
 
     def on_result(res):
@@ -643,11 +727,19 @@ def run_sweep(specs: list[RunSpec], name: str, results_dir: Path, executor: str 
         if not todo:
             pass
         elif executor == "ray":
-            run_ray(todo, address=address, num_cpus=ray_num_cpus, cpus_per_run=cpus_per_run,
-                    gpus_per_run=gpus_per_run, on_result=on_result, progress=progress)
+            run_ray(
+                todo,
+                address=address,
+                num_cpus=ray_num_cpus,
+                cpus_per_run=cpus_per_run,
+                gpus_per_run=gpus_per_run,
+                on_result=on_result,
+                progress=progress,
+            )
         elif executor == "local":
-            run_local(todo, jobs=jobs, on_result=on_result, progress=progress, log_dir=record_dir / "logs",
-                      threads=threads)
+            run_local(
+                todo, jobs=jobs, on_result=on_result, progress=progress, log_dir=record_dir / "logs", threads=threads
+            )
         else:
             raise ConfigError(f"unknown executor '{executor}' (known: local, ray)")
     except KeyboardInterrupt:

@@ -48,8 +48,9 @@ def make_cfg(args) -> dict:
     cfg["input"] = args.input
     cfg["modality"] = "audio-visual"
     cfg["features"].update(audio_dim=args.feat_dim, visual_shape=[args.frames, args.patches, args.feat_dim])
-    cfg["model"].update(dim=args.dim, heads=args.heads, encoder_width=args.encoder_width,
-                        fusion_depth=args.fusion_depth)
+    cfg["model"].update(
+        dim=args.dim, heads=args.heads, encoder_width=args.encoder_width, fusion_depth=args.fusion_depth
+    )
     # CIGN's hyperparameters as strategies/cign.yaml declares them (both switches on), depth from --depth
     declared = declared_params(load_strategy_yaml("cign"), strategy_origin("cign"))
     scfg = dict({k: p.default for k, p in declared.items()}, name="cign", depth=args.depth)
@@ -65,12 +66,14 @@ def make_batch(args, K: int, device):
         visual = torch.randn(B, args.frames, args.patches, args.feat_dim, generator=g)
     else:
         audio = torch.randn(B, 1, args.spec_bins, args.spec_steps, generator=g)
-        visual = torch.randint(0, 256, (B, args.frames, 3, args.image_size, args.image_size), generator=g,
-                               dtype=torch.uint8)
+        visual = torch.randint(
+            0, 256, (B, args.frames, 3, args.image_size, args.image_size), generator=g, dtype=torch.uint8
+        )
     num_old = 3 * K // 4
     # half old-class samples (buffer exemplars), half new-class samples
-    y = torch.cat([torch.randint(0, num_old, (B // 2,), generator=g),
-                   torch.randint(num_old, K, (B - B // 2,), generator=g)])
+    y = torch.cat(
+        [torch.randint(0, num_old, (B // 2,), generator=g), torch.randint(num_old, K, (B - B // 2,), generator=g)]
+    )
     return [audio.to(device), visual.to(device)], y.to(device), num_old
 
 
@@ -125,9 +128,14 @@ def bench_classes(args, K: int, device) -> dict:
             tc.append(a)
             tf.append(b)
     mc, mf = statistics.median(tc), statistics.median(tf)
-    return {"classes": K, "cign_ms": 1000 * mc, "finetune_ms": 1000 * mf, "ratio": mc / mf,
-            "cign_params": sum(p.numel() for p in cign.parameters()),
-            "finetune_params": sum(p.numel() for p in ft.parameters())}
+    return {
+        "classes": K,
+        "cign_ms": 1000 * mc,
+        "finetune_ms": 1000 * mf,
+        "ratio": mc / mf,
+        "cign_params": sum(p.numel() for p in cign.parameters()),
+        "finetune_params": sum(p.numel() for p in ft.parameters()),
+    }
 
 
 def bench_precision(args, K: int, device) -> dict:
@@ -150,7 +158,7 @@ def bench_precision(args, K: int, device) -> dict:
     times = {pr: [] for pr in precisions}
     for i in range(args.warmup + args.steps):
         for pr in precisions:
-            t = timed(lambda: step(pr), device)
+            t = timed(lambda pr=pr: step(pr), device)
             if i >= args.warmup:
                 times[pr].append(t)
     out = {"classes": K}
@@ -167,8 +175,12 @@ def main(argv=None) -> int:
     p.add_argument("--input", choices=["features", "clips"], default="features")
     p.add_argument("--dim", type=int, default=128, help="D (paper: 512)")
     p.add_argument("--depth", type=int, default=3, help="CIGN transformer depth per modality (paper: 3)")
-    p.add_argument("--fusion-depth", type=int, default=BASE["model"]["fusion_depth"],
-                   help="fine-tuning's fusion transformer depth (suite default 2)")
+    p.add_argument(
+        "--fusion-depth",
+        type=int,
+        default=BASE["model"]["fusion_depth"],
+        help="fine-tuning's fusion transformer depth (suite default 2)",
+    )
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=32, help="paper: 128")
     p.add_argument("--feat-dim", type=int, default=128, help="features: input vector size")
@@ -183,8 +195,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--precisions", default=None,
-                   help="e.g. fp32,bf16: instead of the fine-tuning comparison, CIGN samples/s per precision")
+    p.add_argument(
+        "--precisions",
+        default=None,
+        help="e.g. fp32,bf16: instead of the fine-tuning comparison, CIGN samples/s per precision",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,11 +207,16 @@ def main(argv=None) -> int:
     if args.precisions:
         rows = [bench_precision(args, int(k), device) for k in args.classes.split(",")]
         precisions = args.precisions.split(",")
-        print(f"input {args.input}, D={args.dim}, depth {args.depth}, batch {args.batch}, device {device}"
-              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-              + f"; median of {args.steps} steps after {args.warmup} warm-up, precisions in turn")
-        print("| class tokens | " + " | ".join(f"{pr} samples/s" for pr in precisions)
-              + f" | {precisions[-1]} / {precisions[0]} |")
+        print(
+            f"input {args.input}, D={args.dim}, depth {args.depth}, batch {args.batch}, device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + f"; median of {args.steps} steps after {args.warmup} warm-up, precisions in turn"
+        )
+        print(
+            "| class tokens | "
+            + " | ".join(f"{pr} samples/s" for pr in precisions)
+            + f" | {precisions[-1]} / {precisions[0]} |"
+        )
         print("|---|" + "---|" * (len(precisions) + 1))
         for r in rows:
             vals = [r[f"{pr}_samples_per_s"] for pr in precisions]
@@ -206,22 +226,34 @@ def main(argv=None) -> int:
         return 0
     rows = [bench_classes(args, int(k), device) for k in args.classes.split(",")]
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    setting = (f"input {args.input}, D={args.dim}, CIGN depth {args.depth}, fine-tuning fusion depth "
-               f"{args.fusion_depth}, heads {args.heads}, batch {args.batch}, T={args.frames}"
-               + (f", P={args.patches}, feature size {args.feat_dim}" if args.input == "features" else
-                  f", {args.image_size}px frames, spectrogram {args.spec_bins}x{args.spec_steps}, "
-                  f"ResNet18 width {args.encoder_width}")
-               + f"; median of {args.steps} steps after {args.warmup} warm-up, {where}, torch {torch.__version__}")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
+    setting = (
+        f"input {args.input}, D={args.dim}, CIGN depth {args.depth}, fine-tuning fusion depth "
+        f"{args.fusion_depth}, heads {args.heads}, batch {args.batch}, T={args.frames}"
+        + (
+            f", P={args.patches}, feature size {args.feat_dim}"
+            if args.input == "features"
+            else f", {args.image_size}px frames, spectrogram {args.spec_bins}x{args.spec_steps}, "
+            f"ResNet18 width {args.encoder_width}"
+        )
+        + f"; median of {args.steps} steps after {args.warmup} warm-up, {where}, torch {torch.__version__}"
+    )
     print(setting)
-    print("| class tokens | CIGN ms/step | fine-tuning ms/step | CIGN / fine-tuning | "
-          f"CIGN vs {rows[0]['classes']} classes |")
+    print(
+        "| class tokens | CIGN ms/step | fine-tuning ms/step | CIGN / fine-tuning | "
+        f"CIGN vs {rows[0]['classes']} classes |"
+    )
     print("|---|---|---|---|---|")
     base = rows[0]["cign_ms"]
     for r in rows:
-        print(f"| {r['classes']} | {r['cign_ms']:.1f} | {r['finetune_ms']:.1f} | {r['ratio']:.2f}x | "
-              f"{r['cign_ms'] / base:.2f}x |")
+        print(
+            f"| {r['classes']} | {r['cign_ms']:.1f} | {r['finetune_ms']:.1f} | {r['ratio']:.2f}x | "
+            f"{r['cign_ms'] / base:.2f}x |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"setting": setting, "args": vars(args), "rows": rows}, indent=2))
     return 0

@@ -35,8 +35,13 @@ def main() -> None:
     ap.add_argument("--workers", default=",".join(str(w) for w in sorted({1, 2, cores})))
     ap.add_argument("--preprocess", choices=["synth", "paper"], default="synth")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--times", type=int, default=1, help="list every clip this many times (a larger set of rows: "
-                    "long enough for a process pool's start-up to pay off)")
+    ap.add_argument(
+        "--times",
+        type=int,
+        default=1,
+        help="list every clip this many times (a larger set of rows: "
+        "long enough for a process pool's start-up to pay off)",
+    )
     ap.add_argument("--executors", default="threads,processes", help="threads and/or processes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -55,8 +60,9 @@ def main() -> None:
         ids = (ids[: args.clips] if args.clips else ids) * args.times
         if args.preprocess == "synth":
             p = SYNTH_SIZES[args.size]
-            audio = AudioSpec(sample_rate=p["sample_rate"], duration=p["duration"], n_fft=256, win_length=256,
-                              hop_length=256)
+            audio = AudioSpec(
+                sample_rate=p["sample_rate"], duration=p["duration"], n_fft=256, win_length=256, hop_length=256
+            )
             visual = VisualSpec(size=p["resolution"])
         else:
             audio, visual = AudioSpec(), VisualSpec()
@@ -69,27 +75,40 @@ def main() -> None:
             for e, w in plans:
                 cache = work / f"cache-{e}-{w}-{r}"
                 t = time.perf_counter()
-                preprocess_clips(root / "clips", ids, audio, visual, cache_dir=cache, progress=False, workers=w,
-                                 executor=e)
+                preprocess_clips(
+                    root / "clips", ids, audio, visual, cache_dir=cache, progress=False, workers=w, executor=e
+                )
                 times[(e, w)].append(time.perf_counter() - t)
                 shutil.rmtree(cache)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     base = statistics.median(times[plans[0]])
-    rows = [{"executor": e, "workers": w, "seconds": statistics.median(times[(e, w)]),
-             "clips_per_s": len(ids) / statistics.median(times[(e, w)]), "speedup": base / statistics.median(times[(e, w)])}
-            for e, w in plans]
-    print(f"{len(ids)} clips ({args.size}, preprocess {args.preprocess}: audio {audio.to_dict()}, visual "
-          f"{visual.to_dict()}), {cores} cores ({platform.processor() or platform.machine()}), generation "
-          f"{gen_s:.1f} s; median of {args.repeats}")
+    rows = [
+        {
+            "executor": e,
+            "workers": w,
+            "seconds": statistics.median(times[(e, w)]),
+            "clips_per_s": len(ids) / statistics.median(times[(e, w)]),
+            "speedup": base / statistics.median(times[(e, w)]),
+        }
+        for e, w in plans
+    ]
+    print(
+        f"{len(ids)} clips ({args.size}, preprocess {args.preprocess}: audio {audio.to_dict()}, visual "
+        f"{visual.to_dict()}), {cores} cores ({platform.processor() or platform.machine()}), generation "
+        f"{gen_s:.1f} s; median of {args.repeats}"
+    )
     print(f"| executor | workers | seconds | clips/s | vs {plans[0][0]} x{plans[0][1]} |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['executor']} | {r['workers']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | {r['speedup']:.2f}x |")
+        print(
+            f"| {r['executor']} | {r['workers']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | {r['speedup']:.2f}x |"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "cores": cores, "clips": len(ids), "rows": rows},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "cores": cores, "clips": len(ids), "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

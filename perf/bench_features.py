@@ -75,8 +75,8 @@ def batched_reads(audio, visual, rows, batch_size: int, epochs: int = 1) -> list
         t0 = time.perf_counter()
         n = 0
         for s in range(0, len(order), batch_size):
-            idx = np.sort(rows[order[s:s + batch_size]])
-            a, v = torch.from_numpy(audio[idx]), torch.from_numpy(visual[idx])
+            idx = np.sort(rows[order[s : s + batch_size]])
+            _, v = torch.from_numpy(audio[idx]), torch.from_numpy(visual[idx])
             n += int(v.shape[0])
         out.append(_sps(n, time.perf_counter() - t0))
     return out
@@ -122,17 +122,22 @@ def model_step_rate(cfg: dict, batches, device, classes_per_task: int = 7, steps
     def step(batch):
         (a, v), y = batch[0], batch[1]
         a, v = a.to(device, non_blocking=True), v.to(device, non_blocking=True)
-        y = (y.to(device) % (2 * k))  # half old (exemplars), half new classes
+        y = y.to(device) % (2 * k)  # half old (exemplars), half new classes
         out = model.forward_all((a, v))
         with torch.no_grad():
             o = old.forward_all((a, v))
         logits = out["logits"]
         is_old = y < k
         za, zv = F.normalize(out["f_a"], dim=1), F.normalize(out["f_v"], dim=1)
-        loss = (separated_ce(logits, y, k, 2 * k, is_old) + taskwise_kd(logits, o["logits"], k, k)
-                + 0.5 * instance_contrastive(za, zv, 0.05) + class_contrastive(za, zv, y, 0.05)
-                + visual_attention_distillation(out["alpha"][is_old], o["alpha"][is_old], out["beta"][is_old],
-                                                o["beta"][is_old], 0.5))
+        loss = (
+            separated_ce(logits, y, k, 2 * k, is_old)
+            + taskwise_kd(logits, o["logits"], k, k)
+            + 0.5 * instance_contrastive(za, zv, 0.05)
+            + class_contrastive(za, zv, y, 0.05)
+            + visual_attention_distillation(
+                out["alpha"][is_old], o["alpha"][is_old], out["beta"][is_old], o["beta"][is_old], 0.5
+            )
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,8 +163,12 @@ def model_step_rate(cfg: dict, batches, device, classes_per_task: int = 7, steps
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-per-class", type=int, default=6, help="training clips per class (28 classes); "
-                   "val and test get 1 each, so clips = 28 * (n + 2)")
+    p.add_argument(
+        "--train-per-class",
+        type=int,
+        default=6,
+        help="training clips per class (28 classes); val and test get 1 each, so clips = 28 * (n + 2)",
+    )
     p.add_argument("--format", choices=["npy", "h5"], default="npy", help="visual file: npy dict (AVE) or HDF5")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (the suite's default: 0)")
@@ -186,22 +195,41 @@ def main(argv=None) -> int:
     device = pick_device(args.device)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="avcl-bench-features-"))
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "format": args.format,
-                 "dtype": args.dtype, "batch_size": args.batch_size, "workers": args.workers,
-                 "audio_dim": args.audio_dim, "visual_shape": args.visual_shape, "cpu_count": os.cpu_count(),
-                 "loadavg_start": os.getloadavg()}
+    res: dict = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "format": args.format,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "audio_dim": args.audio_dim,
+        "visual_shape": args.visual_shape,
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         t0 = time.perf_counter()
         manifest_path = generate_feature_benchmark(
-            work / "data", num_classes=28, num_tasks=4, clips={"train": args.train_per_class, "val": 1, "test": 1},
-            audio_dim=args.audio_dim, visual_shape=tuple(args.visual_shape), visual_format=args.format,
-            memory={"total": 340}, name="bench-features")
+            work / "data",
+            num_classes=28,
+            num_tasks=4,
+            clips={"train": args.train_per_class, "val": 1, "test": 1},
+            audio_dim=args.audio_dim,
+            visual_shape=tuple(args.visual_shape),
+            visual_format=args.format,
+            memory={"total": 340},
+            name="bench-features",
+        )
         res["generate_s"] = time.perf_counter() - t0
         a_path, v_path = feature_paths(work / "data", args.format)
         res["source_bytes"] = a_path.stat().st_size + v_path.stat().st_size
 
-        overrides = {"num_tasks": 1, "progress": False, "features": {"dtype": args.dtype},
-                     "train": {"batch_size": args.batch_size, "num_workers": args.workers}}
+        overrides = {
+            "num_tasks": 1,
+            "progress": False,
+            "features": {"dtype": args.dtype},
+            "train": {"batch_size": args.batch_size, "num_workers": args.workers},
+        }
         cfg, manifest = build_config("av-cil", str(manifest_path), overrides)
         manifest.materialize(cfg)
         os.environ["AVCL_BENCH_CACHE"] = str(work / "cache")  # the feature cache goes under the workdir
@@ -222,8 +250,9 @@ def main(argv=None) -> int:
         res["loader_suite_sps"] = loader_pass(exp_ds, args.batch_size, args.workers, args.epochs, batched=True)
         res["loader_avalanche_sps"] = loader_pass(exp_ds, args.batch_size, args.workers, args.epochs)
         res["loader_raw_sps"] = loader_pass(data.train, args.batch_size, args.workers, args.epochs)
-        res["batched_read_sps"] = batched_reads(data.train.audio, data.train.visual, data.train.index,
-                                                args.batch_size, args.epochs)
+        res["batched_read_sps"] = batched_reads(
+            data.train.audio, data.train.visual, data.train.index, args.batch_size, args.epochs
+        )
         if args.format == "h5":
             res["release_h5_item_sps"] = h5_item_reads(v_path, list(manifest.splits["id"]), 64)
 
@@ -248,24 +277,42 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     mb = res["source_bytes"] / 2**20
-    print(f"device {res['device']} ({res['torch_threads']} threads, {res['cpu_count']} cpus, "
-          f"load {res['loadavg_start'][0]:.1f}); {res['clips']} clips, {res['format']} source {mb:.0f} MB, "
-          f"cache {res['dtype']}, batch {res['batch_size']}, workers {res['workers']}")
-    print(f"  cache build (load_avcil_features, once) : {res['cache_build_clips_per_s']:10.1f} clips/s "
-          f"({res['cache_build_s']:.1f} s); cached open {res['cache_open_s']:.2f} s")
-    print("  loader, the suite's (batched row reads)  : " + ", ".join(f"{v:.1f}" for v in res["loader_suite_sps"])
-          + " samples/s per epoch")
-    print("  loader, Avalanche dataset, per item      : " + ", ".join(f"{v:.1f}" for v in res["loader_avalanche_sps"])
-          + " samples/s per epoch")
-    print("  loader, raw AVArrayDataset + DataLoader  : " + ", ".join(f"{v:.1f}" for v in res["loader_raw_sps"])
-          + " samples/s per epoch")
-    print("  batched memmap read (no DataLoader)      : " + ", ".join(f"{v:.1f}" for v in res["batched_read_sps"])
-          + " samples/s per epoch")
+    print(
+        f"device {res['device']} ({res['torch_threads']} threads, {res['cpu_count']} cpus, "
+        f"load {res['loadavg_start'][0]:.1f}); {res['clips']} clips, {res['format']} source {mb:.0f} MB, "
+        f"cache {res['dtype']}, batch {res['batch_size']}, workers {res['workers']}"
+    )
+    print(
+        f"  cache build (load_avcil_features, once) : {res['cache_build_clips_per_s']:10.1f} clips/s "
+        f"({res['cache_build_s']:.1f} s); cached open {res['cache_open_s']:.2f} s"
+    )
+    print(
+        "  loader, the suite's (batched row reads)  : "
+        + ", ".join(f"{v:.1f}" for v in res["loader_suite_sps"])
+        + " samples/s per epoch"
+    )
+    print(
+        "  loader, Avalanche dataset, per item      : "
+        + ", ".join(f"{v:.1f}" for v in res["loader_avalanche_sps"])
+        + " samples/s per epoch"
+    )
+    print(
+        "  loader, raw AVArrayDataset + DataLoader  : "
+        + ", ".join(f"{v:.1f}" for v in res["loader_raw_sps"])
+        + " samples/s per epoch"
+    )
+    print(
+        "  batched memmap read (no DataLoader)      : "
+        + ", ".join(f"{v:.1f}" for v in res["batched_read_sps"])
+        + " samples/s per epoch"
+    )
     if "release_h5_item_sps" in res:
         print(f"  release-style h5py read per item         : {res['release_h5_item_sps']:10.1f} samples/s")
     print(f"  AV-CIL model step (fwd+old fwd+bwd+Adam) : {res['model_sps']:10.1f} samples/s")
-    print(f"  loader / model                           : {res['ratio_loader_over_model']:10.2f} "
-          f"(first epoch {res['ratio_first_epoch']:.2f})")
+    print(
+        f"  loader / model                           : {res['ratio_loader_over_model']:10.2f} "
+        f"(first epoch {res['ratio_first_epoch']:.2f})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -31,18 +31,23 @@ def make_data(n: int, classes: int, audio_dim: int, visual_shape, seed=0):
     audio = rng.randn(n, audio_dim).astype(np.float32)
     visual = rng.randn(n, *visual_shape).astype(np.float32)
     ds = AVArrayDataset(audio, visual, labels, np.arange(n))
-    return LoadedData(ds, ds.subset(np.arange(0, n, 7)), ds.subset(np.arange(0, n, 7)),
-                      [str(c) for c in range(classes)], None, 0)
+    return LoadedData(
+        ds, ds.subset(np.arange(0, n, 7)), ds.subset(np.arange(0, n, 7)), [str(c) for c in range(classes)], None, 0
+    )
 
 
 def config(batch: int, epochs: int, audio_dim: int, visual_shape):
     from avcl_bench.runner import build_config
 
-    cfg, _ = build_config("finetune", "synth-av", {
-        "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3},
-        "model": {"dim": 64, "fusion_depth": 1, "heads": 4},
-        "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)},
-    })
+    cfg, _ = build_config(
+        "finetune",
+        "synth-av",
+        {
+            "train": {"epochs": epochs, "batch_size": batch, "lr": 1e-3},
+            "model": {"dim": 64, "fusion_depth": 1, "heads": 4},
+            "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)},
+        },
+    )
     cfg["input"] = "features"
     return cfg
 
@@ -112,14 +117,25 @@ def main():
         runs["suite_per_item"].append(suite_loop(cfg, data, args.classes, batched=False))
     med = {k: statistics.median(v) for k, v in runs.items()}
     steps = args.epochs * -(-args.samples // args.batch)
-    print(f"samples {args.samples}, batch {args.batch}, epochs {args.epochs}, steps {steps}, threads {torch.get_num_threads()}")
-    names = {"plain": "plain loop, per-item DataLoader", "plain_batched": "plain loop, batched reads",
-             "suite": "avcl-bench (batched reads)", "suite_per_item": "avcl-bench, batched_loading=false"}
+    print(
+        f"samples {args.samples}, batch {args.batch}, epochs {args.epochs}, steps {steps}, "
+        f"threads {torch.get_num_threads()}"
+    )
+    names = {
+        "plain": "plain loop, per-item DataLoader",
+        "plain_batched": "plain loop, batched reads",
+        "suite": "avcl-bench (batched reads)",
+        "suite_per_item": "avcl-bench, batched_loading=false",
+    }
     for k, name in names.items():
-        print(f"{name:<34}: {med[k]:8.3f} s  ({1000 * med[k] / steps:6.2f} ms/step)  runs {[round(x, 3) for x in runs[k]]}")
+        print(
+            f"{name:<34}: {med[k]:8.3f} s  ({1000 * med[k] / steps:6.2f} ms/step)  "
+            f"runs {[round(x, 3) for x in runs[k]]}"
+        )
     print(f"overhead vs a plain loop with a per-item DataLoader : {med['suite'] / med['plain']:.3f}x (goal <= 1.10x)")
     print(f"loop overhead, both reading batches                : {med['suite'] / med['plain_batched']:.3f}x")
     print(f"loop overhead, both per item (Avalanche's dataset)   : {med['suite_per_item'] / med['plain']:.3f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -76,8 +76,10 @@ def main():
             share[batched] = (data_wait, compute)
         data_wait, compute = share[True]
     n = len(ids)
-    print(f"clips {n} ({args.size}), spectrogram {tuple(aspec.shape)}, frames {tuple(vspec.shape)}, "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"clips {n} ({args.size}), spectrogram {tuple(aspec.shape)}, frames {tuple(vspec.shape)}, "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"cold decode + spectrogram + frames : {n / cold:8.1f} clips/s ({cold:.2f} s)")
     print(f"cache reopen (memory-mapped)       : {warm_open:8.3f} s")
     print(f"model consumption (train steps)    : {n / compute:8.1f} clips/s ({compute:.2f} s)")

@@ -58,14 +58,28 @@ def child(spec: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="avcl-scaling-") as tmp:
         os.environ["AVCL_BENCH_CACHE"] = str(Path(tmp) / "cache")
         manifest_path = generate_feature_benchmark(
-            Path(tmp) / "feat", num_classes=K, num_tasks=T,
+            Path(tmp) / "feat",
+            num_classes=K,
+            num_tasks=T,
             clips={"train": spec["train_per_class"], "val": 1, "test": 2},
-            audio_dim=spec["feat_dim"], visual_shape=(2, 4, spec["feat_dim"]), seed=0)
-        cfg, manifest = build_config(spec["strategy"], str(manifest_path), {
-            "input": "features", "modality": "audio-visual", "progress": False, "seed": 0,
-            "memory": {"per_class": spec["per_class"], "total": None},
-            "train": {"epochs": spec["epochs"], "batch_size": spec["batch"]},
-            "model": {"dim": spec["dim"], "heads": 4}, **spec.get("overrides", {})})
+            audio_dim=spec["feat_dim"],
+            visual_shape=(2, 4, spec["feat_dim"]),
+            seed=0,
+        )
+        cfg, manifest = build_config(
+            spec["strategy"],
+            str(manifest_path),
+            {
+                "input": "features",
+                "modality": "audio-visual",
+                "progress": False,
+                "seed": 0,
+                "memory": {"per_class": spec["per_class"], "total": None},
+                "train": {"epochs": spec["epochs"], "batch_size": spec["batch"]},
+                "model": {"dim": spec["dim"], "heads": 4},
+                **spec.get("overrides", {}),
+            },
+        )
         seed_everything(0)
         manifest.materialize(cfg)
         data = load_data(manifest, cfg)
@@ -87,21 +101,25 @@ def child(spec: dict) -> dict:
         timer = StepTimer()
         strategy.plugins.append(timer)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        for t, exp in enumerate(scenario.train_stream):
+        for exp in scenario.train_stream:
             timer.steps = []
             strategy.train(exp, eval_streams=[])
             end = time.perf_counter()
-        return {"step_ms": 1000 * statistics.median(timer.steps), "steps": len(timer.steps),
-                "end_of_exp_s": end - timer.last_step_end,
-                "buffer": _buffer_size(strategy),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "rss_before_training_mb": rss_before / 1024}
+        return {
+            "step_ms": 1000 * statistics.median(timer.steps),
+            "steps": len(timer.steps),
+            "end_of_exp_s": end - timer.last_step_end,
+            "buffer": _buffer_size(strategy),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_training_mb": rss_before / 1024,
+        }
 
 
 def run_child(spec: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -145,16 +163,27 @@ def main():
     if args.child:
         print(json.dumps(child(json.loads(args.child))), flush=True)
         return
-    base = {"tasks": args.tasks, "epochs": args.epochs, "batch": args.batch, "dim": args.dim,
-            "feat_dim": args.feat_dim, "threads": args.threads}
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s), "
-          f"{time.strftime('%Y-%m-%d')}; features: audio {args.feat_dim}-d, visual 2x4x{args.feat_dim}; "
-          f"D={args.dim}, batch {args.batch}, {args.tasks} tasks, {args.epochs} epoch(s), median of {args.repeats}")
+    base = {
+        "tasks": args.tasks,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "dim": args.dim,
+        "feat_dim": args.feat_dim,
+        "threads": args.threads,
+    }
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s), "
+        f"{time.strftime('%Y-%m-%d')}; features: audio {args.feat_dim}-d, visual 2x4x{args.feat_dim}; "
+        f"D={args.dim}, batch {args.batch}, {args.tasks} tasks, {args.epochs} epoch(s), median of {args.repeats}"
+    )
     figures = {}
     if args.part in ("classes", "both"):
         ks = [int(k) for k in args.classes.split(",")]
-        specs = [{**base, "strategy": s, "classes": k, "per_class": 2, "train_per_class": args.train_per_class}
-                 for s in ("finetune", "cign", "av-cil") for k in ks]
+        specs = [
+            {**base, "strategy": s, "classes": k, "per_class": 2, "train_per_class": args.train_per_class}
+            for s in ("finetune", "cign", "av-cil")
+            for k in ks
+        ]
         rows = measure(specs, args.repeats)
         figures["classes"] = rows
         print("\n| strategy | classes | step ms | step vs first K | steps | end-of-exp s | peak RSS MB | +train MB |")
@@ -162,25 +191,34 @@ def main():
         first = {}
         for r in rows:
             first.setdefault(r["strategy"], r["step_ms"])
-            print(f"| {r['strategy']} | {r['classes']} | {r['step_ms']:.1f} | {r['step_ms'] / first[r['strategy']]:.2f}x"
-                  f" | {r['steps']:.0f} | {r['end_of_exp_s']:.2f} | {r['peak_rss_mb']:.0f} | {_growth(r):.0f} |")
+            print(
+                f"| {r['strategy']} | {r['classes']} | {r['step_ms']:.1f} | {r['step_ms'] / first[r['strategy']]:.2f}x"
+                f" | {r['steps']:.0f} | {r['end_of_exp_s']:.2f} | {r['peak_rss_mb']:.0f} | {_growth(r):.0f} |"
+            )
     if args.part in ("buffer", "both"):
         ms = [int(m) for m in args.buffer.split(",")]
         per_class_train = max(ms) + 8
-        specs = [{**base, "strategy": s, "classes": args.buffer_classes, "per_class": m,
-                  "train_per_class": per_class_train} for s in args.strategies.split(",") for m in ms]
+        specs = [
+            {**base, "strategy": s, "classes": args.buffer_classes, "per_class": m, "train_per_class": per_class_train}
+            for s in args.strategies.split(",")
+            for m in ms
+        ]
         rows = measure(specs, args.repeats)
         figures["buffer"] = rows
         print(f"\n{args.buffer_classes} classes, {per_class_train} training clips per class")
-        print("| strategy | exemplars/class | buffer | step ms | step vs smallest | steps | end-of-exp s | peak RSS MB "
-              "| +train MB |")
+        print(
+            "| strategy | exemplars/class | buffer | step ms | step vs smallest | steps | end-of-exp s | peak RSS MB "
+            "| +train MB |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         first = {}
         for r in rows:
             first.setdefault(r["strategy"], r["step_ms"])
-            print(f"| {r['strategy']} | {r['per_class']} | {r['buffer']:.0f} | {r['step_ms']:.1f} | "
-                  f"{r['step_ms'] / first[r['strategy']]:.2f}x | {r['steps']:.0f} | {r['end_of_exp_s']:.2f} | "
-                  f"{r['peak_rss_mb']:.0f} | {_growth(r):.0f} |")
+            print(
+                f"| {r['strategy']} | {r['per_class']} | {r['buffer']:.0f} | {r['step_ms']:.1f} | "
+                f"{r['step_ms'] / first[r['strategy']]:.2f}x | {r['steps']:.0f} | {r['end_of_exp_s']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} | {_growth(r):.0f} |"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 

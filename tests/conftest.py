@@ -39,9 +39,16 @@ def total_memory_benchmark(tmp_path_factory):
     a fixed total of 48 exemplars (enough data for forgetting comparisons)."""
     from avcl_bench.data.featsynth import generate_feature_benchmark
 
-    return generate_feature_benchmark(tmp_path_factory.mktemp("fb"), num_classes=8, num_tasks=4,
-                                      clips={"train": 40, "val": 10, "test": 20}, audio_dim=16,
-                                      visual_shape=(2, 4, 16), memory={"total": 48}, name="fb-total")
+    return generate_feature_benchmark(
+        tmp_path_factory.mktemp("fb"),
+        num_classes=8,
+        num_tasks=4,
+        clips={"train": 40, "val": 10, "test": 20},
+        audio_dim=16,
+        visual_shape=(2, 4, 16),
+        memory={"total": 48},
+        name="fb-total",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,11 +68,16 @@ def build_strategy(feature_benchmark):
         cfg, manifest = build_config(name, str(benchmark or feature_benchmark), copy.deepcopy(overrides or {}))
         if seed is not None:
             seed_everything(seed)
-        return get_strategy(name)(cfg=cfg, num_classes=manifest.doc["num_classes"], num_tasks=cfg["num_tasks"],
-                                  device=torch.device("cpu"))
+        return get_strategy(name)(
+            cfg=cfg, num_classes=manifest.doc["num_classes"], num_tasks=cfg["num_tasks"], device=torch.device("cpu")
+        )
 
     return _build
 
+
+#: CLI arguments of the smallest model on the tiny generated feature benchmark (``feature_benchmark``):
+#: D=16, 2 heads, batch 8; tests add their epochs (``["--set", "train.epochs=1", *SMALL_FEATURE_RUN]``).
+SMALL_FEATURE_RUN = ["--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2", "--quiet"]
 
 #: CLI arguments of the smallest end-to-end run on the embedded benchmark.
 TINY_RUN = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--set", "train.batch_size=16", "--quiet"]
@@ -84,8 +96,11 @@ def run_tiny(tmp_path, feature_benchmark):
 
     def _run(strategy, modality="audio-visual", input="clips", extra=()):
         run_id = f"{strategy}-{modality}-{input}"
-        args = ["run", "--strategy", strategy, "--modality", modality, "--results-dir", str(tmp_path),
-                "--run-id", run_id] + TINY_RUN + list(extra)
+        args = (
+            ["run", "--strategy", strategy, "--modality", modality, "--results-dir", str(tmp_path), "--run-id", run_id]
+            + TINY_RUN
+            + list(extra)
+        )
         if input == "features":
             args += ["--benchmark", str(feature_benchmark)]
         code = main(args)

@@ -11,14 +11,25 @@ import torch.nn.functional as F
 
 from avcl_bench.cli import main
 from avcl_bench.models.avcil import AVCILNet
-from avcl_bench.strategies.afc import (AFC, LSCClassifier, channel_importance, feature_distillation,
-                                       feature_gradients, importance_weights, kmeans)
+from avcl_bench.strategies.afc import (
+    AFC,
+    LSCClassifier,
+    channel_importance,
+    feature_distillation,
+    feature_gradients,
+    importance_weights,
+    kmeans,
+)
 from avcl_bench.strategies.losses import nca_loss
 
 
 def tiny_cfg(modality="audio-visual", audio_dim=4, visual_shape=(2, 3, 4)):
-    return {"input": "features", "modality": modality, "model": {"dim": 8},
-            "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)}}
+    return {
+        "input": "features",
+        "modality": modality,
+        "model": {"dim": 8},
+        "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)},
+    }
 
 
 def test_nca_loss_hand_computed():
@@ -112,8 +123,12 @@ def test_feature_gradients_match_a_full_backward(modality):
 
 def test_kmeans_finds_two_blobs():
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([5.0, 0.0]),
-                   torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([-5.0, 0.0])])
+    x = torch.cat(
+        [
+            torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([5.0, 0.0]),
+            torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([-5.0, 0.0]),
+        ]
+    )
     c = kmeans(x, 2, seed=3)
     c = c[c[:, 0].argsort()]
     assert torch.allclose(c[0], x[30:].mean(0), atol=1e-5) and torch.allclose(c[1], x[:30].mean(0), atol=1e-5)
@@ -127,8 +142,14 @@ def test_imprinting_sets_new_proxies_to_scaled_cluster_centres():
     net.grow(3)  # class 0 old (frozen), classes 1, 2 new
     feats = F.normalize(torch.randn(12, 4), dim=1)
     labels = torch.tensor([1] * 6 + [2] * 6)
-    fake = SimpleNamespace(model=net, num_old=1, num_seen=3, cfg={"seed": 0}, experience=SimpleNamespace(dataset=None),
-                           features=lambda ds: (feats, labels))
+    fake = SimpleNamespace(
+        model=net,
+        num_old=1,
+        num_seen=3,
+        cfg={"seed": 0},
+        experience=SimpleNamespace(dataset=None),
+        features=lambda ds: (feats, labels),
+    )
     AFC.imprint(fake)
     norm = net.classifier.old_weight.norm(dim=1).mean()
     expected = torch.cat([kmeans(feats[labels == c], 2, seed=c) * norm for c in (1, 2)])
@@ -140,12 +161,27 @@ def test_imprinting_sets_new_proxies_to_scaled_cluster_centres():
 
 def test_afc_both_variants_end_to_end(tmp_path, total_memory_benchmark):
     bench = total_memory_benchmark
-    common = ["--benchmark", str(bench), "--results-dir", str(tmp_path), "--set", "train.epochs=6",
-              "--set", "train.batch_size=16", "--set", "train.lr=0.01", "--set", "model.dim=32", "--quiet"]
+    common = [
+        "--benchmark",
+        str(bench),
+        "--results-dir",
+        str(tmp_path),
+        "--set",
+        "train.epochs=6",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.lr=0.01",
+        "--set",
+        "model.dim=32",
+        "--quiet",
+    ]
     res = {}
-    for name, extra in [("ft", ["--strategy", "finetune"]),
-                        ("nme", ["--strategy", "afc", "--set", "strategy.classifier=nme"]),
-                        ("lsc", ["--strategy", "afc", "--set", "strategy.classifier=lsc"])]:
+    for name, extra in [
+        ("ft", ["--strategy", "finetune"]),
+        ("nme", ["--strategy", "afc", "--set", "strategy.classifier=nme"]),
+        ("lsc", ["--strategy", "afc", "--set", "strategy.classifier=lsc"]),
+    ]:
         assert main(["run", "--run-id", name] + extra + common) == 0
         res[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     ft = res["ft"]["modalities"]["audio-visual"]

@@ -14,15 +14,18 @@ import torch.nn.functional as F
 from avcl_bench.cli import main
 from avcl_bench.models.avcil import AVCILNet
 from avcl_bench.paths import DATASETS_DIR
+from avcl_bench.strategies.av_cil import AVCIL, class_contrastive, instance_contrastive, visual_attention_distillation
 from avcl_bench.strategies.base import epochs_for_modality
-from avcl_bench.strategies.av_cil import (AVCIL, class_contrastive, instance_contrastive,
-                                          visual_attention_distillation)
 from avcl_bench.strategies.losses import separated_ce, taskwise_kd
 
 
 def tiny_cfg(audio_dim=4, visual_shape=(3, 5, 4), modality="audio-visual", dim=8):
-    return {"input": "features", "modality": modality, "model": {"dim": dim},
-            "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)}}
+    return {
+        "input": "features",
+        "modality": modality,
+        "model": {"dim": dim},
+        "features": {"audio_dim": audio_dim, "visual_shape": list(visual_shape)},
+    }
 
 
 # ----------------------------------------------------------------------------- attention
@@ -47,7 +50,12 @@ def test_attention_shapes_and_softmax_axes():
     assert net(x).shape == (B, 3)
     # a width mismatch falls back to the suite's linear feature encoders (to model.dim)
     net2 = AVCILNet(tiny_cfg(audio_dim=6))
-    assert net2.dim == 8 and net2.forward_all((torch.randn(B, 6), torch.randn(B, T, P, D)))["alpha"].shape == (B, T, P, 8)
+    assert net2.dim == 8 and net2.forward_all((torch.randn(B, 6), torch.randn(B, T, P, D)))["alpha"].shape == (
+        B,
+        T,
+        P,
+        8,
+    )
 
 
 def test_pooled_feature_on_hand_built_example():
@@ -97,8 +105,9 @@ def test_instance_contrastive_hand_computed():
     za = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     zv = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     # S = za zv^T / 0.5 = [[2, 1.2], [0, 1.6]]; target = diagonal
-    expected = 0.5 * (-math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))
-                      - math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6))))
+    expected = 0.5 * (
+        -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) - math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))
+    )
     assert instance_contrastive(za, zv, 0.5).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -135,25 +144,41 @@ def test_vad_hand_computed_and_zero_when_attentions_agree():
     torch.manual_seed(0)
     alpha = torch.softmax(torch.randn(3, 2, 4, 5), dim=2)
     beta = torch.softmax(torch.randn(3, 2, 5), dim=1)
-    assert visual_attention_distillation(alpha, alpha.clone(), beta, beta.clone(), 0.5).item() == pytest.approx(0.0, abs=1e-6)
+    assert visual_attention_distillation(alpha, alpha.clone(), beta, beta.clone(), 0.5).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
     assert visual_attention_distillation(alpha[:0], alpha[:0], beta[:0], beta[:0]).item() == 0.0
 
 
 def _fake_strategy(**switches):
-    scfg = {"lam_I": 0.5, "lam_C": 1.0, "lam": 0.5, "tau_I": 0.05, "tau_C": 0.05, "kd_T": 2.0,
-            "instance_contrastive": True, "class_contrastive": True, "attention_distillation": True,
-            "class_contrastive_per_positive": False}
+    scfg = {
+        "lam_I": 0.5,
+        "lam_C": 1.0,
+        "lam": 0.5,
+        "tau_I": 0.05,
+        "tau_C": 0.05,
+        "kd_T": 2.0,
+        "instance_contrastive": True,
+        "class_contrastive": True,
+        "attention_distillation": True,
+        "class_contrastive_per_positive": False,
+    }
     scfg.update(switches)
-    return SimpleNamespace(scfg=scfg, num_seen=6, num_old=4, classes_per_task=2,
-                           model=SimpleNamespace(modality="audio-visual"))
+    return SimpleNamespace(
+        scfg=scfg, num_seen=6, num_old=4, classes_per_task=2, model=SimpleNamespace(modality="audio-visual")
+    )
 
 
 def _fake_outputs(seed):
     g = torch.Generator().manual_seed(seed)
     B, T, P, D = 5, 2, 3, 4
-    return {"logits": torch.randn(B, 6, generator=g), "f_a": torch.rand(B, D, generator=g),
-            "f_v": torch.rand(B, D, generator=g), "alpha": torch.softmax(torch.randn(B, T, P, D, generator=g), 2),
-            "beta": torch.softmax(torch.randn(B, T, D, generator=g), 1)}
+    return {
+        "logits": torch.randn(B, 6, generator=g),
+        "f_a": torch.rand(B, D, generator=g),
+        "f_v": torch.rand(B, D, generator=g),
+        "alpha": torch.softmax(torch.randn(B, T, P, D, generator=g), 2),
+        "beta": torch.softmax(torch.randn(B, T, D, generator=g), 1),
+    }
 
 
 def test_total_loss_is_the_sum_of_the_terms_and_switches_remove_them():
@@ -173,8 +198,9 @@ def test_total_loss_is_the_sum_of_the_terms_and_switches_remove_them():
     for k in expected:
         assert terms[k].item() == pytest.approx(expected[k].item(), rel=1e-6), k
         assert terms[k].item() > 0, k
-    off = AVCIL.loss_terms(_fake_strategy(instance_contrastive=False, class_contrastive=False,
-                                          attention_distillation=False), out, old, y)
+    off = AVCIL.loss_terms(
+        _fake_strategy(instance_contrastive=False, class_contrastive=False, attention_distillation=False), out, old, y
+    )
     assert set(off) == {"ce", "kd"}
     single = _fake_strategy()
     single.model.modality = "audio"
@@ -182,8 +208,11 @@ def test_total_loss_is_the_sum_of_the_terms_and_switches_remove_them():
 
 
 def test_epochs_by_modality():
-    cfg = {"modality": "audio", "train": {"epochs": 7},
-           "strategy": {"epochs_by_modality": {"audio": 300, "visual": None, "audio-visual": 150}}}
+    cfg = {
+        "modality": "audio",
+        "train": {"epochs": 7},
+        "strategy": {"epochs_by_modality": {"audio": 300, "visual": None, "audio-visual": 150}},
+    }
     assert epochs_for_modality(cfg) == 300
     cfg["modality"] = "visual"
     assert epochs_for_modality(cfg) == 7
@@ -208,8 +237,20 @@ def _metrics(rd):
 @pytest.mark.slow
 def test_av_cil_forgets_less_than_finetuning(tmp_path, total_memory_benchmark):
     bench = total_memory_benchmark
-    common = ["--benchmark", str(bench), "--results-dir", str(tmp_path / "runs"), "--set", "train.epochs=10",
-              "--set", "train.batch_size=16", "--set", "train.lr=0.01", "--set", "model.dim=32"]
+    common = [
+        "--benchmark",
+        str(bench),
+        "--results-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "train.epochs=10",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.lr=0.01",
+        "--set",
+        "model.dim=32",
+    ]
     _run(["--strategy", "finetune", "--run-id", "ft"] + common)
     _run(["--strategy", "av-cil", "--run-id", "av", "--set", "strategy.exemplar_batch_size=16"] + common)
     ft = _metrics(tmp_path / "runs" / "ft")
@@ -232,14 +273,34 @@ def test_cli_on_the_official_ave_ci_layout(tmp_path):
     index = dict(zip(classes["name"], classes["index"].astype(int)))
     assert len(splits) == 4079
     root = tmp_path / "AVE"
-    write_avcil_features(root, splits["id"].tolist(), [index[n] for n in splits["label"]], 8, (2, 3, 8),
-                         visual_format="npy", seed=1)
+    write_avcil_features(
+        root, splits["id"].tolist(), [index[n] for n in splits["label"]], 8, (2, 3, 8), visual_format="npy", seed=1
+    )
     assert (root / AUDIO_FILE).is_file() and (root / VISUAL_NPY_FILE).is_file()
-    _run(["--strategy", "av-cil", "--benchmark", "ave-ci", "--data-root", str(root),
-          "--results-dir", str(tmp_path / "runs"), "--run-id", "ave",
-          "--set", "features.audio_dim=8", "--set", "features.visual_shape=[2,3,8]",
-          "--set", "strategy.epochs_by_modality.audio-visual=1", "--set", "train.batch_size=512",
-          "--set", "train.eval_batch_size=512"])
+    _run(
+        [
+            "--strategy",
+            "av-cil",
+            "--benchmark",
+            "ave-ci",
+            "--data-root",
+            str(root),
+            "--results-dir",
+            str(tmp_path / "runs"),
+            "--run-id",
+            "ave",
+            "--set",
+            "features.audio_dim=8",
+            "--set",
+            "features.visual_shape=[2,3,8]",
+            "--set",
+            "strategy.epochs_by_modality.audio-visual=1",
+            "--set",
+            "train.batch_size=512",
+            "--set",
+            "train.eval_batch_size=512",
+        ]
+    )
     rd = tmp_path / "runs" / "ave"
     m = _metrics(rd)
     av = m["modalities"]["audio-visual"]

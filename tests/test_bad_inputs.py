@@ -36,10 +36,12 @@ def own_benchmark(tmp_path: Path, src: Path, replace: dict | None = None, splits
         splits = splits_edit(splits)
     splits.to_csv(tmp_path / "splits.csv", index=False)
     y = tmp_path / "mine.yaml"
-    y.write_text(f"name: mine\nsplits: splits.csv\nclasses: {src / 'classes.csv'}\n"
-                 "protocols: {p: {num_tasks: 4, memory: {per_class: 2}}}\ninputs: [clips]\n"
-                 f"data_root: {root}\nclips: {{audio: {{sample_rate: 16000, duration: 2.0, n_fft: 256, "
-                 "win_length: 256, hop_length: 256}, visual: {size: 64}}\n")
+    y.write_text(
+        f"name: mine\nsplits: splits.csv\nclasses: {src / 'classes.csv'}\n"
+        "protocols: {p: {num_tasks: 4, memory: {per_class: 2}}}\ninputs: [clips]\n"
+        f"data_root: {root}\nclips: {{audio: {{sample_rate: 16000, duration: 2.0, n_fft: 256, "
+        "win_length: 256, hop_length: 256}, visual: {size: 64}}\n"
+    )
     return y
 
 
@@ -121,22 +123,33 @@ def test_bad_clip(case, tmp_path, tiny_clips, capsys):
     payload, needle = CLIP_CASES[case]
     y = own_benchmark(tmp_path, tiny_clips, replace={5: payload})
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          needle, res)
+    check(
+        capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST, needle, res
+    )
 
 
 def test_missing_clips(tmp_path, tiny_clips, capsys):
     y = own_benchmark(tmp_path, tiny_clips, replace={1: lambda t, s: None, 2: lambda t, s: None})
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          "2 of 136 clips", res)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
+        "2 of 136 clips",
+        res,
+    )
 
 
 def test_empty_class(tmp_path, tiny_clips, capsys):
-    y = own_benchmark(tmp_path, tiny_clips, splits_edit=lambda s: s[~((s.label == s.label.iloc[0]) & (s.split == "train"))])
+    y = own_benchmark(
+        tmp_path, tiny_clips, splits_edit=lambda s: s[~((s.label == s.label.iloc[0]) & (s.split == "train"))]
+    )
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          "has no training clip", res)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
+        "has no training clip",
+        res,
+    )
 
 
 def test_unknown_label_in_splits(tmp_path, tiny_clips, capsys):
@@ -147,8 +160,12 @@ def test_unknown_label_in_splits(tmp_path, tiny_clips, capsys):
 
     y = own_benchmark(tmp_path, tiny_clips, splits_edit=edit)
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          "not-a-class", res)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
+        "not-a-class",
+        res,
+    )
 
 
 def _features(tmp_path, mutate):
@@ -162,8 +179,23 @@ def _features(tmp_path, mutate):
 def test_wrong_feature_shape(tmp_path, capsys):
     y = _features(tmp_path, lambda root: None)
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res),
-                   "--set", "features.audio_dim=64"] + FAST, "audio", res)
+    check(
+        capsys,
+        [
+            "run",
+            "--strategy",
+            "finetune",
+            "--benchmark",
+            str(y),
+            "--results-dir",
+            str(res),
+            "--set",
+            "features.audio_dim=64",
+        ]
+        + FAST,
+        "audio",
+        res,
+    )
 
 
 def test_nan_features(tmp_path, capsys):
@@ -177,33 +209,43 @@ def test_nan_features(tmp_path, capsys):
 
     y = _features(tmp_path, poison)
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          "NaN", res)
+    check(
+        capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST, "NaN", res
+    )
 
 
 def test_missing_feature_file(tmp_path, capsys):
     y = _features(tmp_path, lambda root: shutil.rmtree(root / "visual_pretrained_feature"))
     res = tmp_path / "runs"
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
-          "visual_pretrained_feature", res)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(res)] + FAST,
+        "visual_pretrained_feature",
+        res,
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--strategy", "nope"], "unknown strategy 'nope'"),
-    (["--strategy", "finetune", "--benchmark", "nope"], "unknown benchmark 'nope'"),
-    (["--strategy", "finetune", "--modality", "smell"], "unknown modality 'smell'"),
-    (["--strategy", "finetune", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
-    (["--strategy", "finetune", "--set", "strategy.alpha=1"], "unknown config key 'strategy.alpha'"),
-    (["--strategy", "finetune", "--set", "protocol=nope"], "unknown protocol 'nope'"),
-    (["--strategy", "finetune", "--set", "train.batch_size=0"], "train.batch_size"),
-    (["--strategy", "finetune", "--set", "num_tasks=3"], "not divisible"),
-    (["--strategy", "finetune", "--benchmark", "vggsound-instruments", "--data-root", "/nonexistent/dir"],
-     "/nonexistent/dir"),
-    (["--strategy", "finetune", "--benchmark", "ks-ci"], "--data-root"),
-    (["--strategy", "finetune", "--device", "tpu"], "unknown device 'tpu'"),
-    (["--strategy", "finetune", "--set", "noequals"], "key=value"),
-    ([], "--strategy"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--strategy", "nope"], "unknown strategy 'nope'"),
+        (["--strategy", "finetune", "--benchmark", "nope"], "unknown benchmark 'nope'"),
+        (["--strategy", "finetune", "--modality", "smell"], "unknown modality 'smell'"),
+        (["--strategy", "finetune", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["--strategy", "finetune", "--set", "strategy.alpha=1"], "unknown config key 'strategy.alpha'"),
+        (["--strategy", "finetune", "--set", "protocol=nope"], "unknown protocol 'nope'"),
+        (["--strategy", "finetune", "--set", "train.batch_size=0"], "train.batch_size"),
+        (["--strategy", "finetune", "--set", "num_tasks=3"], "not divisible"),
+        (
+            ["--strategy", "finetune", "--benchmark", "vggsound-instruments", "--data-root", "/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
+        (["--strategy", "finetune", "--benchmark", "ks-ci"], "--data-root"),
+        (["--strategy", "finetune", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--strategy", "finetune", "--set", "noequals"], "key=value"),
+        ([], "--strategy"),
+    ],
+)
 def test_bad_names_and_keys(args, needle, tmp_path, capsys):
     res = tmp_path / "runs"
     check(capsys, ["run"] + args + ["--results-dir", str(res)] + FAST, needle, res)
@@ -212,30 +254,46 @@ def test_bad_names_and_keys(args, needle, tmp_path, capsys):
 def test_malformed_manifest_yaml(tmp_path, capsys):
     y = tmp_path / "bad.yaml"
     y.write_text("name: [unclosed\n")
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
-          "not valid YAML", tmp_path)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
+        "not valid YAML",
+        tmp_path,
+    )
 
 
 def test_unknown_manifest_key(tmp_path, capsys):
     y = tmp_path / "bad.yaml"
     y.write_text("name: x\nsplitz: a.csv\n")
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
-          "unknown key 'splitz'", tmp_path)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
+        "unknown key 'splitz'",
+        tmp_path,
+    )
 
 
 def test_removed_protocol_key_metrics(tmp_path, capsys):
     """A protocol's `metrics` key was never read (every run reports every metric) and is gone."""
     y = tmp_path / "old.yaml"
     y.write_text("name: x\nprotocols:\n  p: {num_tasks: 2, memory: {per_class: 1}, metrics: cign}\n")
-    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
-          "unknown key 'protocols.p.metrics'", tmp_path)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path)] + FAST,
+        "unknown key 'protocols.p.metrics'",
+        tmp_path,
+    )
 
 
 def test_results_dir_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    check(capsys, ["run", "--strategy", "finetune", "--results-dir", str(blocker / "runs")] + FAST,
-          "not writable", tmp_path)
+    check(
+        capsys,
+        ["run", "--strategy", "finetune", "--results-dir", str(blocker / "runs")] + FAST,
+        "not writable",
+        tmp_path,
+    )
 
 
 def test_resume_from_an_older_config(tmp_path, capsys):

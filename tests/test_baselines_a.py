@@ -151,7 +151,8 @@ def test_lwf_loss_hand_computed():
     assert got.item() == pytest.approx(ce_all + 0.5 * kd, rel=1e-5)
     # first task: plain cross-entropy
     assert lwf_loss(logits[:, :2], None, torch.tensor([0]), 0, 2, 2).item() == pytest.approx(
-        -math.log(math.e / (math.e + 1)), rel=1e-5)
+        -math.log(math.e / (math.e + 1)), rel=1e-5
+    )
 
 
 def test_lwf_distils_previous_model_without_exemplars(feature_setup):
@@ -209,8 +210,9 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
         assert rows[0] == class_rows[nearest]  # the first pick is nearest to the class mean
     # NME: the class means are the renormalised means of the normalised exemplar features
     x, y = first_batch(scenario, n=12)
-    mu = torch.stack([F.normalize(F.normalize(s.extract_features(s.memory.class_dataset(c)), dim=1).mean(0), dim=0)
-                      for c in (0, 1)])
+    mu = torch.stack(
+        [F.normalize(F.normalize(s.extract_features(s.memory.class_dataset(c)), dim=1).mean(0), dim=0) for c in (0, 1)]
+    )
     assert torch.allclose(s.class_means.means, mu, atol=1e-6)
     s.model.eval()
     f = F.normalize(s.model.forward_features(x), dim=1)
@@ -250,9 +252,13 @@ def test_icarl_total_memory_form_and_merged_training_data(feature_setup):
 
 # ---- IL2M ----------------------------------------------------------------------------------------
 def test_il2m_rectifies_only_old_class_scores_of_new_predictions():
-    scores = torch.tensor([[1.0, 2.0, 3.0, 0.5],    # top-1 = class 2 (new): old scores rectified
-                           [4.0, 1.0, 3.0, 0.5],    # top-1 = class 0 (old): unchanged
-                           [1.0, 1.5, 0.0, 2.5]])   # top-1 = class 3 (new)
+    scores = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 0.5],  # top-1 = class 2 (new): old scores rectified
+            [4.0, 1.0, 3.0, 0.5],  # top-1 = class 0 (old): unchanged
+            [1.0, 1.5, 0.0, 2.5],
+        ]
+    )  # top-1 = class 3 (new)
     factors = torch.tensor([2.0, 0.5])
     out = il2m_rectify(scores, num_old=2, factors=factors)
     assert out.tolist() == [[2.0, 1.0, 3.0, 0.5], [4.0, 1.0, 3.0, 0.5], [2.0, 0.75, 0.0, 2.5]]
@@ -387,7 +393,7 @@ def test_parts_save_and_restore_themselves(feature_setup):
     torch.save(s.checkpoint_state(), buf)
     buf.seek(0)
     r = make("icarl", **{"strategy.selection": "random"})
-    r.load_checkpoint_state(torch.load(buf, weights_only=False), train)
+    r.load_checkpoint_state(torch.load(buf, weights_only=True), train)
     assert {c: rows for c, (_, rows) in r.memory.store.items()} == {c: rows for c, (_, rows) in s.memory.store.items()}
     assert all(r.memory.store[c][0] is train[0].dataset for c in r.memory.store)
     assert r.memory.rng.randint(10**6) == s.memory.rng.randint(10**6)  # the same random stream goes on

@@ -112,7 +112,7 @@ def test_grouping_matches_eq6_eq7_by_hand(cfg):
     A = torch.softmax(grp.q(f)[0] @ grp.k(c)[0].t() / 4.0, dim=1)  # (P, K), softmax over classes; 1/sqrt(16)
     vf = grp.v(f)[0]
     for i in range(2):
-        pooled = (A[:, i:i + 1] * vf).sum(0) / A[:, i].sum()
+        pooled = (A[:, i : i + 1] * vf).sum(0) / A[:, i].sum()
         assert torch.allclose(grp(f, c)[0, i], c[0, i] + grp.o(pooled), atol=1e-5)
 
 
@@ -243,8 +243,13 @@ def test_ten_task_protocol_resolves():
 
     c, _ = build_config("cign", "vggsound-100", {"protocol": "cign-10"})
     assert c["num_tasks"] == 10 and c["memory"]["per_class"] == 50  # CIGN Sec. 4.1 buffer
-    assert (c["model"]["dim"], c["strategy"]["depth"], c["train"]["epochs"], c["train"]["batch_size"],
-            c["train"]["lr"]) == (512, 3, 100, 128, 1e-4)  # CIGN Sec. 4.1
+    assert (
+        c["model"]["dim"],
+        c["strategy"]["depth"],
+        c["train"]["epochs"],
+        c["train"]["batch_size"],
+        c["train"]["lr"],
+    ) == (512, 3, 100, 128, 1e-4)  # CIGN Sec. 4.1
 
 
 def test_ablation_rows_are_set_options(feature_benchmark):

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +19,10 @@ def run_cli(args, capsys):
 
 
 def test_help_does_not_import_torch_or_avalanche():
-    code = ("import sys; from avcl_bench.cli import build_parser; build_parser().format_help(); "
-            "import avcl_bench.cli; print('torch' in sys.modules, 'avalanche' in sys.modules)")
+    code = (
+        "import sys; from avcl_bench.cli import build_parser; build_parser().format_help(); "
+        "import avcl_bench.cli; print('torch' in sys.modules, 'avalanche' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
     proc = subprocess.run([sys.executable, "-m", "avcl_bench.cli", "--help"], capture_output=True, text=True)
@@ -30,8 +31,9 @@ def test_help_does_not_import_torch_or_avalanche():
 
 @pytest.mark.parametrize("strategy", ["finetune", pytest.param("joint", marks=pytest.mark.slow)])
 def test_run_end_to_end_writes_complete_run_dir(strategy, tmp_path, capsys):
-    code, out, err = run_cli(["run", "--strategy", strategy, "--results-dir", str(tmp_path), "--run-id", "r1"] + TINY,
-                             capsys)
+    code, out, err = run_cli(
+        ["run", "--strategy", strategy, "--results-dir", str(tmp_path), "--run-id", "r1"] + TINY, capsys
+    )
     assert code == 0, err
     rd = tmp_path / "r1"
     assert (rd / "COMPLETE").is_file()
@@ -51,21 +53,29 @@ def test_run_end_to_end_writes_complete_run_dir(strategy, tmp_path, capsys):
 @pytest.mark.slow
 def test_each_modality_runs(tmp_path, capsys):
     for mod in ("audio", "visual"):
-        code, _, err = run_cli(["run", "--strategy", "finetune", "--modality", mod, "--results-dir", str(tmp_path),
-                                "--run-id", mod] + TINY, capsys)
+        code, _, err = run_cli(
+            ["run", "--strategy", "finetune", "--modality", mod, "--results-dir", str(tmp_path), "--run-id", mod]
+            + TINY,
+            capsys,
+        )
         assert code == 0, err
         assert (tmp_path / mod / f"accuracy_{mod}.csv").is_file()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--strategy", "nope"], "unknown strategy 'nope'"),
-    (["--strategy", "finetune", "--benchmark", "nope"], "unknown benchmark 'nope'"),
-    (["--strategy", "finetune", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
-    (["--strategy", "finetune", "--set", "num_tasks=3", "--set", "synth.size=tiny"], "not divisible"),
-    (["--strategy", "finetune", "--benchmark", "vggsound-instruments", "--data-root", "/nonexistent/x"],
-     "/nonexistent/x"),
-    (["--strategy", "finetune", "--benchmark", "ave-ci"], "--data-root"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--strategy", "nope"], "unknown strategy 'nope'"),
+        (["--strategy", "finetune", "--benchmark", "nope"], "unknown benchmark 'nope'"),
+        (["--strategy", "finetune", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["--strategy", "finetune", "--set", "num_tasks=3", "--set", "synth.size=tiny"], "not divisible"),
+        (
+            ["--strategy", "finetune", "--benchmark", "vggsound-instruments", "--data-root", "/nonexistent/x"],
+            "/nonexistent/x",
+        ),
+        (["--strategy", "finetune", "--benchmark", "ave-ci"], "--data-root"),
+    ],
+)
 def test_bad_input_one_line_exit_2(args, needle, tmp_path, capsys):
     code, out, err = run_cli(["run"] + args + ["--results-dir", str(tmp_path), "--quiet"], capsys)
     assert code == 2
@@ -90,9 +100,20 @@ def own_benchmark(tmp_path):
         "name: mine\nsplits: splits.csv\nclasses: " + str(src / "classes.csv") + "\n"
         "protocols: {p: {num_tasks: 4, memory: {per_class: 2}}}\ninputs: [clips]\n"
         f"data_root: {root}\nclips: {{audio: {{sample_rate: 16000, duration: 2.0, n_fft: 256, win_length: 256, "
-        "hop_length: 128}, visual: {size: 64}}\n")
-    base = ["run", "--strategy", "finetune", "--benchmark", str(tmp_path / "mine.yaml"),
-            "--results-dir", str(tmp_path / "runs"), "--set", "train.epochs=1", "--quiet"]
+        "hop_length: 128}, visual: {size: 64}}\n"
+    )
+    base = [
+        "run",
+        "--strategy",
+        "finetune",
+        "--benchmark",
+        str(tmp_path / "mine.yaml"),
+        "--results-dir",
+        str(tmp_path / "runs"),
+        "--set",
+        "train.epochs=1",
+        "--quiet",
+    ]
     return root, pd.read_csv(src / "splits.csv"), base
 
 

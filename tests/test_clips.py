@@ -118,8 +118,9 @@ def test_spectrogram_peak_and_transform_reuse():
 
 
 def test_spec_dicts():
-    spec = AudioSpec.from_dict({"sample_rate": 16000, "duration": 2, "n_fft": 256, "win_length": 256,
-                                "hop_length": 128})
+    spec = AudioSpec.from_dict(
+        {"sample_rate": 16000, "duration": 2, "n_fft": 256, "win_length": 256, "hop_length": 128}
+    )
     assert spec.duration == 2.0 and spec.shape == (1, 129, 251)
     assert AudioSpec.from_dict(spec.to_dict()) == spec
     assert VisualSpec.from_dict({"size": 64}).to_dict() == {"size": 64, "num_frames": 1}
@@ -235,11 +236,15 @@ def test_corrupt_frames_layout(tmp_path):
 
 def test_missing_ids(clip_root, tmp_path):
     ids = ["v0", "gone1", "v1", "gone2", "v2"]
-    with pytest.raises(DataError, match=r"2 of 5 clips listed in the manifest are missing under .*"
-                                        r"\(first: gone1, gone2\); pass --allow-missing"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 5 clips listed in the manifest are missing under .*"
+        r"\(first: gone1, gone2\); pass --allow-missing",
+    ):
         preprocess_clips(clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path, progress=False)
-    arr = preprocess_clips(clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path,
-                           allow_missing=True, progress=False)
+    arr = preprocess_clips(
+        clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path, allow_missing=True, progress=False
+    )
     assert arr.ids == ["v0", "v1", "v2"] and arr.missing == ["gone1", "gone2"]
     assert arr.audio.shape == (3, 1, 129, 126) and arr.visual.shape == (3, 1, 3, 32, 32)
     (tmp_path / "afile").write_text("")
@@ -304,10 +309,12 @@ def test_changed_file_invalidates_cache(tmp_path):
 
 def test_threaded_decoding_matches_sequential(clip_root, tmp_path):
     ids = ["v0", "v1", "v2", "v3"]
-    seq = preprocess_clips(clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path / "a",
-                           progress=False, workers=1)
-    par = preprocess_clips(clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path / "b",
-                           progress=False, workers=2)
+    seq = preprocess_clips(
+        clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path / "a", progress=False, workers=1
+    )
+    par = preprocess_clips(
+        clip_root, ids, SMALL_AUDIO, SMALL_VISUAL, cache_dir=tmp_path / "b", progress=False, workers=2
+    )
     np.testing.assert_array_equal(seq.audio, par.audio)
     np.testing.assert_array_equal(seq.visual, par.visual)
 
@@ -332,9 +339,12 @@ def test_decoding_in_processes_gives_the_threads_arrays(tmp_path):
     ids = sorted(p.stem for p in (root / "clips").iterdir())[:40]
     audio = AudioSpec(sample_rate=16000, duration=2.0, n_fft=256, win_length=256, hop_length=256)
     visual = VisualSpec(size=64)
-    results = [preprocess_clips(root / "clips", ids, audio, visual, cache_dir=tmp_path / name, progress=False,
-                                workers=w, executor=e)
-               for name, w, e in (("one", 1, "threads"), ("threads", 2, "threads"), ("processes", 2, "processes"))]
+    results = [
+        preprocess_clips(
+            root / "clips", ids, audio, visual, cache_dir=tmp_path / name, progress=False, workers=w, executor=e
+        )
+        for name, w, e in (("one", 1, "threads"), ("threads", 2, "threads"), ("processes", 2, "processes"))
+    ]
     for other in results[1:]:
         assert other.ids == results[0].ids
         assert np.array_equal(other.audio, results[0].audio) and np.array_equal(other.visual, results[0].visual)

@@ -9,8 +9,12 @@ from avcl_bench.runner import build_config
 
 def test_parse_set_nested_and_typed():
     out = parse_set(["train.lr=0.01", "train.epochs=3", "strategy.tau=0.1", "modality=audio", "x.flag=true"])
-    assert out == {"train": {"lr": 0.01, "epochs": 3}, "strategy": {"tau": 0.1}, "modality": "audio",
-                   "x": {"flag": True}}
+    assert out == {
+        "train": {"lr": 0.01, "epochs": 3},
+        "strategy": {"tau": 0.1},
+        "modality": "audio",
+        "x": {"flag": True},
+    }
 
 
 def test_parse_set_rejects_missing_equals():
@@ -36,11 +40,14 @@ def test_protocol_selects_tasks_and_memory():
     assert cfg["num_tasks"] == 4 and cfg["memory"]["total"] == 340 and cfg["input"] == "features"
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ({"train": {"lrr": 1}}, "train.lrr"),
-    ({"nonsense": 1}, "nonsense"),
-    ({"strategy": {"not_a_param": 1}}, "strategy.not_a_param"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({"train": {"lrr": 1}}, "train.lrr"),
+        ({"nonsense": 1}, "nonsense"),
+        ({"strategy": {"not_a_param": 1}}, "strategy.not_a_param"),
+    ],
+)
 def test_unknown_keys_are_errors(bad, needle):
     with pytest.raises(ConfigError, match=needle):
         build_config("finetune", "synth-av", bad)

@@ -6,7 +6,6 @@ import torch
 from avcl_bench.errors import ConfigError
 from avcl_bench.models.prompts import DualPrompts
 
-
 #: the paper-level model (D = 512) is not needed to exercise the feature path
 SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
 

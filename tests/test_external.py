@@ -7,6 +7,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+from conftest import SMALL_FEATURE_RUN
 
 from avcl_bench.cli import main
 from avcl_bench.config import load_strategy_yaml
@@ -16,8 +17,7 @@ from avcl_bench.strategies import canonical_spec, get_strategy, strategy_catalog
 EXAMPLE = "examples/replay_distill.py:ReplayDistill"
 MODALITIES_ALL = ("audio", "visual", "audio-visual")
 #: the cheapest run: the tiny generated feature benchmark, 1 epoch, D=16
-QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
-         "--quiet"]
+QUICK = ["--set", "train.epochs=1", *SMALL_FEATURE_RUN]
 
 MODULE = '''
 from avcl_bench.strategies.base import AVCLStrategy
@@ -52,8 +52,11 @@ def write_dist_info(folder, dist, entry_points: dict):
 
 
 def run_quick(spec, results, run_id, benchmark, extra=()):
-    return main(["run", "--strategy", spec, "--benchmark", str(benchmark), "--results-dir", str(results),
-                 "--run-id", run_id] + QUICK + list(extra))
+    return main(
+        ["run", "--strategy", spec, "--benchmark", str(benchmark), "--results-dir", str(results), "--run-id", run_id]
+        + QUICK
+        + list(extra)
+    )
 
 
 def test_file_spec_loads_class_and_document(monkeypatch):
@@ -67,8 +70,9 @@ def test_file_spec_loads_class_and_document(monkeypatch):
     assert get_strategy(canonical_spec(EXAMPLE)) is cls  # one module per file, whatever the spelling
 
 
-def test_module_spec_runs_and_resumes_from_any_directory(tmp_path, monkeypatch, feature_benchmark,
-                                                          interrupt_after_task):
+def test_module_spec_runs_and_resumes_from_any_directory(
+    tmp_path, monkeypatch, feature_benchmark, interrupt_after_task
+):
     write_module(tmp_path / "pkg" / "ext_pkg", "methods", "ModFT", "mod-ft", "Module FT")
     (tmp_path / "pkg" / "ext_pkg" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
@@ -105,18 +109,32 @@ def test_declared_modalities_must_match_what_the_run_reports(tmp_path, monkeypat
     assert len(err) == 1 and "declares modalities" in err[0] and "three_mods.py:ThreeMods" in err[0]
 
 
-@pytest.mark.parametrize("case", ["missing-file", "no-class", "not-subclass", "syntax", "no-module", "no-entry",
-                                  "entry-not-subclass", "bad-doc", "bad-doc-key"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-file",
+        "no-class",
+        "not-subclass",
+        "syntax",
+        "no-module",
+        "no-entry",
+        "entry-not-subclass",
+        "bad-doc",
+        "bad-doc-key",
+    ],
+)
 def test_bad_spec_is_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
     good = write_module(tmp_path, "good_mod", "Good", "good", "Good")
     (tmp_path / "broken.py").write_text("class Broken(:\n    pass\n")
-    (tmp_path / "bad_doc.py").write_text(textwrap.dedent("""
+    (tmp_path / "bad_doc.py").write_text(
+        textwrap.dedent("""
         from avcl_bench.strategies.base import AVCLStrategy
         class NoName(AVCLStrategy):
             doc = {"display_name": "x"}
         class Typo(AVCLStrategy):
             doc = {"name": "typo", "tabels": []}
-    """))
+    """)
+    )
     write_dist_info(tmp_path, "bad_dist", {"bad-ep": "good_mod:NotAStrategy"})
     monkeypatch.syspath_prepend(str(tmp_path))
     spec, expect = {
@@ -139,17 +157,50 @@ def test_bad_spec_is_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
 def test_example_sweeps_beside_finetune_and_appears_in_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(PROJECT_ROOT)
     results = tmp_path / "runs"
-    sets = ["--set", "synth.size=tiny", "--set", "num_tasks=2", "--set", "train.epochs=1",
-            "--set", "train.batch_size=16", "--set", "model.encoder_width=8", "--set", "model.dim=32"]
-    args = ["sweep", "--strategies", f"{EXAMPLE},finetune", "--benchmarks", "synth-av", "--results-dir",
-            str(results), "--quiet"] + sets
+    sets = [
+        "--set",
+        "synth.size=tiny",
+        "--set",
+        "num_tasks=2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "model.encoder_width=8",
+        "--set",
+        "model.dim=32",
+    ]
+    args = [
+        "sweep",
+        "--strategies",
+        f"{EXAMPLE},finetune",
+        "--benchmarks",
+        "synth-av",
+        "--results-dir",
+        str(results),
+        "--quiet",
+    ] + sets
     assert main(args) == 0
     runs = sorted(p.name for p in results.iterdir())
     assert len(runs) == 2 and runs[1].startswith("replay-distill_synth-av_cign_audio-visual_s0_"), runs
     assert main(args + ["--dry-run"]) == 0  # planned again: both complete, skipped
     assert capsys.readouterr().out.count("skipped") == 2
-    assert main(["report", "--results-dir", str(results), "--out", str(tmp_path / "reports"), "--leaderboard",
-                 str(tmp_path / "leaderboard.csv"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results-dir",
+                str(results),
+                "--out",
+                str(tmp_path / "reports"),
+                "--leaderboard",
+                str(tmp_path / "leaderboard.csv"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     lb = pd.read_csv(tmp_path / "leaderboard.csv")
     assert sorted(lb["display_name"]) == ["Fine-tuning", "Replay + KD"]
     table = (tmp_path / "reports" / "tables" / "layout_cign_synth-av_cign.md").read_text()
@@ -165,8 +216,14 @@ def test_sweep_plans_a_spec_by_its_catalogue(tmp_path):
 
     path = write_module(tmp_path, "all_mods", "AllMods", "all-mods", "All", MODALITIES_ALL)
     spec = f"{path}:AllMods"
-    specs = sw.plan([spec, "finetune"], ["synth-av"], ["audio", "visual"], [0], sets={"synth": {"size": "tiny"}},
-                    results_dir=tmp_path / "runs")
+    specs = sw.plan(
+        [spec, "finetune"],
+        ["synth-av"],
+        ["audio", "visual"],
+        [0],
+        sets={"synth": {"size": "tiny"}},
+        results_dir=tmp_path / "runs",
+    )
     mine = [s for s in specs if s.strategy == spec]
     assert [(s.modality, s.predicted) for s in mine] == [("audio-visual", MODALITIES_ALL)]
     assert mine[0].run_id.startswith("all-mods_synth-av_cign_audio-visual_s0_") and mine[0].status == "pending"

@@ -122,7 +122,9 @@ def test_dicts_are_loaded_once(tmp_path, monkeypatch):
 def test_missing_ids(tmp_path):
     write_avcil_features(tmp_path / "f", IDS, LABELS, DA, SHAPE)
     ids = IDS[:5] + ["ghost1", "ghost2"]
-    with pytest.raises(FeatureError, match=r"audio_pretrained_feature_dict\.npy: 2 of 7 ids missing \(first: ghost1, ghost2\)"):
+    with pytest.raises(
+        FeatureError, match=r"audio_pretrained_feature_dict\.npy: 2 of 7 ids missing \(first: ghost1, ghost2\)"
+    ):
         _load(tmp_path / "f", tmp_path / "c", ids=ids)
     arr = _load(tmp_path / "f", tmp_path / "c", ids=ids, allow_missing=True)
     assert arr.ids == IDS[:5] and arr.missing == ["ghost1", "ghost2"]
@@ -143,17 +145,24 @@ def _rewrite_visual(root, vid, value):
 def test_wrong_shape(tmp_path):
     write_avcil_features(tmp_path / "f", IDS, LABELS, DA, SHAPE)
     _rewrite_visual(tmp_path / "f", "vid007", np.zeros((31, 6), np.float32))
-    with pytest.raises(FeatureError, match=r"visual_pretrained_feature_dict\.npy: id vid007 has shape \(31, 6\), "
-                                           r"expected \(T\*P, D\) = \(32, 6\)"):
+    with pytest.raises(
+        FeatureError,
+        match=r"visual_pretrained_feature_dict\.npy: id vid007 has shape \(31, 6\), "
+        r"expected \(T\*P, D\) = \(32, 6\)",
+    ):
         _load(tmp_path / "f", tmp_path / "c")
     write_avcil_features(tmp_path / "g", IDS, LABELS, DA, SHAPE, "h5")
     with h5py.File(tmp_path / "g" / F.VISUAL_H5_FILE, "a") as h5:
         del h5["vid002"]
         h5["vid002"] = np.zeros((32, 5), np.float32)
-    with pytest.raises(FeatureError, match=r"visual_features\.h5: id vid002 has shape \(32, 5\), expected \(T\*P, D\) = \(32, 6\)"):
+    with pytest.raises(
+        FeatureError, match=r"visual_features\.h5: id vid002 has shape \(32, 5\), expected \(T\*P, D\) = \(32, 6\)"
+    ):
         _load(tmp_path / "g", tmp_path / "c", "h5")
     # Wrong audio size.
-    with pytest.raises(FeatureError, match=r"audio_pretrained_feature_dict\.npy: id vid000 has shape \(16,\), expected \(17,\)"):
+    with pytest.raises(
+        FeatureError, match=r"audio_pretrained_feature_dict\.npy: id vid000 has shape \(16,\), expected \(17,\)"
+    ):
         load_avcil_features(tmp_path / "g", IDS, 17, SHAPE, "h5", cache_dir=tmp_path / "c", progress=False)
     # Nothing half-written in the cache.
     assert not any((tmp_path / "c").iterdir())
@@ -184,7 +193,9 @@ def test_bad_files(tmp_path):
         _load(root, tmp_path / "c")
     write_avcil_features(root, IDS, LABELS, DA, SHAPE)
     np.save(root / F.VISUAL_NPY_FILE, np.zeros((3, 4)))
-    with pytest.raises(FeatureError, match=r"visual_pretrained_feature_dict\.npy: expected a pickled dict .*shape \(3, 4\)"):
+    with pytest.raises(
+        FeatureError, match=r"visual_pretrained_feature_dict\.npy: expected a pickled dict .*shape \(3, 4\)"
+    ):
         _load(root, tmp_path / "c")
     (root / F.VISUAL_NPY_FILE).write_bytes(b"garbage")
     with pytest.raises(FeatureError, match="cannot read .*visual_pretrained_feature_dict.npy"):

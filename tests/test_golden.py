@@ -20,8 +20,19 @@ from avcl_bench.config import strategy_names
 
 GOLDEN = Path(__file__).parent / "golden" / "accuracy_matrices.json"
 #: the tiny embedded benchmark's smallest complete run (as conftest.TINY_RUN), seed 0
-ARGS = ["--modality", "audio-visual", "--seed", "0", "--set", "synth.size=tiny", "--set", "train.epochs=1",
-        "--set", "train.batch_size=16", "--quiet"]
+ARGS = [
+    "--modality",
+    "audio-visual",
+    "--seed",
+    "0",
+    "--set",
+    "synth.size=tiny",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=16",
+    "--quiet",
+]
 
 
 def accuracy_matrices(strategy: str, results_dir: Path) -> dict:

@@ -8,7 +8,6 @@ import torch
 from avcl_bench.errors import ConfigError
 from avcl_bench.models.prompts import PromptPool
 
-
 #: the paper-level model (D = 512) is not needed to exercise the feature path
 SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
 
@@ -28,8 +27,12 @@ def test_prompt_pool_picks_top_n_keys_by_cosine():
     assert torch.equal(tokens[0], torch.cat([pool.prompts[0], pool.prompts[3]]).detach())
     assert torch.equal(tokens[1], torch.cat([pool.prompts[2], pool.prompts[1]]).detach())
     assert tokens.shape == (2, 4, 2)  # N * Lp prompt tokens per sample
-    hand = ((1 - cos(query[0], keys[0])) + (1 - cos(query[0], keys[3]))
-            + (1 - cos(query[1], keys[2])) + (1 - cos(query[1], keys[1]))) / 2
+    hand = (
+        (1 - cos(query[0], keys[0]))
+        + (1 - cos(query[0], keys[3]))
+        + (1 - cos(query[1], keys[2]))
+        + (1 - cos(query[1], keys[1]))
+    ) / 2
     assert surrogate.item() == pytest.approx(hand.item(), rel=1e-5)
     assert cos(query[0], keys[0]).item() == pytest.approx(1 / math.sqrt(1.01), rel=1e-5)
     # the surrogate loss pulls the selected keys (only) towards the queries
@@ -61,7 +64,7 @@ def test_l2p_query_is_the_unprompted_cls_and_selected_prompts_are_prepended(l2p)
     prompts = model.prompt.prompts[idx].reshape(3, -1, model.dim)
     _, blocks = model.forward_features(x, prompts=prompts, return_blocks=True)
     n = prompts.shape[1]
-    expected = model.classifier(model.norm(blocks[-1][:, 1:1 + n]).mean(1))  # L2P's head
+    expected = model.classifier(model.norm(blocks[-1][:, 1 : 1 + n]).mean(1))  # L2P's head
     assert torch.allclose(logits, expected, atol=1e-6)
     assert surrogate.item() > 0
 
@@ -109,8 +112,12 @@ def test_backbone_pretrained_on_first_experience_then_gets_no_gradient(feature_b
     from avcl_bench.data.streams import make_streams
     from avcl_bench.runner import build_config
 
-    over = {"model": {"dim": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 16},
-            "strategy": {"pretrain_epochs": 2}, "progress": False}
+    over = {
+        "model": {"dim": 16, "heads": 2},
+        "train": {"epochs": 1, "batch_size": 16},
+        "strategy": {"pretrain_epochs": 2},
+        "progress": False,
+    }
     cfg, manifest = build_config(strategy, str(feature_benchmark), over)
     manifest.materialize(cfg)
     scenario = make_streams(load_data(manifest, cfg), cfg["num_tasks"], manifest.name)

@@ -18,8 +18,10 @@ def _split_datasets(tmp_path, n=48, memmap=True):
         audio, visual = np.load(tmp_path / "a.npy", mmap_mode="r"), np.load(tmp_path / "v.npy", mmap_mode="r")
     labels = (np.arange(n) // 2) % 4
     rows = rng.permutation(n)
-    return (AVArrayDataset(audio, visual, labels, np.sort(rows[: n // 2])),
-            AVArrayDataset(audio, visual, labels, rows[n // 2:]))
+    return (
+        AVArrayDataset(audio, visual, labels, np.sort(rows[: n // 2])),
+        AVArrayDataset(audio, visual, labels, rows[n // 2 :]),
+    )
 
 
 def _same_item(a, b):
@@ -34,8 +36,9 @@ def test_batched_view_reads_the_items_of_every_derived_dataset(tmp_path, memmap)
     from avcl_bench.data.loading import as_avalanche, batched_view
 
     train, test = _split_datasets(tmp_path, memmap=memmap)
-    sc = class_incremental_benchmark({"train": as_avalanche(train), "test": as_avalanche(test)},
-                                     class_order=[0, 1, 2, 3], num_experiences=2)
+    sc = class_incremental_benchmark(
+        {"train": as_avalanche(train), "test": as_avalanche(test)}, class_order=[0, 1, 2, 3], num_experiences=2
+    )
     exp = sc.train_stream[1].dataset
     memory_like = exp.concat(sc.test_stream[0].dataset.subset([3, 0, 2])).train()  # rows of two splits
     for ds in (exp, exp.eval(), sc.test_stream[0].dataset, memory_like):
@@ -55,8 +58,13 @@ def test_make_loader_batches_like_the_per_item_loader(tmp_path):
     from avcl_bench.data.loading import RowBatches, as_avalanche, make_loader
 
     train, test = _split_datasets(tmp_path)
-    ds = class_incremental_benchmark({"train": as_avalanche(train), "test": as_avalanche(test)},
-                                     class_order=[0, 1, 2, 3], num_experiences=2).train_stream[0].dataset
+    ds = (
+        class_incremental_benchmark(
+            {"train": as_avalanche(train), "test": as_avalanche(test)}, class_order=[0, 1, 2, 3], num_experiences=2
+        )
+        .train_stream[0]
+        .dataset
+    )
     batched, plain = make_loader(ds, 5, shuffle=True), make_loader(ds, 5, shuffle=True, batched=False)
     assert isinstance(batched.dataset, RowBatches) and not isinstance(plain.dataset, RowBatches)
     torch.manual_seed(1)
@@ -76,8 +84,13 @@ def test_batched_reads_in_a_worker_process(tmp_path):
     from avcl_bench.data.loading import as_avalanche, make_loader
 
     train, test = _split_datasets(tmp_path)
-    ds = class_incremental_benchmark({"train": as_avalanche(train), "test": as_avalanche(test)},
-                                     class_order=[0, 1, 2, 3], num_experiences=1).train_stream[0].dataset
+    ds = (
+        class_incremental_benchmark(
+            {"train": as_avalanche(train), "test": as_avalanche(test)}, class_order=[0, 1, 2, 3], num_experiences=1
+        )
+        .train_stream[0]
+        .dataset
+    )
     local, worker = list(make_loader(ds, 7)), list(make_loader(ds, 7, num_workers=1))
     assert len(local) == len(worker) == 4
     for g, w in zip(worker, local):
@@ -101,10 +114,28 @@ def test_batched_loading_changes_no_result(tmp_path, feature_benchmark, strategy
     matrices = {}
     for flag in ("true", "false"):
         run_id = f"{strategy}-{flag}"
-        args = ["run", "--strategy", strategy, "--benchmark", str(feature_benchmark), "--results-dir",
-                str(tmp_path), "--run-id", run_id, "--quiet", "--set", "train.epochs=2", "--set",
-                "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
-                "--set", f"train.batched_loading={flag}"]
+        args = [
+            "run",
+            "--strategy",
+            strategy,
+            "--benchmark",
+            str(feature_benchmark),
+            "--results-dir",
+            str(tmp_path),
+            "--run-id",
+            run_id,
+            "--quiet",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "model.dim=16",
+            "--set",
+            "model.heads=2",
+            "--set",
+            f"train.batched_loading={flag}",
+        ]
         assert main(args) == 0
         matrices[flag] = (tmp_path / run_id / "accuracy_audio-visual.csv").read_text()
         assert json.loads((tmp_path / run_id / "metrics.json").read_text())["run"]["buffer_size"] >= 0

@@ -21,10 +21,42 @@ from avcl_bench.paths import DATASETS_DIR
 SPLITS = ("train", "val", "test")
 
 INSTRUMENT_ORDER = [
-    "flute", "cello", "bass_guitar", "accordion", "tabla", "erhu", "cornet", "electronic_organ", "timbales",
-    "acoustic_guitar", "violin", "piano", "banjo", "glockenspiel", "steel_guitar", "vibraphone", "trumpet", "zither",
-    "cymbal", "xylophone", "harp", "hammond_organ", "harpsichord", "bongo", "bass_drum", "mandolin", "guiro",
-    "saxophone", "electric_guitar", "drum_kit", "clarinet", "snare_drum", "ukulele", "sitar", "double_bass", "congas",
+    "flute",
+    "cello",
+    "bass_guitar",
+    "accordion",
+    "tabla",
+    "erhu",
+    "cornet",
+    "electronic_organ",
+    "timbales",
+    "acoustic_guitar",
+    "violin",
+    "piano",
+    "banjo",
+    "glockenspiel",
+    "steel_guitar",
+    "vibraphone",
+    "trumpet",
+    "zither",
+    "cymbal",
+    "xylophone",
+    "harp",
+    "hammond_organ",
+    "harpsichord",
+    "bongo",
+    "bass_drum",
+    "mandolin",
+    "guiro",
+    "saxophone",
+    "electric_guitar",
+    "drum_kit",
+    "clarinet",
+    "snare_drum",
+    "ukulele",
+    "sitar",
+    "double_bass",
+    "congas",
 ]
 INSTRUMENT_DROPPED = {"train": 28, "val": 6, "test": 2}  # placeholder '-' rows of the official lists
 
@@ -35,14 +67,22 @@ EXPECTED = {
         {"train": 26796 - 28, "val": 3339 - 6, "test": 3339 - 2},
         ["flute", "cello", "bass_guitar"],
     ),
-    "vggsound-100": (100, {"train": 51195, "val": 5000, "test": 5000},
-                     ["playing theremin", "donkey, ass braying", "playing electronic organ"]),
-    "vs100-ci": (100, {"train": 51195, "val": 5000, "test": 5000},
-                 ["playing theremin", "donkey, ass braying", "playing electronic organ"]),
-    "ave-ci": (28, {"train": 3294, "val": 391, "test": 394},
-               ["Acoustic guitar", "Cat", "Fixed-wing aircraft, airplane"]),
-    "ks-ci": (30, {"train": 19220, "val": 1947, "test": 1958},
-              ["playing drums", "bowling", "shoveling snow"]),
+    "vggsound-100": (
+        100,
+        {"train": 51195, "val": 5000, "test": 5000},
+        ["playing theremin", "donkey, ass braying", "playing electronic organ"],
+    ),
+    "vs100-ci": (
+        100,
+        {"train": 51195, "val": 5000, "test": 5000},
+        ["playing theremin", "donkey, ass braying", "playing electronic organ"],
+    ),
+    "ave-ci": (
+        28,
+        {"train": 3294, "val": 391, "test": 394},
+        ["Acoustic guitar", "Cat", "Fixed-wing aircraft, airplane"],
+    ),
+    "ks-ci": (30, {"train": 19220, "val": 1947, "test": 1958}, ["playing drums", "bowling", "shoveling snow"]),
 }
 PROTOCOLS = {
     "vggsound-instruments": {"cign": (4, {"per_class": 50})},
@@ -141,7 +181,7 @@ def test_instruments_order_and_placeholders():
     assert sum(d["dropped_placeholder_rows"].values()) == 36
     assert d["inputs"] == ["clips"] and "features" not in d
     # task t = official group t: each group's 9 classes are contiguous
-    groups = [INSTRUMENT_ORDER[9 * t: 9 * (t + 1)] for t in range(4)]
+    groups = [INSTRUMENT_ORDER[9 * t : 9 * (t + 1)] for t in range(4)]
     assert groups[1][0] == "acoustic_guitar" and groups[2][0] == "cymbal" and groups[3][0] == "saxophone"
     ids = splits_of("vggsound-instruments")["id"]
     assert ids.str.fullmatch(r"[A-Za-z0-9_-]{11}_\d{6}").all()
@@ -272,12 +312,15 @@ def test_split_sizes():
     assert sum(vggss.split_sizes(137)) == 137
 
 
-@pytest.mark.parametrize("content", [
-    "abc,1,playing cello\n",                      # 3 fields
-    "abc,1,playing cello,train,extra\n",          # 5 fields
-    "abcdefghijk,one,playing cello,train\n",     # start is not a number
-    "",                                           # empty file
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "abc,1,playing cello\n",  # 3 fields
+        "abc,1,playing cello,train,extra\n",  # 5 fields
+        "abcdefghijk,one,playing cello,train\n",  # start is not a number
+        "",  # empty file
+    ],
+)
 def test_prepare_vggss_malformed_csv(tmp_path, content):
     ann = tmp_path / "bad.csv"
     ann.write_text(content)

@@ -31,40 +31,46 @@ def refused(capsys, tmp_path: Path, args: list[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("strategy,setting,needles", [
-    ("finetune", "train.lr=abc", ["'train.lr'", "> 0", "'abc'"]),
-    ("finetune", "train.lr=-1", ["'train.lr'", "> 0", "-1"]),
-    ("finetune", "train.lr=0", ["'train.lr'", "> 0"]),
-    ("finetune", "train.lr=nan", ["'train.lr'", "finite", "'nan'"]),
-    ("finetune", "train.lr=inf", ["'train.lr'", "finite", "'inf'"]),
-    ("finetune", "train.lr=.inf", ["'train.lr'", "finite"]),
-    ("finetune", "train.epochs=0", ["'train.epochs'", "integer >= 1"]),
-    ("finetune", "train.epochs=3.5", ["'train.epochs'", "integer >= 1", "3.5"]),
-    ("finetune", "train.batch_size=-1", ["'train.batch_size'", "integer >= 1"]),
-    ("finetune", "train.eval_batch_size=0", ["'train.eval_batch_size'", "integer >= 1"]),
-    ("finetune", "train.weight_decay=-0.1", ["'train.weight_decay'", ">= 0"]),
-    ("finetune", "train.momentum=1.5", ["'train.momentum'", ">= 0 and <= 1"]),
-    ("finetune", "train.optimizer=rmsprop", ["train.optimizer", "'rmsprop'", "adam, sgd"]),
-    ("finetune", "train.amp=maybe", ["'train.amp'", "true or false"]),
-    ("finetune", "seed=-1", ["'seed'", "integer >= 0"]),
-    ("finetune", "synth.seed=-3", ["'synth.seed'", "integer >= 0"]),
-    ("finetune", "memory.per_class=-5", ["'memory.per_class'", ">= 0 or null"]),
-    ("finetune", "memory.total=-5", ["'memory.total'", ">= 0 or null"]),
-    ("finetune", "model.dropout=1", ["'model.dropout'", "< 1"]),
-    ("finetune", "input=frames", ["input", "'frames'", "clips, features"]),
-    ("finetune", "train=3", ["'train'", "section"]),
-    ("finetune", "strategy.name=cign", ["unknown config key 'strategy.name'"]),
-    ("cign", "strategy.cg_negatives=foo", ["strategy.cg_negatives", "'foo'", "classes, batch"]),
-    ("cign", "strategy.avctd=maybe", ["'strategy.avctd'", "true or false"]),
-    ("cign", "strategy.depth=0", ["'strategy.depth'", "integer >= 1"]),
-    ("cign", "strategy.tau=0", ["'strategy.tau'", "> 0"]),
-    ("bic", "strategy.val_fraction=1", ["'strategy.val_fraction'", "> 0 and < 1"]),
-    ("ewc", "strategy.fisher_max_samples=2.5", ["'strategy.fisher_max_samples'", "or null"]),
-    ("av-cil", "strategy.epochs_by_modality.audio=0", ["'strategy.epochs_by_modality.audio'", "integer >= 1"]),
-    ("av-cil", "strategy.epochs_by_modality.smell=3", ["unknown config key 'strategy.epochs_by_modality.smell'",
-                                                       "audio, visual, audio-visual"]),
-    ("dualprompt", "strategy.e_layers=[1, -1]", ["'strategy.e_layers[1]'", "integer >= 0"]),
-])
+@pytest.mark.parametrize(
+    "strategy,setting,needles",
+    [
+        ("finetune", "train.lr=abc", ["'train.lr'", "> 0", "'abc'"]),
+        ("finetune", "train.lr=-1", ["'train.lr'", "> 0", "-1"]),
+        ("finetune", "train.lr=0", ["'train.lr'", "> 0"]),
+        ("finetune", "train.lr=nan", ["'train.lr'", "finite", "'nan'"]),
+        ("finetune", "train.lr=inf", ["'train.lr'", "finite", "'inf'"]),
+        ("finetune", "train.lr=.inf", ["'train.lr'", "finite"]),
+        ("finetune", "train.epochs=0", ["'train.epochs'", "integer >= 1"]),
+        ("finetune", "train.epochs=3.5", ["'train.epochs'", "integer >= 1", "3.5"]),
+        ("finetune", "train.batch_size=-1", ["'train.batch_size'", "integer >= 1"]),
+        ("finetune", "train.eval_batch_size=0", ["'train.eval_batch_size'", "integer >= 1"]),
+        ("finetune", "train.weight_decay=-0.1", ["'train.weight_decay'", ">= 0"]),
+        ("finetune", "train.momentum=1.5", ["'train.momentum'", ">= 0 and <= 1"]),
+        ("finetune", "train.optimizer=rmsprop", ["train.optimizer", "'rmsprop'", "adam, sgd"]),
+        ("finetune", "train.amp=maybe", ["'train.amp'", "true or false"]),
+        ("finetune", "seed=-1", ["'seed'", "integer >= 0"]),
+        ("finetune", "synth.seed=-3", ["'synth.seed'", "integer >= 0"]),
+        ("finetune", "memory.per_class=-5", ["'memory.per_class'", ">= 0 or null"]),
+        ("finetune", "memory.total=-5", ["'memory.total'", ">= 0 or null"]),
+        ("finetune", "model.dropout=1", ["'model.dropout'", "< 1"]),
+        ("finetune", "input=frames", ["input", "'frames'", "clips, features"]),
+        ("finetune", "train=3", ["'train'", "section"]),
+        ("finetune", "strategy.name=cign", ["unknown config key 'strategy.name'"]),
+        ("cign", "strategy.cg_negatives=foo", ["strategy.cg_negatives", "'foo'", "classes, batch"]),
+        ("cign", "strategy.avctd=maybe", ["'strategy.avctd'", "true or false"]),
+        ("cign", "strategy.depth=0", ["'strategy.depth'", "integer >= 1"]),
+        ("cign", "strategy.tau=0", ["'strategy.tau'", "> 0"]),
+        ("bic", "strategy.val_fraction=1", ["'strategy.val_fraction'", "> 0 and < 1"]),
+        ("ewc", "strategy.fisher_max_samples=2.5", ["'strategy.fisher_max_samples'", "or null"]),
+        ("av-cil", "strategy.epochs_by_modality.audio=0", ["'strategy.epochs_by_modality.audio'", "integer >= 1"]),
+        (
+            "av-cil",
+            "strategy.epochs_by_modality.smell=3",
+            ["unknown config key 'strategy.epochs_by_modality.smell'", "audio, visual, audio-visual"],
+        ),
+        ("dualprompt", "strategy.e_layers=[1, -1]", ["'strategy.e_layers[1]'", "integer >= 0"]),
+    ],
+)
 def test_bad_value_is_one_line_naming_the_key(strategy, setting, needles, tmp_path, capsys):
     line = refused(capsys, tmp_path, ["--strategy", strategy, "--set", setting])
     for needle in needles:
@@ -115,23 +121,31 @@ def test_bad_type_in_a_strategy_layer(tmp_path, capsys, monkeypatch):
     assert "'strategy.depth'" in line and "'deep'" in line and "strategies/cign.yaml benchmarks.synth-av" in line
 
 
-@pytest.mark.parametrize("decl,needle", [
-    ({"type": "integer", "default": 1, "source": "x"}, "unknown type 'integer'"),
-    ({"type": "int", "default": 0, "min": 1, "source": "x"}, "default 0 is not an integer >= 1"),
-    ({"type": "int", "default": 2.5, "source": "x"}, "default 2.5 is not an integer"),
-    ({"type": "str", "default": "c", "choices": ["a", "b"], "source": "x"}, "default 'c' is not one of a, b"),
-    ({"type": "float", "default": None, "source": "x"}, "default None is not a finite number"),
-    ({"type": "float", "default": 1.0}, "no source"),
-    ({"type": "float", "source": "x"}, "no default"),
-    ({"type": "float", "default": 1.0, "source": "x", "minimum": 0}, "unknown declaration key 'minimum'"),
-    ({"type": "str", "default": "a", "min": 0, "source": "x"}, "'min' needs a numeric type"),
-    ({"type": "list", "default": [1], "source": "x"}, "a list declares 'items'"),
-    ({"type": "map", "default": {"a": 0}, "keys": ["a"], "values": {"type": "int", "min": 1}, "source": "x"},
-     "default.a 0 is not an integer >= 1"),
-    ({"type": "int", "default": 1, "choices": ["one", 2], "source": "x"}, "choices ['one', 2] are not all of type int"),
-    ({"type": "bool", "default": True, "nullable": "yes", "source": "x"}, "'nullable' must be true or false"),
-    ("3", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "decl,needle",
+    [
+        ({"type": "integer", "default": 1, "source": "x"}, "unknown type 'integer'"),
+        ({"type": "int", "default": 0, "min": 1, "source": "x"}, "default 0 is not an integer >= 1"),
+        ({"type": "int", "default": 2.5, "source": "x"}, "default 2.5 is not an integer"),
+        ({"type": "str", "default": "c", "choices": ["a", "b"], "source": "x"}, "default 'c' is not one of a, b"),
+        ({"type": "float", "default": None, "source": "x"}, "default None is not a finite number"),
+        ({"type": "float", "default": 1.0}, "no source"),
+        ({"type": "float", "source": "x"}, "no default"),
+        ({"type": "float", "default": 1.0, "source": "x", "minimum": 0}, "unknown declaration key 'minimum'"),
+        ({"type": "str", "default": "a", "min": 0, "source": "x"}, "'min' needs a numeric type"),
+        ({"type": "list", "default": [1], "source": "x"}, "a list declares 'items'"),
+        (
+            {"type": "map", "default": {"a": 0}, "keys": ["a"], "values": {"type": "int", "min": 1}, "source": "x"},
+            "default.a 0 is not an integer >= 1",
+        ),
+        (
+            {"type": "int", "default": 1, "choices": ["one", 2], "source": "x"},
+            "choices ['one', 2] are not all of type int",
+        ),
+        ({"type": "bool", "default": True, "nullable": "yes", "source": "x"}, "'nullable' must be true or false"),
+        ("3", "must be a mapping"),
+    ],
+)
 def test_malformed_declaration_names_file_and_key(decl, needle):
     with pytest.raises(ConfigError, match=r"^strategies/mine\.yaml params\.p") as err:
         declared_params({"params": {"p": decl}}, "strategies/mine.yaml")
@@ -151,6 +165,7 @@ def test_malformed_declaration_in_a_document_through_the_cli(tmp_path, capsys, m
 
 def test_strategy_values_under_defaults_are_refused(tmp_path, monkeypatch):
     """One place for a strategy's defaults: its params: section."""
+
     def edit(name, doc):
         doc["defaults"]["strategy"] = {"depth": 2}
 
@@ -160,34 +175,51 @@ def test_strategy_values_under_defaults_are_refused(tmp_path, monkeypatch):
         build_config("cign", "synth-av", {})
 
 
-@pytest.mark.parametrize("spec,given,expected", [
-    (Param("float"), "1e-4", 1e-4),
-    (Param("float"), "1.0e-4", 1e-4),
-    (Param("float"), 3, 3.0),
-    (Param("int"), 3.0, 3),
-    (Param("int"), "7", 7),
-    (Param("int"), "3.0", 3),
-    (Param("bool"), "true", True),
-    (Param("bool"), "False", False),
-    (Param("bool"), True, True),
-    (Param("str"), 12, "12"),
-    (Param("int", nullable=True), None, None),
-    (Param("list", items=Param("int")), [1, 2.0], [1, 2]),
-    (Param("map", values=Param("float")), {"a": "2e-1"}, {"a": 0.2}),
-])
+@pytest.mark.parametrize(
+    "spec,given,expected",
+    [
+        (Param("float"), "1e-4", 1e-4),
+        (Param("float"), "1.0e-4", 1e-4),
+        (Param("float"), 3, 3.0),
+        (Param("int"), 3.0, 3),
+        (Param("int"), "7", 7),
+        (Param("int"), "3.0", 3),
+        (Param("bool"), "true", True),
+        (Param("bool"), "False", False),
+        (Param("bool"), True, True),
+        (Param("str"), 12, "12"),
+        (Param("int", nullable=True), None, None),
+        (Param("list", items=Param("int")), [1, 2.0], [1, 2]),
+        (Param("map", values=Param("float")), {"a": "2e-1"}, {"a": 0.2}),
+    ],
+)
 def test_coercion(spec, given, expected):
     out = spec.coerce(given)
     assert out == expected and type(out) is type(expected)
 
 
-@pytest.mark.parametrize("spec,given", [
-    (Param("int"), 3.5), (Param("int"), True), (Param("int"), "three"), (Param("int"), None),
-    (Param("float"), "nan"), (Param("float"), float("inf")), (Param("float"), False), (Param("float"), [1.0]),
-    (Param("bool"), 1), (Param("bool"), "yes please"), (Param("str"), 1.5), (Param("str"), True),
-    (Param("float", exclusive_min=0), 0.0), (Param("float", min=0, max=1), 1.01),
-    (Param("str", choices=("a", "b")), "c"), (Param("list", items=Param("int", min=0)), [0, -1]),
-    (Param("map", keys=("a",), values=Param("int")), {"b": 1}),
-])
+@pytest.mark.parametrize(
+    "spec,given",
+    [
+        (Param("int"), 3.5),
+        (Param("int"), True),
+        (Param("int"), "three"),
+        (Param("int"), None),
+        (Param("float"), "nan"),
+        (Param("float"), float("inf")),
+        (Param("float"), False),
+        (Param("float"), [1.0]),
+        (Param("bool"), 1),
+        (Param("bool"), "yes please"),
+        (Param("str"), 1.5),
+        (Param("str"), True),
+        (Param("float", exclusive_min=0), 0.0),
+        (Param("float", min=0, max=1), 1.01),
+        (Param("str", choices=("a", "b")), "c"),
+        (Param("list", items=Param("int", min=0)), [0, -1]),
+        (Param("map", keys=("a",), values=Param("int")), {"b": 1}),
+    ],
+)
 def test_refused(spec, given):
     with pytest.raises(InvalidValue):
         spec.coerce(given)
@@ -244,8 +276,24 @@ def test_shared_sections_resolve_with_their_types():
 
 def test_finetune_runs_with_lr_in_ordinary_notation(tmp_path):
     """The command of issue 11 completes, and the run's saved config holds the float."""
-    code = main(["run", "--strategy", "finetune", "--set", "train.lr=1e-4", "--set", "train.epochs=1",
-                 "--set", "synth.size=tiny", "--results-dir", str(tmp_path), "--run-id", "ft", "--quiet"])
+    code = main(
+        [
+            "run",
+            "--strategy",
+            "finetune",
+            "--set",
+            "train.lr=1e-4",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "synth.size=tiny",
+            "--results-dir",
+            str(tmp_path),
+            "--run-id",
+            "ft",
+            "--quiet",
+        ]
+    )
     assert code == 0
     saved = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
     assert saved["train"]["lr"] == 1e-4 and saved["train"]["epochs"] == 1

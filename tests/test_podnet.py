@@ -6,9 +6,16 @@ import pytest
 import torch
 
 from avcl_bench.strategies.losses import nca_loss
-from avcl_bench.strategies.podnet import (LSCClassifier, pod_flat_loss, pod_forward, pod_pool,
-                                          pod_spatial_loss, spherical_kmeans, split_stage, tokens_and_layout)
-
+from avcl_bench.strategies.podnet import (
+    LSCClassifier,
+    pod_flat_loss,
+    pod_forward,
+    pod_pool,
+    pod_spatial_loss,
+    spherical_kmeans,
+    split_stage,
+    tokens_and_layout,
+)
 
 #: the paper-level model (D = 512) is not needed to exercise the feature path
 SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
@@ -21,7 +28,7 @@ def test_pod_pool_mapping():
     out = pod_pool(a, v, square=False)
     T, P, D = 3, 4, 5
     per_frame = out["visual"][:, : T * D].view(2, T, D)
-    per_position = out["visual"][:, T * D:].view(2, P, D)
+    per_position = out["visual"][:, T * D :].view(2, P, D)
     assert torch.allclose(per_frame, v.sum(2))  # positions pooled away (POD-width analogue)
     assert torch.allclose(per_position, v.sum(1))  # frames pooled away (POD-height analogue)
     assert torch.allclose(out["audio"], torch.cat([a.flatten(1), a.sum(1)], 1))
@@ -56,8 +63,16 @@ def test_lsc_several_proxies_hand_value():
     clf = LSCClassifier(2, proxies=2)
     clf.grow(2)
     with torch.no_grad():
-        clf.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0],  # class 0 (norms do not matter)
-                                       [-3.0, 0.0], [0.0, -1.0]]))  # class 1
+        clf.weight.copy_(
+            torch.tensor(
+                [
+                    [1.0, 0.0],
+                    [0.0, 2.0],  # class 0 (norms do not matter)
+                    [-3.0, 0.0],
+                    [0.0, -1.0],
+                ]
+            )
+        )  # class 1
     y = clf(torch.tensor([[2.0, 0.0]]))
     e = math.e
     # class 0: proxy sims (1, 0), softmax weights (e, 1)/(e+1) -> e/(e+1)
@@ -94,8 +109,7 @@ def test_token_layout_matches_model_and_identical_models_do_not_distil(feature_b
     from avcl_bench.models.avnet import AVNet
     from avcl_bench.runner import build_config
 
-    cfg, _ = build_config("podnet", str(feature_benchmark), {"modality": modality,
-                                                              "model": {"dim": 16, "heads": 2}})
+    cfg, _ = build_config("podnet", str(feature_benchmark), {"modality": modality, "model": {"dim": 16, "heads": 2}})
     torch.manual_seed(0)
     model = AVNet(cfg).eval()
     x = [torch.randn(3, 32), torch.randn(3, 2, 4, 16)]  # the generated features: audio 32, visual (2, 4, 16)
@@ -139,8 +153,12 @@ def _podnet_after_two_tasks(feature_benchmark, build_strategy, **strategy):
     from avcl_bench.data.streams import make_streams
     from avcl_bench.runner import build_config, seed_everything
 
-    over = {"model": {"dim": 16, "heads": 2}, "train": {"epochs": 1, "batch_size": 64}, "progress": False,
-            "strategy": strategy}
+    over = {
+        "model": {"dim": 16, "heads": 2},
+        "train": {"epochs": 1, "batch_size": 64},
+        "progress": False,
+        "strategy": strategy,
+    }
     cfg, manifest = build_config("podnet", str(feature_benchmark), over)
     seed_everything(0)
     manifest.materialize(cfg)

@@ -1,7 +1,6 @@
 """Resume after interruption, real signals, determinism."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -54,9 +53,25 @@ def test_same_seed_gives_identical_matrices(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
     run_dir = tmp_path / "killed"
-    args = [sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", "finetune", "--results-dir", str(tmp_path),
-            "--run-id", "killed", "--set", "synth.size=tiny", "--set", "train.epochs=6", "--set",
-            "train.batch_size=16", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "avcl_bench.cli",
+        "run",
+        "--strategy",
+        "finetune",
+        "--results-dir",
+        str(tmp_path),
+        "--run-id",
+        "killed",
+        "--set",
+        "synth.size=tiny",
+        "--set",
+        "train.epochs=6",
+        "--set",
+        "train.batch_size=16",
+        "--quiet",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not (run_dir / "checkpoint.pt").exists():

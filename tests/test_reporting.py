@@ -28,16 +28,41 @@ def lower(T, base, drop=10.0, seed_shift=0.0):
     return R
 
 
-def write_run(results, run_id, strategy, benchmark="vggsound-instruments", protocol="cign", modality="audio-visual",
-              seed=0, matrices=None, sizes=None, strategy_cfg=None, epochs=100, complete=True, embeddings=None,
-              wrong_metrics_json=False, catalogue=None):
+def write_run(
+    results,
+    run_id,
+    strategy,
+    benchmark="vggsound-instruments",
+    protocol="cign",
+    modality="audio-visual",
+    seed=0,
+    matrices=None,
+    sizes=None,
+    strategy_cfg=None,
+    epochs=100,
+    complete=True,
+    embeddings=None,
+    wrong_metrics_json=False,
+    catalogue=None,
+):
     """A run directory as the runner writes it, with the given matrices ({modality: R})."""
     T = len(next(iter(matrices.values())))
     sizes = sizes or [10] * T
     rd = RunDir.create(results, run_id)
-    cfg = {"benchmark": benchmark, "protocol": protocol, "num_tasks": T, "modality": modality, "input": "clips",
-           "seed": seed, "results_dir": str(results), "run_id": run_id, "device": "cpu", "progress": False,
-           "train": {"epochs": epochs, "lr": 1e-4}, "strategy": {"name": strategy, **(strategy_cfg or {})}}
+    cfg = {
+        "benchmark": benchmark,
+        "protocol": protocol,
+        "num_tasks": T,
+        "modality": modality,
+        "input": "clips",
+        "seed": seed,
+        "results_dir": str(results),
+        "run_id": run_id,
+        "device": "cpu",
+        "progress": False,
+        "train": {"epochs": epochs, "lr": 1e-4},
+        "strategy": {"name": strategy, **(strategy_cfg or {})},
+    }
     rd.write_config(cfg)
     rd.write_status("running")
     for m, R in matrices.items():
@@ -51,8 +76,17 @@ def write_run(results, run_id, strategy, benchmark="vggsound-instruments", proto
         out["modalities"][m] = metrics.all_metrics(full, sizes)
         if wrong_metrics_json:
             out["modalities"][m]["avg_acc"] = 99.0
-    out["run"] = {"strategy": strategy, "benchmark": benchmark, "protocol": protocol, "modality": modality,
-                  "seed": seed, "num_tasks": T, "num_classes": 4 * T, "parameters": 1234, "buffer_size": 40}
+    out["run"] = {
+        "strategy": strategy,
+        "benchmark": benchmark,
+        "protocol": protocol,
+        "modality": modality,
+        "seed": seed,
+        "num_tasks": T,
+        "num_classes": 4 * T,
+        "parameters": 1234,
+        "buffer_size": 40,
+    }
     if catalogue is not None:  # as the runner records it
         out["run"].update(display_name=catalogue["display_name"], catalogue=catalogue)
     out["timing"] = {"total_s": 12.5, "train_s": 10.0}
@@ -73,8 +107,13 @@ def fixture_embeddings(seed=0):
     labels = np.repeat(np.arange(4), 12)
     centres = rng.normal(size=(4, 16)) * 5
     X = centres[labels] + rng.normal(size=(len(labels), 16))
-    return {"labels": labels, "class_names": ["flute", "cello", "bass_guitar", "accordion"],
-            "meta": {"source": "fixture"}, "audio-visual": X, "audio": X[:, :8]}
+    return {
+        "labels": labels,
+        "class_names": ["flute", "cello", "bass_guitar", "accordion"],
+        "meta": {"source": "fixture"},
+        "audio-visual": X,
+        "audio": X[:, :8],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +125,54 @@ def report(tmp_path_factory):
     T = 4
     for seed, shift in ((0, 0.0), (1, 2.0), (2, 4.0)):
         for m in MODS:
-            write_run(results, f"lwf_{m}_s{seed}", "lwf", modality=m, seed=seed,
-                      matrices={m: lower(T, 80, 10, shift)}, wrong_metrics_json=(seed == 0 and m == "audio"))
+            write_run(
+                results,
+                f"lwf_{m}_s{seed}",
+                "lwf",
+                modality=m,
+                seed=seed,
+                matrices={m: lower(T, 80, 10, shift)},
+                wrong_metrics_json=(seed == 0 and m == "audio"),
+            )
     for seed, shift in ((0, 0.0), (1, 1.0)):
         for m in MODS:
-            write_run(results, f"joint_{m}_s{seed}", "joint", modality=m, seed=seed, matrices={m: lower(T, 90, 1, shift)})
-        write_run(results, f"cign_s{seed}", "cign", seed=seed,
-                  matrices={m: lower(T, 85, 4, shift + k) for k, m in enumerate(MODS)},
-                  strategy_cfg={"avctd": True, "avcg": True},
-                  embeddings=fixture_embeddings(seed) if seed == 0 else None)
+            write_run(
+                results, f"joint_{m}_s{seed}", "joint", modality=m, seed=seed, matrices={m: lower(T, 90, 1, shift)}
+            )
+        write_run(
+            results,
+            f"cign_s{seed}",
+            "cign",
+            seed=seed,
+            matrices={m: lower(T, 85, 4, shift + k) for k, m in enumerate(MODS)},
+            strategy_cfg={"avctd": True, "avcg": True},
+            embeddings=fixture_embeddings(seed) if seed == 0 else None,
+        )
     # an ablation variant of CIGN on the same benchmark: must not enter Table 1
-    write_run(results, "cign_noavctd_s0", "cign", seed=0, matrices={m: lower(T, 60, 15) for m in MODS},
-              strategy_cfg={"avctd": False, "avcg": True})
+    write_run(
+        results,
+        "cign_noavctd_s0",
+        "cign",
+        seed=0,
+        matrices={m: lower(T, 60, 15) for m in MODS},
+        strategy_cfg={"avctd": False, "avcg": True},
+    )
     # a second configuration of lwf (more epochs, one seed): fewer seeds, so not the one shown
-    write_run(results, "lwf_e5_av_s0", "lwf", modality="audio-visual", epochs=5, matrices={"audio-visual": lower(T, 10, 1)})
-    write_run(results, "ewc_failed", "ewc", matrices={"audio-visual": lower(2, 50)[:1] + [[None, None]]}, complete=False)
+    write_run(
+        results, "lwf_e5_av_s0", "lwf", modality="audio-visual", epochs=5, matrices={"audio-visual": lower(T, 10, 1)}
+    )
+    write_run(
+        results, "ewc_failed", "ewc", matrices={"audio-visual": lower(2, 50)[:1] + [[None, None]]}, complete=False
+    )
     for seed in (0, 1):
-        write_run(results, f"ft_synth_s{seed}", "finetune", benchmark="synth-av", seed=seed,
-                  matrices={"audio-visual": lower(T, 70, 20, seed)})
+        write_run(
+            results,
+            f"ft_synth_s{seed}",
+            "finetune",
+            benchmark="synth-av",
+            seed=seed,
+            matrices={"audio-visual": lower(T, 70, 20, seed)},
+        )
     out = root / "reports"
     lb = root / "results" / "leaderboard.csv"
     summary = generate_report(results_dirs=[results], out_dir=out, leaderboard_path=lb, log=lambda m: None)
@@ -138,8 +207,10 @@ def test_aggregation_over_seeds(report):
     s = pd.read_csv(report["lb"].with_name("leaderboard_summary.csv"))
     sel = s[(s.strategy == "lwf") & (s.modality == "audio") & (s.n_seeds == 3)]
     assert len(sel) == 1
-    vals = [metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 80, 10, sh)])
-            for sh in (0.0, 2.0, 4.0)]
+    vals = [
+        metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 80, 10, sh)])
+        for sh in (0.0, 2.0, 4.0)
+    ]
     assert sel.iloc[0]["avg_acc_mean"] == pytest.approx(np.mean(vals), abs=1e-3)
     assert sel.iloc[0]["avg_acc_std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-3)
     assert sel.iloc[0]["avg_acc_ci95"] == pytest.approx(4.303 * np.std(vals, ddof=1) / math.sqrt(3), abs=1e-2)
@@ -154,7 +225,7 @@ def _md_rows(path):
     for line in path.read_text().split("Suite vs. published")[0].splitlines():
         if line.startswith("| ") and not line.startswith("| Method") and not line.startswith("| AVCTD"):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0] if not cells[0] in ("✓", "✗") else (cells[0], cells[1])] = cells
+            rows[cells[0] if cells[0] not in ("✓", "✗") else (cells[0], cells[1])] = cells
     return rows
 
 
@@ -164,21 +235,36 @@ def test_cign_table1_layout_and_missing_cells(report):
     md = (tables / "cign_table1.md").read_text()
     rows = _md_rows(tables / "cign_table1.md")
     order = [k for k in rows]
-    assert order == ["EWC", "LwF", "iCaRL", "IL2M", "BiC", "PODNet", "SS-IL", "L2P", "DualPrompt", "CIGN (ours)",
-                     "Upper bound"]
+    assert order == [
+        "EWC",
+        "LwF",
+        "iCaRL",
+        "IL2M",
+        "BiC",
+        "PODNet",
+        "SS-IL",
+        "L2P",
+        "DualPrompt",
+        "CIGN (ours)",
+        "Upper bound",
+    ]
     header = next(line for line in md.splitlines() if line.startswith("| Method"))
     assert header.count("Avg Acc") == 3 and header.count("Forgetting") == 3
     assert header.index("Audio:") < header.index("Visual:") < header.index("Audio-Visual:")
     # missing methods are shown as missing, never filled
     assert rows["EWC"][1] == "0" and set(rows["EWC"][2:]) == {"—"}
     # lwf: mean ± std over its 3 seeds (the one-seed epochs=5 configuration is not the one shown)
-    vals = [metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 80, 10, sh)])
-            for sh in (0.0, 2.0, 4.0)]
+    vals = [
+        metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 80, 10, sh)])
+        for sh in (0.0, 2.0, 4.0)
+    ]
     assert rows["LwF"][1] == "3"
     assert rows["LwF"][2] == f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}"
     # CIGN: the full method, not the avctd=False variant (60 % base); all modalities from one run
-    cign_av = [metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 85, 4, sh + 2)])
-               for sh in (0.0, 1.0)]
+    cign_av = [
+        metrics.average_accuracy([[np.nan if v is None else v for v in r] for r in lower(4, 85, 4, sh + 2)])
+        for sh in (0.0, 1.0)
+    ]
     assert rows["CIGN (ours)"][6] == f"{np.mean(cign_av):.2f} ± {np.std(cign_av, ddof=1):.2f}"
     assert "more than one configuration" in md
 
@@ -213,7 +299,9 @@ def test_table4_ablation_and_10_tasks(report):
     assert pub.iloc[0]["published"] == pytest.approx(47.12)
     ten = pd.read_csv(report["out"] / "tables" / "cign_10tasks.csv")
     assert set(ten["strategy"]) == {"cign"}
-    assert ten[(ten.modality == "audio-visual") & (ten.metric == "avg_acc")].iloc[0]["published"] == pytest.approx(48.16)
+    assert ten[(ten.modality == "audio-visual") & (ten.metric == "avg_acc")].iloc[0]["published"] == pytest.approx(
+        48.16
+    )
 
 
 @pytest.mark.slow
@@ -230,9 +318,13 @@ def test_avcil_tables_and_reference_file_is_empty(report, tmp_path):
     # a user-filled reference value appears with its delta
     pdir = tmp_path / "pub"
     pdir.mkdir()
-    text = "\n".join(line for line in
-                     (load_published.__globals__["default_dir"]() / "av-cil.csv").read_text().splitlines())
-    text = text.replace(",ave-ci,av-cil,Fine-tuning,finetune,audio-visual,,,", "T1,ave-ci,av-cil,Fine-tuning,finetune,audio-visual,12.5,40,user")
+    text = "\n".join(
+        line for line in (load_published.__globals__["default_dir"]() / "av-cil.csv").read_text().splitlines()
+    )
+    text = text.replace(
+        ",ave-ci,av-cil,Fine-tuning,finetune,audio-visual,,,",
+        "T1,ave-ci,av-cil,Fine-tuning,finetune,audio-visual,12.5,40,user",
+    )
     (pdir / "av-cil.csv").write_text(text + "\n")
     filled = load_published(pdir)
     hit = filled[(filled.strategy == "finetune") & (filled.benchmark == "ave-ci") & (filled.modality == "audio-visual")]
@@ -259,9 +351,13 @@ def test_each_plot_file_produced_and_non_empty(report):
     figs = report["out"] / "figures"
     expected = [f"forgetting_curves/vggsound-instruments_cign_{m}" for m in MODS]
     expected += [f"heatmaps/vggsound-instruments_cign_{m}" for m in MODS]
-    expected += ["accuracy_vs_classes/vggsound-instruments_cign", "accuracy_vs_classes/synth-av_cign",
-                 "forgetting_curves/synth-av_cign_audio-visual", "embeddings/vggsound-instruments_cign_audio-visual",
-                 "embeddings/vggsound-instruments_cign_audio"]
+    expected += [
+        "accuracy_vs_classes/vggsound-instruments_cign",
+        "accuracy_vs_classes/synth-av_cign",
+        "forgetting_curves/synth-av_cign_audio-visual",
+        "embeddings/vggsound-instruments_cign_audio-visual",
+        "embeddings/vggsound-instruments_cign_audio",
+    ]
     for base in expected:
         for ext in ("png", "pdf"):
             p = figs / f"{base}.{ext}"
@@ -335,14 +431,17 @@ def test_export_embeddings_on_the_first_task_of_a_real_stream(tmp_path):
     synthetic benchmark (an Avalanche dataset) through an AVNet."""
     from avcl_bench.data.datasets import load_data
     from avcl_bench.data.streams import make_streams
-    from avcl_bench.models.avnet import AVNet
     from avcl_bench.embeddings import export_embeddings
+    from avcl_bench.models.avnet import AVNet
     from avcl_bench.reporting.embeddings import load_npz
     from avcl_bench.runner import build_config, quiet_third_party_warnings
 
     quiet_third_party_warnings()
-    cfg, manifest = build_config("finetune", "synth-av", {"synth": {"size": "tiny"}, "num_tasks": 2, "progress": False,
-                                                          "model": {"encoder_width": 8, "dim": 32}})
+    cfg, manifest = build_config(
+        "finetune",
+        "synth-av",
+        {"synth": {"size": "tiny"}, "num_tasks": 2, "progress": False, "model": {"encoder_width": 8, "dim": 32}},
+    )
     manifest.materialize(cfg)
     data = load_data(manifest, cfg)
     scenario = make_streams(data, cfg["num_tasks"], manifest.name)
@@ -360,37 +459,49 @@ def test_published_cign_transcription_matches_the_papers_text():
     cign = pub[pub.paper == "CIGN"]
 
     def v(table, strategy, modality, metric, **flags):
-        sel = (cign.table == table) & (cign.strategy == strategy) & (cign.modality == modality) & (cign.metric == metric)
+        sel = (
+            (cign.table == table) & (cign.strategy == strategy) & (cign.modality == modality) & (cign.metric == metric)
+        )
         for k, x in flags.items():
             sel &= cign[k] == x
         (val,) = cign[sel]["value"]
         return val
 
     claims = [  # (table, other method, modality, metric, stated CIGN gain)
-        ("Table 1", "dualprompt", "audio", "avg_acc", 5.26), ("Table 1", "dualprompt", "audio", "forgetting", -2.71),
-        ("Table 1", "dualprompt", "visual", "avg_acc", 4.02), ("Table 1", "dualprompt", "visual", "forgetting", -2.54),
+        ("Table 1", "dualprompt", "audio", "avg_acc", 5.26),
+        ("Table 1", "dualprompt", "audio", "forgetting", -2.71),
+        ("Table 1", "dualprompt", "visual", "avg_acc", 4.02),
+        ("Table 1", "dualprompt", "visual", "forgetting", -2.54),
         ("Table 1", "dualprompt", "audio-visual", "avg_acc", 6.74),
         ("Table 1", "dualprompt", "audio-visual", "forgetting", -3.41),
-        ("Table 2", "l2p", "audio", "avg_acc", 7.78), ("Table 2", "l2p", "visual", "avg_acc", 7.46),
+        ("Table 2", "l2p", "audio", "avg_acc", 7.78),
+        ("Table 2", "l2p", "visual", "avg_acc", 7.46),
         ("Table 2", "l2p", "audio-visual", "avg_acc", 7.44),
-        ("Table 3", "l2p", "audio", "avg_acc", 5.60), ("Table 3", "l2p", "visual", "avg_acc", 6.05),
+        ("Table 3", "l2p", "audio", "avg_acc", 5.60),
+        ("Table 3", "l2p", "visual", "avg_acc", 6.05),
         ("Table 3", "l2p", "audio-visual", "avg_acc", 4.43),
     ]
     for table, other, mod, metric, gain in claims:
         assert v(table, "cign", mod, metric) - v(table, other, mod, metric) == pytest.approx(gain, abs=1e-6)
     # Table 4 (Sec. 4.3): AVCTD alone and both modules over the baseline
-    for mod, acc_gain, forg_drop, both_acc, both_forg in (("audio", 5.87, 6.02, 9.11, 9.02),
-                                                          ("visual", 7.77, 6.51, 10.17, 8.40),
-                                                          ("audio-visual", 5.97, 5.51, 10.21, 8.74)):
+    for mod, acc_gain, forg_drop, both_acc, both_forg in (
+        ("audio", 5.87, 6.02, 9.11, 9.02),
+        ("visual", 7.77, 6.51, 10.17, 8.40),
+        ("audio-visual", 5.97, 5.51, 10.21, 8.74),
+    ):
         base = dict(avctd=False, avcg=False)
-        assert v("Table 4", "cign", mod, "avg_acc", avctd=True, avcg=False) - v("Table 4", "cign", mod, "avg_acc", **base) \
-            == pytest.approx(acc_gain)
-        assert v("Table 4", "cign", mod, "forgetting", **base) - v("Table 4", "cign", mod, "forgetting", avctd=True,
-                                                                   avcg=False) == pytest.approx(forg_drop)
-        assert v("Table 4", "cign", mod, "avg_acc", avctd=True, avcg=True) - v("Table 4", "cign", mod, "avg_acc", **base) \
-            == pytest.approx(both_acc)
-        assert v("Table 4", "cign", mod, "forgetting", **base) - v("Table 4", "cign", mod, "forgetting", avctd=True,
-                                                                   avcg=True) == pytest.approx(both_forg)
+        assert v("Table 4", "cign", mod, "avg_acc", avctd=True, avcg=False) - v(
+            "Table 4", "cign", mod, "avg_acc", **base
+        ) == pytest.approx(acc_gain)
+        assert v("Table 4", "cign", mod, "forgetting", **base) - v(
+            "Table 4", "cign", mod, "forgetting", avctd=True, avcg=False
+        ) == pytest.approx(forg_drop)
+        assert v("Table 4", "cign", mod, "avg_acc", avctd=True, avcg=True) - v(
+            "Table 4", "cign", mod, "avg_acc", **base
+        ) == pytest.approx(both_acc)
+        assert v("Table 4", "cign", mod, "forgetting", **base) - v(
+            "Table 4", "cign", mod, "forgetting", avctd=True, avcg=True
+        ) == pytest.approx(both_forg)
         # Table 4's last row equals Table 2's CIGN row
         for metric in ("avg_acc", "forgetting"):
             assert v("Table 4", "cign", mod, metric, avctd=True, avcg=True) == v("Table 2", "cign", mod, metric)
@@ -407,33 +518,84 @@ def test_report_cli_one_command(tmp_path, capsys):
 
     results = tmp_path / "runs"
     for seed in (0, 1):
-        write_run(results, f"ft_s{seed}", "finetune", benchmark="synth-av", seed=seed,
-                  matrices={"audio-visual": lower(4, 70, 20, seed)})
-    code = main(["report", "--results-dir", str(results), "--out", str(tmp_path / "rep"), "--leaderboard",
-                 str(tmp_path / "lb.csv"), "--no-plots", "--quiet"])
+        write_run(
+            results,
+            f"ft_s{seed}",
+            "finetune",
+            benchmark="synth-av",
+            seed=seed,
+            matrices={"audio-visual": lower(4, 70, 20, seed)},
+        )
+    code = main(
+        [
+            "report",
+            "--results-dir",
+            str(results),
+            "--out",
+            str(tmp_path / "rep"),
+            "--leaderboard",
+            str(tmp_path / "lb.csv"),
+            "--no-plots",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "2 runs" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 2
     assert (tmp_path / "rep" / "tables" / "cign_table1.tex").is_file()
     # --where keeps only the runs whose resolved config matches
-    code = main(["report", "--results-dir", str(results), "--out", str(tmp_path / "rep"), "--leaderboard",
-                 str(tmp_path / "lb.csv"), "--no-plots", "--quiet", "--where", "seed=1"])
+    code = main(
+        [
+            "report",
+            "--results-dir",
+            str(results),
+            "--out",
+            str(tmp_path / "rep"),
+            "--leaderboard",
+            str(tmp_path / "lb.csv"),
+            "--no-plots",
+            "--quiet",
+            "--where",
+            "seed=1",
+        ]
+    )
     assert code == 0 and list(pd.read_csv(tmp_path / "lb.csv")["seed"]) == [1]
     # an --out folder holding someone's own files is not wiped
     own = tmp_path / "mine"
     (own / "tables").mkdir(parents=True)
     (own / "tables" / "notes.txt").write_text("keep")
-    assert main(["report", "--results-dir", str(results), "--out", str(own), "--leaderboard", str(tmp_path / "x.csv"),
-                 "--no-plots", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--results-dir",
+                str(results),
+                "--out",
+                str(own),
+                "--leaderboard",
+                str(tmp_path / "x.csv"),
+                "--no-plots",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert (own / "tables" / "notes.txt").read_text() == "keep"
 
 
 def test_step_columns_come_from_the_runs(tmp_path):
     """An AV-CIL table has as many step columns as its runs have tasks (K-S-CI here: 5)."""
     results = tmp_path / "runs"
-    write_run(results, "ft_ks", "finetune", benchmark="ks-ci", protocol="av-cil", matrices={"audio-visual": lower(5, 70)})
-    generate_report(results_dirs=[results], out_dir=tmp_path / "rep", leaderboard_path=tmp_path / "lb.csv", plots=False,
-                    log=lambda m: None)
+    write_run(
+        results, "ft_ks", "finetune", benchmark="ks-ci", protocol="av-cil", matrices={"audio-visual": lower(5, 70)}
+    )
+    generate_report(
+        results_dirs=[results],
+        out_dir=tmp_path / "rep",
+        leaderboard_path=tmp_path / "lb.csv",
+        plots=False,
+        log=lambda m: None,
+    )
     md = (tmp_path / "rep" / "tables" / "avcil_ks-ci.md").read_text()
     assert "Step 5" in md and "Step 6" not in md
     assert "Step 1" not in (tmp_path / "rep" / "tables" / "avcil_ave-ci.md").read_text()
@@ -444,18 +606,34 @@ def test_methods_are_named_by_the_catalogue_their_runs_recorded(tmp_path):
     (in the paper table its catalogue lists, else as an extra row) and the figures; a built-in
     strategy's recorded display name wins over today's YAML."""
     results = tmp_path / "runs"
-    listed = {"name": "mine", "display_name": "Mine (ext)", "paper": "", "tables": ["cign-table1"],
-              "modalities": ["audio-visual"]}
+    listed = {
+        "name": "mine",
+        "display_name": "Mine (ext)",
+        "paper": "",
+        "tables": ["cign-table1"],
+        "modalities": ["audio-visual"],
+    }
     other = {**listed, "name": "other", "display_name": "Other method", "tables": []}
     for seed in (0, 1):
-        write_run(results, f"mine_s{seed}", "/abs/my_method.py:Mine", seed=seed, catalogue=listed,
-                  matrices={"audio-visual": lower(4, 75, 5, seed)})
+        write_run(
+            results,
+            f"mine_s{seed}",
+            "/abs/my_method.py:Mine",
+            seed=seed,
+            catalogue=listed,
+            matrices={"audio-visual": lower(4, 75, 5, seed)},
+        )
     write_run(results, "other_s0", "pkg.mod:Other", catalogue=other, matrices={"audio-visual": lower(4, 60)})
-    write_run(results, "lwf_s0", "lwf", catalogue={**listed, "name": "lwf", "display_name": "LwF (renamed)",
-                                                    "tables": ["cign-table1"]},
-              matrices={"audio-visual": lower(4, 50)})
-    generate_report(results_dirs=[results], out_dir=tmp_path / "rep", leaderboard_path=tmp_path / "lb.csv",
-                    log=lambda m: None)
+    write_run(
+        results,
+        "lwf_s0",
+        "lwf",
+        catalogue={**listed, "name": "lwf", "display_name": "LwF (renamed)", "tables": ["cign-table1"]},
+        matrices={"audio-visual": lower(4, 50)},
+    )
+    generate_report(
+        results_dirs=[results], out_dir=tmp_path / "rep", leaderboard_path=tmp_path / "lb.csv", log=lambda m: None
+    )
     rows = _md_rows(tmp_path / "rep" / "tables" / "cign_table1.md")
     assert list(rows)[-3:] == ["Mine (ext)", "Other method †", "Upper bound"]  # after the paper's, before the bound
     assert "LwF (renamed)" in rows and rows["Mine (ext)"][1] == "0/0/2"

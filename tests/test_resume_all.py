@@ -1,11 +1,12 @@
 """Every registered strategy and the example method of examples/: interrupted at an experience
-boundary and resumed, it ends with the same accuracy matrix as an uninterrupted run (its previous model, memory, statistics and random
-streams all survive the checkpoint)."""
+boundary and resumed, it ends with the same accuracy matrix as an uninterrupted run (its previous
+model, memory, statistics and random streams all survive the checkpoint)."""
 
 import json
 
 import numpy as np
 import pytest
+from conftest import SMALL_FEATURE_RUN
 
 from avcl_bench.cli import main
 from avcl_bench.config import strategy_names
@@ -14,8 +15,7 @@ from avcl_bench.paths import PROJECT_ROOT
 pytestmark = pytest.mark.slow  # 3 runs of every strategy; test_reliability and test_sweep resume fast
 
 #: small enough for CI: the tiny generated feature benchmark, 2 epochs, D=16
-ARGS = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
-        "--quiet"]
+ARGS = ["--set", "train.epochs=2", *SMALL_FEATURE_RUN]
 
 
 #: the example method from outside the package (examples/), named by its file spec

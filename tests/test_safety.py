@@ -13,11 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_FEATURE_RUN
 
 from avcl_bench.cli import main
 
-QUICK = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "model.dim=16", "--set", "model.heads=2",
-         "--quiet"]
+QUICK = ["--set", "train.epochs=1", *SMALL_FEATURE_RUN]
+
+
+def run_args(benchmark, results, run_id=None, strategy="finetune") -> list[str]:
+    """``avcl-bench run`` arguments of one run of ``strategy`` on ``benchmark`` into ``results``."""
+    args = ["run", "--strategy", strategy, "--benchmark", str(benchmark), "--results-dir", str(results)]
+    return args + (["--run-id", run_id] if run_id is not None else [])
 
 
 class _RunsCode:
@@ -37,6 +43,7 @@ def _copy_benchmark(feature_benchmark: Path, tmp_path: Path) -> Path:
 
 
 def _run_cli(args, capsys):
+    capsys.readouterr()  # what earlier calls printed is not this call's
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     return code, err
@@ -51,8 +58,10 @@ def test_feature_pickle_naming_code_is_refused_unexecuted(feature_benchmark, tmp
     with open(audio, "wb") as fh:
         np.save(fh, np.array(d, dtype=object), allow_pickle=True)
     results = tmp_path / "runs"
-    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
-                          str(results), "--run-id", "r"] + QUICK, capsys)
+    code, err = _run_cli(
+        run_args(yaml_path, results, "r") + QUICK,
+        capsys,
+    )
     assert code == 2
     assert len(err) == 1 and "refused to load posix.system" in err[0] and str(audio) in err[0], err
     assert not marker.exists()  # the crafted call never ran
@@ -68,8 +77,10 @@ def test_feature_pickle_naming_a_missing_module_is_one_line(feature_benchmark, t
     with open(audio, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, header)
         fh.write(payload)
-    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
-                          str(tmp_path / "runs"), "--run-id", "r"] + QUICK, capsys)
+    code, err = _run_cli(
+        run_args(yaml_path, tmp_path / "runs", "r") + QUICK,
+        capsys,
+    )
     assert code == 2
     assert len(err) == 1 and "refused to load no_such_module.Thing" in err[0], err
 
@@ -85,16 +96,24 @@ def test_release_feature_dictionaries_still_load(feature_benchmark, tmp_path):
     assert all(np.array_equal(safe[k], plain[k]) for k in plain)
     # a pickle written with numpy < 2's module path (numpy.core.multiarray) loads too
     legacy = tmp_path / "legacy.npy"
-    data = pickle.dumps(np.array(plain, dtype=object), protocol=2).replace(b"numpy._core.multiarray",
-                                                                            b"numpy.core.multiarray")
+    data = pickle.dumps(np.array(plain, dtype=object), protocol=2).replace(
+        b"numpy._core.multiarray", b"numpy.core.multiarray"
+    )
     with open(legacy, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
         fh.write(data)
     assert _load_npy_dict(legacy).keys() == plain.keys()
 
 
-@pytest.mark.parametrize("bad_id, why", [("../../etc/passwd", "path separator"), ("/etc/passwd", "path separator"),
-                                         ("..", "relative path"), ("x" * 300, "at most 200")])
+@pytest.mark.parametrize(
+    "bad_id, why",
+    [
+        ("../../etc/passwd", "path separator"),
+        ("/etc/passwd", "path separator"),
+        ("..", "relative path"),
+        ("x" * 300, "at most 200"),
+    ],
+)
 def test_clip_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, bad_id, why):
     import pandas as pd
 
@@ -103,8 +122,10 @@ def test_clip_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, bad_i
     df = pd.read_csv(splits)
     df.loc[3, "id"] = bad_id
     df.to_csv(splits, index=False)
-    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(yaml_path), "--results-dir",
-                          str(tmp_path / "runs"), "--run-id", "r"] + QUICK, capsys)
+    code, err = _run_cli(
+        run_args(yaml_path, tmp_path / "runs", "r") + QUICK,
+        capsys,
+    )
     assert code == 2
     assert len(err) == 1 and "row 5" in err[0] and why in err[0] and str(splits) in err[0], err
 
@@ -112,8 +133,10 @@ def test_clip_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, bad_i
 @pytest.mark.parametrize("run_id", ["../escaped", "/tmp/abs-run", "a/b", "..", "r" * 300])
 def test_run_ids_are_names_not_paths(feature_benchmark, tmp_path, capsys, run_id):
     results = tmp_path / "inner" / "runs"
-    code, err = _run_cli(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
-                          str(results), "--run-id", run_id] + QUICK, capsys)
+    code, err = _run_cli(
+        run_args(feature_benchmark, results, run_id) + QUICK,
+        capsys,
+    )
     assert code == 2
     assert len(err) == 1 and "run id" in err[0], err
     assert not (tmp_path / "inner" / "escaped").exists() and not Path("/tmp/abs-run").exists()
@@ -124,8 +147,7 @@ def test_generated_run_id_of_a_benchmark_path_stays_inside_results_dir(feature_b
     """A benchmark given as a YAML path once put its '/'s into the generated run id, and so the run
     folder outside --results-dir."""
     results = tmp_path / "runs"
-    assert main(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
-                 str(results)] + QUICK) == 0
+    assert main(run_args(feature_benchmark, results) + QUICK) == 0
     (run,) = results.iterdir()
     assert (run / "COMPLETE").is_file() and f"_{feature_benchmark.stem}_" in run.name
 
@@ -141,16 +163,20 @@ def _truncate(path: Path) -> None:
         fh.truncate(path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("damage", [
-    lambda e: _truncate(e / "audio.npy"),
-    lambda e: (e / "meta.json").write_text('{"ids": ['),
-    lambda e: (e / "visual.npy").unlink(),
-    lambda e: (e / "meta.json").write_bytes(b"\xff\xfe not utf-8"),
-], ids=["truncated-npy", "torn-meta", "missing-array", "non-utf8-meta"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda e: _truncate(e / "audio.npy"),
+        lambda e: (e / "meta.json").write_text('{"ids": ['),
+        lambda e: (e / "visual.npy").unlink(),
+        lambda e: (e / "meta.json").write_bytes(b"\xff\xfe not utf-8"),
+    ],
+    ids=["truncated-npy", "torn-meta", "missing-array", "non-utf8-meta"],
+)
 def test_damaged_cache_entry_is_rebuilt(feature_benchmark, tmp_path, monkeypatch, damage):
     cache = tmp_path / "cache"
     monkeypatch.setenv("AVCL_BENCH_CACHE", str(cache))
-    args = ["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)]
+    args = run_args(feature_benchmark, tmp_path)
     assert main(args + ["--run-id", "first"] + QUICK) == 0
     entry = _feature_cache_entry(cache)
     damage(entry)
@@ -185,8 +211,12 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-FULL_DISK_CASES = ["rlimit-fsize", pytest.param("tmpfs", marks=pytest.mark.skipif(
-    os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)"))]
+FULL_DISK_CASES = [
+    "rlimit-fsize",
+    pytest.param(
+        "tmpfs", marks=pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+    ),
+]
 
 
 @pytest.mark.parametrize("how", FULL_DISK_CASES)
@@ -211,9 +241,14 @@ def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**os.environ, "AVCL_BENCH_CACHE": str(cache)}
-    proc = subprocess.run([sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", "finetune", "--benchmark",
-                           str(bench), "--results-dir", str(results), "--run-id", "full"] + QUICK,
-                          env=env, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "avcl_bench.cli", *run_args(bench, results, "full")] + QUICK,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(err) == 1 and "no space left" in err[0] and str(cache / "features") in err[0], err
@@ -243,9 +278,177 @@ def test_run_folder_files_follow_the_umask(feature_benchmark, tmp_path):
     were 0600, from mkstemp)."""
     previous = os.umask(0o002)
     try:
-        assert main(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir",
-                     str(tmp_path), "--run-id", "r"] + QUICK) == 0
+        assert main(run_args(feature_benchmark, tmp_path, "r") + QUICK) == 0
     finally:
         os.umask(previous)
     for name in ("config.yaml", "status.json", "metrics.json", "accuracy_audio-visual.csv", "COMPLETE"):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o664, name
+
+
+# ----------------------------------------------------------------------------- run folders and checkpoints
+def _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task, run_id="cut") -> Path:
+    """A run stopped after its 2nd task: a checkpoint and status 'interrupted'."""
+    interrupt_after_task(2)
+    code = main(run_args(feature_benchmark, tmp_path, run_id, strategy="icarl") + QUICK)
+    interrupt_after_task(None)
+    assert code == 130 and (tmp_path / run_id / "checkpoint.pt").is_file()
+    return tmp_path / run_id
+
+
+def _resume(run_dir: Path, capsys):
+    code, err = _run_cli(["run", "--resume", str(run_dir), "--quiet"], capsys)
+    assert not (run_dir / "COMPLETE").exists()
+    return code, err
+
+
+def test_checkpoint_of_another_config_is_refused(feature_benchmark, tmp_path, capsys, interrupt_after_task):
+    """config.yaml says seed 7, the checkpoint holds seed 0's tasks: resuming would complete a run
+    labelled seed 7 whose first tasks came from seed 0."""
+    run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
+    cfg = run_dir / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("\nseed: 0\n", "\nseed: 7\n"))
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "belongs to another config" in err[0] and str(run_dir) in err[0], err
+
+
+def test_checkpoint_that_would_run_code_is_refused_unexecuted(
+    feature_benchmark, tmp_path, capsys, interrupt_after_task
+):
+    import torch
+
+    run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
+    marker = tmp_path / "code-ran"
+    torch.save({"config_hash": _RunsCode(marker)}, run_dir / "checkpoint.pt")  # a run folder from someone else
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "cannot read checkpoint" in err[0], err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload", [{"x": 1}, [1, 2, 3]], ids=["wrong-keys", "a-list"])
+def test_checkpoint_of_the_wrong_structure_is_one_line(
+    feature_benchmark, tmp_path, capsys, interrupt_after_task, payload
+):
+    import torch
+
+    run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
+    torch.save(payload, run_dir / "checkpoint.pt")
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "not an avcl-bench checkpoint" in err[0], err
+
+
+def test_non_utf8_config_on_resume_is_one_line(feature_benchmark, tmp_path, capsys, interrupt_after_task):
+    run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
+    (run_dir / "config.yaml").write_bytes(b"\xff\xfe\x00seed: 0\n")
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "cannot resume" in err[0], err
+
+
+def test_existing_run_folder_is_kept_unless_overwrite(feature_benchmark, tmp_path, capsys, interrupt_after_task):
+    run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    args = run_args(feature_benchmark, tmp_path, "cut") + ["--seed", "7"] + QUICK
+    code, err = _run_cli(args, capsys)
+    assert code == 2 and len(err) == 1 and "already exists" in err[0] and "--overwrite" in err[0], err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing lost
+    code, err = _run_cli(args + ["--overwrite"], capsys)
+    assert code == 0 and (run_dir / "COMPLETE").is_file()
+    assert not (run_dir / "checkpoint.pt").exists()  # the old run's checkpoint went with it
+    code, err = _run_cli(args, capsys)  # a complete run is refused too
+    assert code == 2 and "already holds a complete run" in err[0], err
+
+
+def test_two_runs_of_one_run_id_at_once(feature_benchmark, tmp_path, capsys):
+    """A real second process: while one `run` holds the folder, another exits 2 naming the holder;
+    the first completes untouched."""
+    import subprocess
+    import sys
+    import time
+
+    from avcl_bench.rundir import LOCK
+
+    run_dir = tmp_path / "shared"
+    args = run_args(feature_benchmark, tmp_path, "shared") + [
+        "--set",
+        "train.epochs=30",
+        "--set",
+        "train.batch_size=8",
+        "--quiet",
+    ]
+    first = subprocess.Popen([sys.executable, "-m", "avcl_bench.cli"] + args, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / LOCK).exists():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else "slow"
+            time.sleep(0.05)
+        code, err = _run_cli(["run", "--resume", str(run_dir), "--quiet"], capsys)
+        assert code == 2 and len(err) == 1 and "in use by another process" in err[0] and str(first.pid) in err[0], err
+        code, err = _run_cli(args + ["--overwrite"], capsys)
+        assert code == 2 and "in use by another process" in err[0], err
+    finally:
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert (run_dir / "COMPLETE").is_file() and not (run_dir / LOCK).exists()
+
+
+def test_diverging_training_is_failed_not_complete(feature_benchmark, tmp_path, capsys):
+    import json
+
+    code, err = _run_cli(
+        run_args(feature_benchmark, tmp_path, "div")
+        + [
+            "--set",
+            "train.lr=1e9",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.batch_size=8",
+            "--set",
+            "model.dim=16",
+            "--set",
+            "model.heads=2",
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err) == 1, err
+    assert "training diverged at task 1, epoch" in err[0] and "lower train.lr" in err[0], err
+    assert json.loads((tmp_path / "div" / "status.json").read_text())["state"] == "failed"
+    assert not (tmp_path / "div" / "COMPLETE").exists()
+
+
+def test_full_results_disk_fails_in_one_line(feature_benchmark, tmp_path):
+    """RLIMIT_FSIZE below the checkpoint's size: one line naming the results folder, status
+    failed, no temporary checkpoint file left, no COMPLETE, exit 2."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    limit = 48 << 10  # config.yaml and status.json fit; the first checkpoint (~150 kB) does not
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    results = tmp_path / "runs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avcl_bench.cli",
+            *run_args(feature_benchmark, results, "full"),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.dim=64",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(err) == 1 and "checkpoint.pt" in err[0] and str(results / "full") in err[0], err
+    assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
+    assert not (results / "full" / "COMPLETE").exists()
+    assert not [p.name for p in (results / "full").iterdir() if p.name.endswith(".tmp")]

@@ -35,10 +35,14 @@ def test_taskwise_kd_is_sum_over_task_slices():
 
 
 def test_separated_ce_hand_computed():
-    logits = torch.tensor([[2.0, 0.0, 1.0, 0.0],   # exemplar of old class 0
-                           [0.0, 5.0, 0.0, 1.0]])  # new sample of class 3
+    logits = torch.tensor(
+        [
+            [2.0, 0.0, 1.0, 0.0],  # exemplar of old class 0
+            [0.0, 5.0, 0.0, 1.0],
+        ]
+    )  # new sample of class 3
     y = torch.tensor([0, 3])
-    old_term = -math.log(math.exp(2) / (math.exp(2) + 1))        # softmax over logits 0:2
+    old_term = -math.log(math.exp(2) / (math.exp(2) + 1))  # softmax over logits 0:2
     new_term = -math.log(math.exp(1) / (math.exp(0) + math.exp(1)))  # softmax over logits 2:4
     assert separated_ce(logits, y, num_old=2, num_seen=4).item() == pytest.approx((old_term + new_term) / 2, rel=1e-6)
     # new data never sees old-class logits: raising them changes nothing

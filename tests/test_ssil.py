@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from avcl_bench.strategies.losses import separated_ce, taskwise_kd
 from avcl_bench.data.loading import PairedReplayLoader
-
+from avcl_bench.strategies.losses import separated_ce, taskwise_kd
 
 #: the paper-level model (D = 512) is not needed to exercise the feature path
 SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
@@ -32,9 +31,7 @@ class _FixedLogits(torch.nn.Module):
 
 def test_ssil_loss_on_new_data_ignores_old_class_logits(ssil):
     # task 2 of 2 classes: old classes 0-1, new classes 2-3; rows 0-1 new data, row 2 an exemplar
-    logits = torch.tensor([[0.3, -0.2, 2.0, 0.0],
-                           [1.0, 0.5, 0.0, 1.0],
-                           [2.0, 0.0, 1.0, -1.0]], requires_grad=True)
+    logits = torch.tensor([[0.3, -0.2, 2.0, 0.0], [1.0, 0.5, 0.0, 1.0], [2.0, 0.0, 1.0, -1.0]], requires_grad=True)
     y = torch.tensor([2, 3, 0])
     ssil.mbatch = [[torch.zeros(3, 32), torch.zeros(3, 2, 4, 16)], y, torch.zeros(3, dtype=torch.long)]
     ssil.previous.model = None  # CE part alone

@@ -1,20 +1,24 @@
 """Sweeps: planning from presets, skip-if-complete (resume), failure recording, the local process
 pool and the Ray executor (a local Ray instance with 2 CPUs running two tiny real runs)."""
 
-import os
 import json
+import os
 import subprocess
 
 import pytest
 import yaml
 
 from avcl_bench import sweep as sw
-from avcl_bench.rundir import RunDir, config_hash
+from avcl_bench.rundir import RunDir, acquire_run_lock, config_hash
 from avcl_bench.runner import build_config
 
 #: The cheapest real run: tiny synthetic clips, 2 tasks, 1 epoch, a narrow model.
-TINY = {"synth": {"size": "tiny"}, "num_tasks": 2, "train": {"epochs": 1, "batch_size": 16},
-        "model": {"encoder_width": 8, "dim": 32}}
+TINY = {
+    "synth": {"size": "tiny"},
+    "num_tasks": 2,
+    "train": {"epochs": 1, "batch_size": 16},
+    "model": {"encoder_width": 8, "dim": 32},
+}
 
 
 def states(results, specs):
@@ -40,8 +44,17 @@ def fake_complete(results, strategy, overrides):
 def test_presets_plan_grid_collapse_and_protocol(tmp_path):
     logs = []
     pre = sw.PRESETS["cign-table1"]
-    specs = sw.plan(["finetune", "joint", "cign"], ["synth-av"], pre.modalities, [0, 1], sets={"synth": {"size": "tiny"}},
-                    protocol=pre.protocol, results_dir=tmp_path, skip_unavailable=True, log=logs.append)
+    specs = sw.plan(
+        ["finetune", "joint", "cign"],
+        ["synth-av"],
+        pre.modalities,
+        [0, 1],
+        sets={"synth": {"size": "tiny"}},
+        protocol=pre.protocol,
+        results_dir=tmp_path,
+        skip_unavailable=True,
+        log=logs.append,
+    )
     ft = [s for s in specs if s.strategy == "finetune"]
     assert sorted((s.modality, s.seed) for s in ft) == sorted((m, k) for m in sw.MODALITIES for k in (0, 1))
     assert len({s.run_id for s in specs}) == len(specs) and all(s.status == "pending" for s in ft)
@@ -53,28 +66,48 @@ def test_presets_plan_grid_collapse_and_protocol(tmp_path):
     cfg = yaml.safe_load(yaml.safe_dump(ft[0].overrides))
     assert cfg["synth"]["size"] == "tiny" and cfg["protocol"] == "cign" and cfg["results_dir"] == str(tmp_path)
     # a preset protocol the benchmark lacks falls back to the benchmark's default, with a note
-    specs = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], protocol="cign-10", results_dir=tmp_path, log=logs.append)
+    specs = sw.plan(
+        ["finetune"], ["synth-av"], ["audio"], [0], protocol="cign-10", results_dir=tmp_path, log=logs.append
+    )
     assert specs[0].status == "pending" and "protocol" not in specs[0].overrides
     assert any("no protocol 'cign-10'" in m for m in logs)
     # ... and applies where the benchmark has it (the 10-task protocol of VGGSound-100)
     specs = sw.plan(["finetune"], ["vggsound-100"], ["audio"], [0], protocol="cign-10", results_dir=tmp_path)
     assert specs[0].overrides["protocol"] == "cign-10" and "cign-10" in specs[0].run_id
     # variants (as the ablation preset's) give distinct configurations and run ids
-    specs = sw.plan(["joint"], ["synth-av"], ["audio"], [0], results_dir=tmp_path,
-                    variants={"reinit": {"strategy": {"reinit": True}}, "continue": {"strategy": {"reinit": False}}})
+    specs = sw.plan(
+        ["joint"],
+        ["synth-av"],
+        ["audio"],
+        [0],
+        results_dir=tmp_path,
+        variants={"reinit": {"strategy": {"reinit": True}}, "continue": {"strategy": {"reinit": False}}},
+    )
     assert len({s.config_hash for s in specs}) == 2
     for name, pre in sw.PRESETS.items():
         assert pre.benchmarks and pre.strategies, name
     assert sw.PRESETS["cign-table4"].variants["avctd-only"] == {"strategy": {"avctd": True, "avcg": False}}
-    assert list(sw.PRESETS["cign-tables"].strategies) == ["ewc", "lwf", "icarl", "il2m", "bic", "podnet", "ssil", "l2p",
-                                                          "dualprompt", "cign", "joint"]
+    assert list(sw.PRESETS["cign-tables"].strategies) == [
+        "ewc",
+        "lwf",
+        "icarl",
+        "il2m",
+        "bic",
+        "podnet",
+        "ssil",
+        "l2p",
+        "dualprompt",
+        "cign",
+        "joint",
+    ]
 
 
 def test_skip_if_complete_and_failures_recorded_sweep_goes_on(tmp_path, monkeypatch):
     results = tmp_path / "runs"
     h = fake_complete(results, "finetune", {**TINY, "modality": "audio", "seed": 0})
-    specs = sw.plan(["finetune", "no-such-method"], ["synth-av"], ["audio", "visual"], [0], sets=TINY,
-                    results_dir=results)
+    specs = sw.plan(
+        ["finetune", "no-such-method"], ["synth-av"], ["audio", "visual"], [0], sets=TINY, results_dir=results
+    )
     by = {(s.strategy, s.modality): s for s in specs}
     assert by[("finetune", "audio")].status == "skipped" and by[("finetune", "audio")].config_hash == h
     assert by[("finetune", "audio")].existing.endswith("done-by-hand")
@@ -102,8 +135,9 @@ def test_skip_if_complete_and_failures_recorded_sweep_goes_on(tmp_path, monkeypa
     saved = json.loads((tmp_path / "sweeps" / "t" / "sweep.json").read_text())
     assert saved["runs"][by[("finetune", "visual")].run_id]["status"] == "failed"
     # resuming: failed runs are retried by default, kept with retry_failed=False, complete ones skipped
-    again = sw.plan(["finetune"], ["synth-av"], ["audio", "visual"], [0], sets=TINY, results_dir=results,
-                    retry_failed=False)
+    again = sw.plan(
+        ["finetune"], ["synth-av"], ["audio", "visual"], [0], sets=TINY, results_dir=results, retry_failed=False
+    )
     assert sorted(s.status for s in again) == ["skipped", "skipped-failed"]
     again = sw.plan(["finetune"], ["synth-av"], ["audio", "visual"], [0], sets=TINY, results_dir=results)
     assert sorted(s.status for s in again) == ["pending", "skipped"]
@@ -112,18 +146,17 @@ def test_skip_if_complete_and_failures_recorded_sweep_goes_on(tmp_path, monkeypa
 def test_concurrent_sweeps_do_not_run_the_same_run_twice(tmp_path):
     """A run directory is claimed with a lock file: a live holder makes another sweep pass it by
     ('busy'), a dead holder's lock is taken over, and a run completed meanwhile is skipped."""
-    import os
 
     results = tmp_path / "runs"
     (spec,) = sw.plan(["finetune"], ["synth-av"], ["audio"], [0], sets=TINY, results_dir=results)
     payload = sw._spec_payload(spec)
-    lock = sw.acquire_run_lock(results / spec.run_id)  # held by this (live) process
-    assert lock is not None and sw.acquire_run_lock(results / spec.run_id) is None
+    lock = acquire_run_lock(results / spec.run_id)  # held by this (live) process
+    assert lock is not None and acquire_run_lock(results / spec.run_id) is None
     assert sw.execute_spec(payload)["state"] == "busy"
     assert not (results / spec.run_id / "status.json").exists()  # nothing was run or recorded
-    dead_pid = next(p for p in range(2 ** 22 + 12345, 2 ** 22 + 22345) if not _pid_exists(p))
+    dead_pid = next(p for p in range(2**22 + 12345, 2**22 + 22345) if not _pid_exists(p))
     lock.write_text(f"{__import__('socket').gethostname()} {dead_pid} 0\n")  # a pid that does not run
-    lock2 = sw.acquire_run_lock(results / spec.run_id)
+    lock2 = acquire_run_lock(results / spec.run_id)
     assert lock2 is not None
     lock2.unlink()
     RunDir(results / spec.run_id).mark_complete()
@@ -227,8 +260,24 @@ def test_sweep_cli_dry_run_and_presets(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("cign-table1", "cign-table2", "cign-table3", "cign-table4", "cign-10tasks", "avcil-tables"):
         assert name in out
-    code = main(["sweep", "--preset", "cign-table1", "--benchmarks", "synth-av", "--strategies", "finetune,joint",
-                 "--seeds", "0,1", "--set", "synth.size=tiny", "--results-dir", str(tmp_path), "--dry-run"])
+    code = main(
+        [
+            "sweep",
+            "--preset",
+            "cign-table1",
+            "--benchmarks",
+            "synth-av",
+            "--strategies",
+            "finetune,joint",
+            "--seeds",
+            "0,1",
+            "--set",
+            "synth.size=tiny",
+            "--results-dir",
+            str(tmp_path),
+            "--dry-run",
+        ]
+    )
     assert code == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pending")]
     assert len(lines) == 2 * 3 * 2  # strategies x modalities x seeds

@@ -16,10 +16,32 @@ import yaml
 pytestmark = pytest.mark.slow  # real sweep processes, really killed
 
 #: 2 strategies (one with an exemplar memory, saved in checkpoints) x 2 seeds, tiny runs of 3 tasks.
-SWEEP = ["sweep", "--strategies", "finetune,icarl", "--benchmarks", "synth-av", "--modalities", "audio-visual",
-         "--seeds", "0,1", "--jobs", "1", "--quiet", "--set", "synth.size=tiny", "--set", "num_tasks=4",
-         "--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "model.encoder_width=8",
-         "--set", "model.dim=32"]
+SWEEP = [
+    "sweep",
+    "--strategies",
+    "finetune,icarl",
+    "--benchmarks",
+    "synth-av",
+    "--modalities",
+    "audio-visual",
+    "--seeds",
+    "0,1",
+    "--jobs",
+    "1",
+    "--quiet",
+    "--set",
+    "synth.size=tiny",
+    "--set",
+    "num_tasks=4",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "model.encoder_width=8",
+    "--set",
+    "model.dim=32",
+]
 #: columns that legitimately differ between two sweeps (wall time, paths, memory, resume flags)
 VOLATILE = ("time", "_s", "memory", "path", "run_dir", "resumed", "sessions", "rss", "date", "completed")
 
@@ -27,8 +49,9 @@ VOLATILE = ("time", "_s", "memory", "path", "run_dir", "resumed", "sessions", "r
 def _sweep_process(results: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "avcl_bench.cli"] + SWEEP + ["--results-dir", str(results)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # its own process group: the kill takes everything
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )  # its own process group: the kill takes everything
 
 
 def _statuses(results: Path) -> list[dict]:
@@ -37,7 +60,7 @@ def _statuses(results: Path) -> list[dict]:
         try:
             out.append(json.loads(p.read_text()))
         except (OSError, ValueError):  # atomic writes: a status file is never torn
-            raise AssertionError(f"unreadable {p}")
+            raise AssertionError(f"unreadable {p}") from None
     return out
 
 
@@ -64,8 +87,22 @@ def _report(results: Path, tmp: Path, name: str) -> list[dict]:
     from avcl_bench.cli import main
 
     board = tmp / f"{name}.csv"
-    assert main(["report", "--results-dir", str(results), "--out", str(tmp / f"reports-{name}"),
-                 "--leaderboard", str(board), "--no-plots", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results-dir",
+                str(results),
+                "--out",
+                str(tmp / f"reports-{name}"),
+                "--leaderboard",
+                str(board),
+                "--no-plots",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with open(board, newline="") as fh:
         rows = list(csv.DictReader(fh))
     stable = [{k: v for k, v in r.items() if not any(s in k for s in VOLATILE)} for r in rows]
@@ -95,8 +132,10 @@ def test_sigkilled_sweep_resumes_to_the_same_leaderboard(tmp_path):
         # during the first run, right after its first task-boundary checkpoint
         lambda: any(s.get("tasks_done", 0) >= 1 for s in _statuses(killed)) and _complete(killed) == 0,
         # mid-task of a later run: two tasks done somewhere past the first complete run
-        lambda: _complete(killed) >= 1 and any(s.get("state") == "running" and s.get("tasks_done", 0) >= 2
-                                               for s in _statuses(killed)),
+        lambda: (
+            _complete(killed) >= 1
+            and any(s.get("state") == "running" and s.get("tasks_done", 0) >= 2 for s in _statuses(killed))
+        ),
         # the instant a further run is marked complete (before the sweep records it)
         lambda: _complete(killed) >= 3,
     ]

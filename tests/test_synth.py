@@ -16,8 +16,14 @@ from avcl_bench.data.clips import AudioSpec, VisualSpec, decode_clip, log_spectr
 from avcl_bench.errors import ConfigError, DataError
 from avcl_bench.paths import DATASETS_DIR
 
-MICRO = {"num_classes": 4, "clips": {"train": 1, "val": 1, "test": 1}, "duration": 1.0, "fps": 8,
-         "resolution": 32, "sample_rate": 16000}
+MICRO = {
+    "num_classes": 4,
+    "clips": {"train": 1, "val": 1, "test": 1},
+    "duration": 1.0,
+    "fps": 8,
+    "resolution": 32,
+    "sample_rate": 16000,
+}
 
 
 def _yaml_specs():

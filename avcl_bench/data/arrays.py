@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import NO_SPACE, DataError
 
 
 @dataclass
@@ -33,9 +33,6 @@ class CachedArrays:
 # ----------------------------------------------------------------------------- cache entries
 # A cache entry is a folder <cache>/<key>/ holding audio.npy, visual.npy, meta.json and, written last,
 # done. meta.json records each array's shape and dtype, so an entry is checked when it is opened.
-
-#: errno values meaning "the disk (or the process's file-size limit) has no room"
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class DamagedCacheEntry(Exception):
@@ -60,10 +57,12 @@ def allocate_array(path: Path, dtype, shape) -> np.ndarray:
             finally:
                 os.close(fd)
     except OSError as exc:
-        if exc.errno in _NO_SPACE:
+        if exc.errno in NO_SPACE:
             size = np.dtype(dtype).itemsize * int(np.prod(shape)) / 1e6
-            raise DataError(f"no space left to cache {size:.1f} MB in {path.parent.parent} ({path.name}): "
-                            "free space or set AVCL_BENCH_CACHE to another disk") from None
+            raise DataError(
+                f"no space left to cache {size:.1f} MB in {path.parent.parent} ({path.name}): "
+                "free space or set AVCL_BENCH_CACHE to another disk"
+            ) from None
         raise
     return arr
 
@@ -84,8 +83,9 @@ def open_cache_entry(final: Path) -> tuple[dict, dict[str, np.ndarray]]:
         for name, spec in specs.items():
             arr = np.load(final / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             if list(arr.shape) != spec["shape"] or arr.dtype.str != spec["dtype"]:
-                raise DamagedCacheEntry(f"{name}.npy is {arr.dtype.str} {list(arr.shape)}, "
-                                        f"meta.json says {spec['dtype']} {spec['shape']}")
+                raise DamagedCacheEntry(
+                    f"{name}.npy is {arr.dtype.str} {list(arr.shape)}, meta.json says {spec['dtype']} {spec['shape']}"
+                )
             if arr.shape[0] != len(ids):
                 raise DamagedCacheEntry(f"{name}.npy has {arr.shape[0]} rows for {len(ids)} ids")
             arrays[name] = arr
@@ -101,5 +101,6 @@ def discard_damaged_entry(final: Path, reason) -> None:
     try:
         shutil.rmtree(final)
     except OSError:
-        raise DataError(f"the cache entry {final} is damaged ({reason}) and cannot be removed: "
-                        "delete that folder and run again") from None
+        raise DataError(
+            f"the cache entry {final} is damaged ({reason}) and cannot be removed: delete that folder and run again"
+        ) from None

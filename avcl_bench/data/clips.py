@@ -43,8 +43,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ClipError, ConfigError, DataError
-from .arrays import (CachedArrays, DamagedCacheEntry, allocate_array, array_specs, discard_damaged_entry,
-                     open_cache_entry)
+from .arrays import (
+    CachedArrays,
+    DamagedCacheEntry,
+    allocate_array,
+    array_specs,
+    discard_damaged_entry,
+    open_cache_entry,
+)
 
 #: Media file extensions tried, in this order, for ``<root>/<id>.<ext>``.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
@@ -77,9 +83,7 @@ def _spec_from_dict(cls, d: Any, what: str):
     kwargs = {}
     for key, value in d.items():
         if key not in fields:
-            raise ConfigError(
-                f"unknown {what} preprocessing key {key!r} (known: {', '.join(fields)})"
-            )
+            raise ConfigError(f"unknown {what} preprocessing key {key!r} (known: {', '.join(fields)})")
         default = fields[key].default
         if isinstance(default, bool):
             if not isinstance(value, bool):
@@ -135,9 +139,7 @@ class AudioSpec:
         if self.duration <= 0:
             raise ConfigError(f"audio.duration must be positive, got {self.duration}")
         if self.win_length > self.n_fft:
-            raise ConfigError(
-                f"audio.win_length ({self.win_length}) must not exceed audio.n_fft ({self.n_fft})"
-            )
+            raise ConfigError(f"audio.win_length ({self.win_length}) must not exceed audio.n_fft ({self.n_fft})")
         if self.window not in _WINDOWS:
             raise ConfigError(f"audio.window must be one of {_WINDOWS}, got {self.window!r}")
         if self.scaling not in _SCALINGS:
@@ -241,10 +243,7 @@ def _natural_key(name: str):
 
 
 def _list_jpgs(frames_dir: Path) -> list[Path]:
-    files = [
-        p for p in frames_dir.iterdir()
-        if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()
-    ]
+    files = [p for p in frames_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()]
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
@@ -267,7 +266,7 @@ def _crop_or_pad(wave: np.ndarray, spec: AudioSpec) -> np.ndarray:
     n = spec.num_samples
     if wave.shape[0] >= n:
         start = (wave.shape[0] - n) // 2 if spec.offset == "centre" else 0
-        return np.ascontiguousarray(wave[start:start + n], dtype=np.float32)
+        return np.ascontiguousarray(wave[start : start + n], dtype=np.float32)
     out = np.zeros(n, dtype=np.float32)
     out[: wave.shape[0]] = wave
     return out
@@ -460,8 +459,13 @@ def _spectrogram_transform(n_fft: int, win_length: int, hop_length: int, window:
 
     window_fn = {"hann": torch.hann_window, "hamming": torch.hamming_window}[window]
     return torchaudio.transforms.Spectrogram(
-        n_fft=n_fft, win_length=win_length, hop_length=hop_length, window_fn=window_fn,
-        power=2.0, center=center, pad_mode="reflect",
+        n_fft=n_fft,
+        win_length=win_length,
+        hop_length=hop_length,
+        window_fn=window_fn,
+        power=2.0,
+        center=center,
+        pad_mode="reflect",
     )
 
 
@@ -470,11 +474,9 @@ def _density_scale(spec: AudioSpec):
     """Per-bin factor turning ``|STFT|^2`` into a one-sided PSD (scipy ``scaling='density'``)."""
     import torch
 
-    transform = _spectrogram_transform(
-        spec.n_fft, spec.win_length, spec.hop_length, spec.window, spec.center
-    )
+    transform = _spectrogram_transform(spec.n_fft, spec.win_length, spec.hop_length, spec.window, spec.center)
     win = transform.window
-    scale = torch.full((spec.num_bins, 1), 1.0 / (spec.sample_rate * float((win ** 2).sum())))
+    scale = torch.full((spec.num_bins, 1), 1.0 / (spec.sample_rate * float((win**2).sum())))
     last = spec.num_bins - 1 if spec.n_fft % 2 == 0 else spec.num_bins
     scale[1:last] *= 2.0
     return scale
@@ -491,9 +493,7 @@ def log_spectrogram(waveform, spec: AudioSpec | None = None):
     x = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(1, -1)
     if not spec.center and x.shape[-1] < spec.n_fft:
         x = torch.nn.functional.pad(x, (0, spec.n_fft - x.shape[-1]))
-    transform = _spectrogram_transform(
-        spec.n_fft, spec.win_length, spec.hop_length, spec.window, spec.center
-    )
+    transform = _spectrogram_transform(spec.n_fft, spec.win_length, spec.hop_length, spec.window, spec.center)
     with torch.no_grad():
         s = transform(x)
         if spec.scaling == "density":
@@ -538,8 +538,12 @@ def _fingerprint(path: Path) -> list:
         stats = [p.stat() for p in jpgs]
         wav = _wav_for_frames_dir(path).stat()
         return [
-            "frames", len(jpgs), sum(s.st_size for s in stats),
-            max((s.st_mtime_ns for s in stats), default=0), wav.st_size, wav.st_mtime_ns,
+            "frames",
+            len(jpgs),
+            sum(s.st_size for s in stats),
+            max((s.st_mtime_ns for s in stats), default=0),
+            wav.st_size,
+            wav.st_mtime_ns,
         ]
     st = path.stat()
     return [path.name, st.st_size, st.st_mtime_ns]
@@ -651,8 +655,7 @@ def _torch_single_thread():
         torch.set_num_threads(previous)
 
 
-def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: bool,
-                 executor: str = "threads") -> None:
+def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: bool, executor: str = "threads") -> None:
     """Decode ``present`` into rows of ``a_arr`` / ``v_arr`` (memory maps of ``.npy`` files).
 
     ``threads``: PyAV and torch release the GIL in their kernels, but the per-clip Python work does
@@ -676,7 +679,7 @@ def _decode_into(present, audio, visual, a_arr, v_arr, workers: int, progress: b
                 # workers re-import: decode with threads instead
                 import warnings
 
-                warnings.warn(f"decoding processes unavailable ({exc}); decoding with {workers} threads")
+                warnings.warn(f"decoding processes unavailable ({exc}); decoding with {workers} threads", stacklevel=2)
                 bar.reset()
 
         def job(k: int):
@@ -702,8 +705,12 @@ def _init_decode_worker(audio_path: str, visual_path: str, audio, visual) -> Non
     import torch
 
     torch.set_num_threads(1)  # one core per worker: the parallelism is the workers
-    _WORKER_STATE.update(audio_rows=np.load(audio_path, mmap_mode="r+"),
-                         visual_rows=np.load(visual_path, mmap_mode="r+"), audio=audio, visual=visual)
+    _WORKER_STATE.update(
+        audio_rows=np.load(audio_path, mmap_mode="r+"),
+        visual_rows=np.load(visual_path, mmap_mode="r+"),
+        audio=audio,
+        visual=visual,
+    )
 
 
 def _decode_rows_in_worker(rows: list[tuple[int, str]]) -> int:
@@ -723,12 +730,16 @@ def _decode_in_processes(present, audio, visual, a_arr, v_arr, workers: int, bar
     a_arr.flush()  # the headers and reserved blocks are on disk before the workers map the files
     v_arr.flush()
     rows = [(k, str(path)) for k, (_, path) in enumerate(present)]
-    chunks = [rows[i:i + _PROCESS_CHUNK] for i in range(0, len(rows), _PROCESS_CHUNK)]
+    chunks = [rows[i : i + _PROCESS_CHUNK] for i in range(0, len(rows), _PROCESS_CHUNK)]
     # spawn, not fork: a forked child of a process that has used torch's OpenMP pool can hang
     ctx = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_decode_worker,
-                                 initargs=(a_arr.filename, v_arr.filename, audio, visual)) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_init_decode_worker,
+            initargs=(a_arr.filename, v_arr.filename, audio, visual),
+        ) as pool:
             pending = {pool.submit(_decode_rows_in_worker, chunk) for chunk in chunks}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -771,8 +782,13 @@ def decode_plan(n_clips: int, workers: int | None = None, executor: str | None =
 
 def _load_cached(final: Path) -> ClipArrays:
     meta, arrays = open_cache_entry(final)
-    return ClipArrays(audio=arrays["audio"], visual=arrays["visual"], ids=list(meta["ids"]),
-                      missing=list(meta["missing"]), cache_path=final)
+    return ClipArrays(
+        audio=arrays["audio"],
+        visual=arrays["visual"],
+        ids=list(meta["ids"]),
+        missing=list(meta["missing"]),
+        cache_path=final,
+    )
 
 
 def preprocess_clips(
@@ -860,7 +876,13 @@ def preprocess_clips(
 
 
 __all__ = [
-    "AudioSpec", "VisualSpec", "ClipArrays", "find_clip", "decode_clip", "log_spectrogram",
-    "frames_to_tensor", "preprocess_clips", "VIDEO_EXTENSIONS",
+    "AudioSpec",
+    "VisualSpec",
+    "ClipArrays",
+    "find_clip",
+    "decode_clip",
+    "log_spectrogram",
+    "frames_to_tensor",
+    "preprocess_clips",
+    "VIDEO_EXTENSIONS",
 ]
-

@@ -83,8 +83,16 @@ def load_data(manifest: Manifest, cfg: dict) -> LoadedData:
         if root is None:
             raise DataError(f"benchmark '{manifest.name}' needs --data-root (AV-CIL feature directory)")
         f = cfg["features"]
-        arrays = load_avcil_features(root, ids, f["audio_dim"], tuple(f["visual_shape"]), f["visual_format"],
-                                     cache_dir=cache, dtype=f["dtype"], progress=cfg["progress"])
+        arrays = load_avcil_features(
+            root,
+            ids,
+            f["audio_dim"],
+            tuple(f["visual_shape"]),
+            f["visual_format"],
+            cache_dir=cache,
+            dtype=f["dtype"],
+            progress=cfg["progress"],
+        )
         audio, visual, kept = arrays.audio, arrays.visual, ids
         missing = 0
     else:
@@ -96,9 +104,15 @@ def load_data(manifest: Manifest, cfg: dict) -> LoadedData:
             raise DataError(f"benchmark '{manifest.name}' needs --data-root{hint}: the folder of its clips")
         if not Path(root).is_dir():
             raise DataError(f"data root not found: {root}")
-        arrays = preprocess_clips(root, ids, AudioSpec.from_dict(cfg["clips"]["audio"]),
-                                  VisualSpec.from_dict(cfg["clips"]["visual"]), cache_dir=cache,
-                                  allow_missing=cfg["allow_missing"], progress=cfg["progress"])
+        arrays = preprocess_clips(
+            root,
+            ids,
+            AudioSpec.from_dict(cfg["clips"]["audio"]),
+            VisualSpec.from_dict(cfg["clips"]["visual"]),
+            cache_dir=cache,
+            allow_missing=cfg["allow_missing"],
+            progress=cfg["progress"],
+        )
         audio, visual, kept = arrays.audio, arrays.visual, list(arrays.ids)
         missing = len(arrays.missing)
     pos = {vid: i for i, vid in enumerate(kept)}

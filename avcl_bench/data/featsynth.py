@@ -16,10 +16,18 @@ import yaml
 from .features import write_avcil_features
 
 
-def generate_feature_benchmark(out: Path, num_classes: int = 8, num_tasks: int = 4,
-                               clips: dict | None = None, audio_dim: int = 32,
-                               visual_shape=(2, 4, 16), visual_format: str = "npy", seed: int = 0,
-                               memory: dict | None = None, name: str = "feat-synth") -> Path:
+def generate_feature_benchmark(
+    out: Path,
+    num_classes: int = 8,
+    num_tasks: int = 4,
+    clips: dict | None = None,
+    audio_dim: int = 32,
+    visual_shape=(2, 4, 16),
+    visual_format: str = "npy",
+    seed: int = 0,
+    memory: dict | None = None,
+    name: str = "feat-synth",
+) -> Path:
     """Generate features + manifest; returns the manifest YAML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -29,10 +37,18 @@ def generate_feature_benchmark(out: Path, num_classes: int = 8, num_tasks: int =
         for c in range(num_classes):
             rows += [{"id": f"{split}_{c:03d}_{i:03d}", "label": f"class_{c:03d}", "split": split} for i in range(n)]
     splits = pd.DataFrame(rows)
-    write_avcil_features(out, splits["id"].tolist(), [int(s[6:]) for s in splits["label"]], audio_dim,
-                         tuple(visual_shape), visual_format, seed=seed)
+    write_avcil_features(
+        out,
+        splits["id"].tolist(),
+        [int(s[6:]) for s in splits["label"]],
+        audio_dim,
+        tuple(visual_shape),
+        visual_format,
+        seed=seed,
+    )
     pd.DataFrame({"index": range(num_classes), "name": [f"class_{c:03d}" for c in range(num_classes)]}).to_csv(
-        out / "classes.csv", index=False)
+        out / "classes.csv", index=False
+    )
     splits.to_csv(out / "splits.csv", index=False)
     doc = {
         "name": name,

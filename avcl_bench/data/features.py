@@ -33,7 +33,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, FeatureError
-from .arrays import CachedArrays, DamagedCacheEntry, allocate_array, array_specs, discard_damaged_entry, open_cache_entry
+from .arrays import (
+    CachedArrays,
+    DamagedCacheEntry,
+    allocate_array,
+    array_specs,
+    discard_damaged_entry,
+    open_cache_entry,
+)
 
 AUDIO_FILE = Path("audio_pretrained_feature") / "audio_pretrained_feature_dict.npy"
 VISUAL_NPY_FILE = Path("visual_pretrained_feature") / "visual_pretrained_feature_dict.npy"
@@ -73,8 +80,9 @@ def _check_shapes(audio_dim, visual_shape) -> tuple[int, tuple[int, int, int]]:
     except (TypeError, ValueError):
         raise ConfigError(f"invalid feature shapes: audio_dim={audio_dim!r}, visual_shape={visual_shape!r}") from None
     if audio_dim <= 0 or len(shape) != 3 or min(shape) <= 0:
-        raise ConfigError(f"features need audio_dim > 0 and visual_shape [T, P, D] > 0, "
-                          f"got {audio_dim!r} and {list(visual_shape)!r}")
+        raise ConfigError(
+            f"features need audio_dim > 0 and visual_shape [T, P, D] > 0, got {audio_dim!r} and {list(visual_shape)!r}"
+        )
     return audio_dim, shape  # type: ignore[return-value]
 
 
@@ -127,8 +135,16 @@ def _load_npy_dict(path: Path) -> dict:
         raise FeatureError(f"feature file not found: {path}")
     try:
         obj = _read_npy_object(path)
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError, MemoryError, AttributeError, TypeError,
-            IndexError) as exc:
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        MemoryError,
+        AttributeError,
+        TypeError,
+        IndexError,
+    ) as exc:
         raise FeatureError(f"cannot read {path}: {_short(exc)}") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
@@ -162,8 +178,10 @@ def _as_visual(value, vid: str, path: Path, shape: tuple[int, int, int]) -> np.n
     except (TypeError, ValueError):
         raise FeatureError(f"{path.name}: id {vid} is not a numeric array") from None
     if arr.shape not in ((t * p, d), (t, p, d), (1, t * p, d)):
-        raise FeatureError(f"{path.name}: id {vid} has shape {tuple(arr.shape)}, "
-                           f"expected (T*P, D) = ({t * p}, {d}) for visual_shape [{t}, {p}, {d}]")
+        raise FeatureError(
+            f"{path.name}: id {vid} has shape {tuple(arr.shape)}, "
+            f"expected (T*P, D) = ({t * p}, {d}) for visual_shape [{t}, {p}, {d}]"
+        )
     if not np.isfinite(arr).all():
         raise FeatureError(f"{path.name}: id {vid} contains NaN or infinite values")
     return arr.reshape(t, p, d)
@@ -211,9 +229,15 @@ def load_avcil_features(
 
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in (audio_path, visual_path)]
     payload = {
-        "version": CACHE_VERSION, "root": str(root.resolve()), "ids": ids, "files": stats,
-        "audio_dim": audio_dim, "visual_shape": list(shape), "format": visual_format,
-        "dtype": np_dtype.name, "allow_missing": bool(allow_missing),
+        "version": CACHE_VERSION,
+        "root": str(root.resolve()),
+        "ids": ids,
+        "files": stats,
+        "audio_dim": audio_dim,
+        "visual_shape": list(shape),
+        "format": visual_format,
+        "dtype": np_dtype.name,
+        "allow_missing": bool(allow_missing),
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "features"
@@ -252,8 +276,9 @@ def load_avcil_features(
         if not kept:
             raise FeatureError(f"none of the {len(ids)} requested ids have both audio and visual features under {root}")
 
-        from .clips import _new_tmp_dir, _publish, _write_text_atomic
         from tqdm import tqdm
+
+        from .clips import _new_tmp_dir, _publish, _write_text_atomic
 
         tmp = _new_tmp_dir(base, key)
         try:
@@ -271,8 +296,9 @@ def load_avcil_features(
             v_arr.flush()
             specs = array_specs(audio=a_arr, visual=v_arr)
             del a_arr, v_arr
-            _write_text_atomic(tmp / "meta.json", json.dumps({"ids": kept, "missing": missing, "key": payload,
-                                                               "arrays": specs}))
+            _write_text_atomic(
+                tmp / "meta.json", json.dumps({"ids": kept, "missing": missing, "key": payload, "arrays": specs})
+            )
             _write_text_atomic(tmp / "done", "ok\n")
             _publish(tmp, final)
         except BaseException:
@@ -292,8 +318,10 @@ def _read_h5(h5, vid: str, path: Path, shape: tuple[int, int, int]) -> np.ndarra
         raise FeatureError(f"{path.name}: id {vid} is a group, expected a dataset of shape (T*P, D)")
     t, p, d = shape
     if obj.shape not in ((t * p, d), (t, p, d), (1, t * p, d)):
-        raise FeatureError(f"{path.name}: id {vid} has shape {tuple(obj.shape)}, "
-                           f"expected (T*P, D) = ({t * p}, {d}) for visual_shape [{t}, {p}, {d}]")
+        raise FeatureError(
+            f"{path.name}: id {vid} has shape {tuple(obj.shape)}, "
+            f"expected (T*P, D) = ({t * p}, {d}) for visual_shape [{t}, {p}, {d}]"
+        )
     try:
         return obj[()]
     except (OSError, ValueError, TypeError) as exc:
@@ -302,8 +330,13 @@ def _read_h5(h5, vid: str, path: Path, shape: tuple[int, int, int]) -> np.ndarra
 
 def _load_cached(final: Path) -> FeatureArrays:
     meta, arrays = open_cache_entry(final)
-    return FeatureArrays(audio=arrays["audio"], visual=arrays["visual"], ids=list(meta["ids"]),
-                         missing=list(meta["missing"]), cache_path=final)
+    return FeatureArrays(
+        audio=arrays["audio"],
+        visual=arrays["visual"],
+        ids=list(meta["ids"]),
+        missing=list(meta["missing"]),
+        cache_path=final,
+    )
 
 
 # ----------------------------------------------------------------------------- generator

@@ -42,11 +42,14 @@ def as_avalanche(ds: AVArrayDataset):
     token = next(_TOKENS) % (1 << SOURCE_BITS)
     _SOURCES[token] = ds
     n = len(ds)
-    return TaskAwareSupervisedClassificationDataset([ds], data_attributes=[
-        DataAttribute(ds.targets, "targets"),
-        DataAttribute([0] * n, "targets_task_labels", use_in_getitem=True),
-        DataAttribute(((ds.index << SOURCE_BITS) | token).tolist(), ROWS),
-    ])
+    return TaskAwareSupervisedClassificationDataset(
+        [ds],
+        data_attributes=[
+            DataAttribute(ds.targets, "targets"),
+            DataAttribute([0] * n, "targets_task_labels", use_in_getitem=True),
+            DataAttribute(((ds.index << SOURCE_BITS) | token).tolist(), ROWS),
+        ],
+    )
 
 
 class RowBatches(Dataset):
@@ -113,15 +116,35 @@ def pass_through(batch):
     return batch
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False, num_workers: int = 0,
-                pin_memory: bool = False, batched: bool = True) -> DataLoader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    batched: bool = True,
+) -> DataLoader:
     """A DataLoader over ``dataset``: batched row reads where possible, else per item."""
     view = batched_view(dataset) if batched else None
     if view is not None:
-        return DataLoader(view, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=num_workers, pin_memory=pin_memory, collate_fn=pass_through)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=pin_memory)
+        return DataLoader(
+            view,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=pass_through,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
 
 
 def _cat(a, b):

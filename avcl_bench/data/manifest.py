@@ -19,10 +19,29 @@ from ..errors import ConfigError, DataError
 from ..paths import DATASETS_DIR, name_problem
 
 MANIFEST_KEYS = {
-    "name", "title", "source", "classes", "splits", "num_classes", "counts", "protocols",
-    "default_protocol", "inputs", "data_root_env", "data_root", "features", "clips", "notes",
-    "generated", "prepare", "ids", "class_order_seed", "config", "dropped_placeholder_rows",
-    "test_annotated", "citation",
+    "name",
+    "title",
+    "source",
+    "classes",
+    "splits",
+    "num_classes",
+    "counts",
+    "protocols",
+    "default_protocol",
+    "inputs",
+    "data_root_env",
+    "data_root",
+    "features",
+    "clips",
+    "notes",
+    "generated",
+    "prepare",
+    "ids",
+    "class_order_seed",
+    "config",
+    "dropped_placeholder_rows",
+    "test_annotated",
+    "citation",
 }
 PROTOCOL_KEYS = {"num_tasks", "memory", "description"}
 
@@ -88,13 +107,10 @@ class Manifest:
         if gen == "synth-av":
             from .synth import generate_synth_av
 
-            root = (
-                Path(cfg["data_root"]).expanduser()
-                if cfg.get("data_root")
-                else None
+            root = Path(cfg["data_root"]).expanduser() if cfg.get("data_root") else None
+            root = generate_synth_av(
+                root, size=cfg["synth"]["size"], seed=cfg["synth"]["seed"], progress=cfg.get("progress", True)
             )
-            root = generate_synth_av(root, size=cfg["synth"]["size"], seed=cfg["synth"]["seed"],
-                                     progress=cfg.get("progress", True))
             self.data_root = root
             classes_csv, splits_csv = root / "classes.csv", root / "splits.csv"
         elif gen:
@@ -106,12 +122,16 @@ class Manifest:
             if self.doc.get("prepare"):
                 if self.data_root is None:
                     env = self.doc.get("data_root_env", "the data root")
-                    raise DataError(f"benchmark '{self.name}' needs --data-root (or ${env}) holding "
-                                    f"the splits written by 'avcl-bench prepare {self.name}'")
+                    raise DataError(
+                        f"benchmark '{self.name}' needs --data-root (or ${env}) holding "
+                        f"the splits written by 'avcl-bench prepare {self.name}'"
+                    )
                 splits_csv = self.data_root / "splits.csv"
                 if not splits_csv.is_file():
-                    raise DataError(f"{splits_csv} not found: run 'avcl-bench prepare {self.name} "
-                                    f"--annotations VGGSOUND_CSV --data-root {self.data_root}' first")
+                    raise DataError(
+                        f"{splits_csv} not found: run 'avcl-bench prepare {self.name} "
+                        f"--annotations VGGSOUND_CSV --data-root {self.data_root}' first"
+                    )
         self.classes = self._read_classes(classes_csv, splits_csv)
         self.splits = self._read_splits(splits_csv)
         self._check_counts()
@@ -173,7 +193,9 @@ class Manifest:
         if unknown:
             raise DataError(f"{splits_csv}: {len(unknown)} label(s) not in the class list, e.g. '{unknown[0]}'")
         out = pd.DataFrame({"id": df["id"], "label": df["label"].map(index).astype(int), "split": df["split"]})
-        empty = [self.classes[c] for c in range(len(self.classes)) if not (out.loc[out.split == "train", "label"] == c).any()]
+        empty = [
+            self.classes[c] for c in range(len(self.classes)) if not (out.loc[out.split == "train", "label"] == c).any()
+        ]
         if empty:
             raise DataError(f"{splits_csv}: class '{empty[0]}' has no training clip ({len(empty)} empty classes)")
         return out
@@ -185,7 +207,9 @@ class Manifest:
         got = self.splits["split"].value_counts().to_dict()
         for split, n in counts.items():
             if got.get(split, 0) != n:
-                raise DataError(f"{self.path.name}: split '{split}' has {got.get(split, 0)} rows, manifest declares {n}")
+                raise DataError(
+                    f"{self.path.name}: split '{split}' has {got.get(split, 0)} rows, manifest declares {n}"
+                )
 
 
 def load_manifest(name_or_path: str) -> Manifest:

@@ -15,8 +15,9 @@ def check_divisible(num_classes: int, num_tasks: int, benchmark: str) -> int:
     if not isinstance(num_tasks, int) or num_tasks < 1:
         raise ConfigError(f"config key 'num_tasks' must be a positive integer, got {num_tasks!r}")
     if num_classes % num_tasks:
-        raise ConfigError(f"benchmark '{benchmark}' has {num_classes} classes, not divisible into "
-                          f"num_tasks={num_tasks} equal tasks")
+        raise ConfigError(
+            f"benchmark '{benchmark}' has {num_classes} classes, not divisible into num_tasks={num_tasks} equal tasks"
+        )
     return num_classes // num_tasks
 
 
@@ -33,10 +34,13 @@ def make_streams(data: LoadedData, num_tasks: int, benchmark: str = ""):
         present = set(ds.targets)
         if len(present) != C:
             missing = sorted(set(range(C)) - present)
-            raise ConfigError(f"split '{name}' of '{benchmark}' has no clip of class '{data.classes[missing[0]]}'"
-                              f" ({len(missing)} classes empty)")
+            raise ConfigError(
+                f"split '{name}' of '{benchmark}' has no clip of class '{data.classes[missing[0]]}'"
+                f" ({len(missing)} classes empty)"
+            )
     from .loading import as_avalanche
 
     # wrapped here so that every experience and memory keeps each clip's array row (batched reads)
-    return class_incremental_benchmark({name: as_avalanche(ds) for name, ds in datasets.items()},
-                                       class_order=list(range(C)), num_experiences=num_tasks)
+    return class_incremental_benchmark(
+        {name: as_avalanche(ds) for name, ds in datasets.items()}, class_order=list(range(C)), num_experiences=num_tasks
+    )

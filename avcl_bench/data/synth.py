@@ -91,16 +91,27 @@ def _audio_signature(k: int) -> dict:
     timbre = list(TIMBRES)[(k + k // 6) % 3]
     am_name, am = AM_RATES[(k // 3) % 3]
     band = NOISE_BANDS[(k // 2 + k // 6) % 3]
-    return {"name": f"{pname}-{timbre}", "pitch": f0, "timbre": timbre, "am": am_name,
-            "am_rate": am, "noise_band": [band[1], band[2]]}
+    return {
+        "name": f"{pname}-{timbre}",
+        "pitch": f0,
+        "timbre": timbre,
+        "am": am_name,
+        "am_rate": am,
+        "noise_band": [band[1], band[2]],
+    }
 
 
 def _visual_signature(k: int) -> dict:
     # (shape, colour) is unique for k < 20.
     shape = SHAPES[k % 4]
     colour = list(COLOURS)[k % 5]
-    return {"name": f"{colour}-{shape}", "shape": shape, "colour": colour,
-            "texture": TEXTURES[(k // 2 + k // 4) % 3], "motion": MOTIONS[(k // 3) % 4]}
+    return {
+        "name": f"{colour}-{shape}",
+        "shape": shape,
+        "colour": colour,
+        "texture": TEXTURES[(k // 2 + k // 4) % 3],
+        "motion": MOTIONS[(k // 3) % 4],
+    }
 
 
 def synth_classes(num_classes: int) -> list[dict]:
@@ -203,8 +214,12 @@ def render_frames(cls: dict, rng: np.random.Generator, params: dict) -> np.ndarr
     # A grey distractor blob (half of the clips), static.
     distractor = None
     if rng.random() < 0.5:
-        distractor = (rng.uniform(0.1, 0.9) * res, rng.uniform(0.1, 0.9) * res,
-                      res * rng.uniform(0.05, 0.09), rng.uniform(100, 170))
+        distractor = (
+            rng.uniform(0.1, 0.9) * res,
+            rng.uniform(0.1, 0.9) * res,
+            res * rng.uniform(0.05, 0.09),
+            rng.uniform(100, 170),
+        )
     noise_sigma = rng.uniform(3, 8)
     frames = np.empty((nf, res, res, 3), dtype=np.uint8)
     for i in range(nf):
@@ -277,8 +292,7 @@ def _clip_job(args) -> str:
 
 def _plan(params: dict, seed: int) -> list[tuple[int, str, int, str]]:
     """(clip number, id, class, split) for every clip; ids are shuffled so they hide the class."""
-    rows = [(c, split) for c in range(params["num_classes"]) for split in SPLITS
-            for _ in range(params["clips"][split])]
+    rows = [(c, split) for c in range(params["num_classes"]) for split in SPLITS for _ in range(params["clips"][split])]
     perm = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED])).permutation(len(rows))
     plan = []
     for number, (c, split) in enumerate(rows):
@@ -289,10 +303,18 @@ def _plan(params: dict, seed: int) -> list[tuple[int, str, int, str]]:
 def _generation_doc(size: str, seed: int, params: dict, classes: list[dict]) -> dict:
     import av
 
-    pairs_a = [[c["index"], d["index"]] for c in classes for d in classes
-               if c["index"] < d["index"] and c["audio_id"] == d["audio_id"]]
-    pairs_v = [[c["index"], d["index"]] for c in classes for d in classes
-               if c["index"] < d["index"] and c["visual_id"] == d["visual_id"]]
+    pairs_a = [
+        [c["index"], d["index"]]
+        for c in classes
+        for d in classes
+        if c["index"] < d["index"] and c["audio_id"] == d["audio_id"]
+    ]
+    pairs_v = [
+        [c["index"], d["index"]]
+        for c in classes
+        for d in classes
+        if c["index"] < d["index"] and c["visual_id"] == d["visual_id"]
+    ]
     return {
         "benchmark": "synth-av",
         "version": SYNTH_VERSION,
@@ -303,7 +325,11 @@ def _generation_doc(size: str, seed: int, params: dict, classes: list[dict]) -> 
         "ambiguous_in_audio": pairs_a,
         "ambiguous_in_vision": pairs_v,
         "classes": classes,
-        "encoder": {"video": "libx264 veryfast/zerolatency yuv420p crf 18", "audio": "aac (fast coder) 64 kb/s", "pyav": av.__version__},
+        "encoder": {
+            "video": "libx264 veryfast/zerolatency yuv420p crf 18",
+            "audio": "aac (fast coder) 64 kb/s",
+            "pyav": av.__version__,
+        },
     }
 
 
@@ -358,8 +384,10 @@ def generate_synth_av(
     if out.exists():
         if (out / MARKER).is_file() or default_location:
             if not default_location:
-                raise DataError(f"{out} holds a synth-av benchmark of another size/seed/version, or one with a "
-                                f"truncated or missing clip; choose another --out or remove it")
+                raise DataError(
+                    f"{out} holds a synth-av benchmark of another size/seed/version, or one with a "
+                    f"truncated or missing clip; choose another --out or remove it"
+                )
             shutil.rmtree(out)
         elif out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -383,8 +411,7 @@ def generate_synth_av(
             workers = min(2, os.cpu_count() or 1) if len(jobs) > POOL_MIN_CLIPS else 1
         from tqdm import tqdm
 
-        with tqdm(total=len(jobs), disable=not progress, desc=f"generating synth-av ({size})",
-                  unit="clip") as bar:
+        with tqdm(total=len(jobs), disable=not progress, desc=f"generating synth-av ({size})", unit="clip") as bar:
             if workers <= 1:
                 for job in jobs:
                     _clip_job(job)

@@ -149,13 +149,16 @@ def read_annotation_csv(annotation_csv: Path) -> tuple[dict[str, str], dict[str,
                     continue
                 line = reader.line_num
                 if len(row) != 4:
-                    raise DataError(f"{path}: line {line}: expected 4 fields "
-                                    f"(ytid,start_seconds,label,split), got {len(row)}")
+                    raise DataError(
+                        f"{path}: line {line}: expected 4 fields (ytid,start_seconds,label,split), got {len(row)}"
+                    )
                 ytid, start_s, label, _split = (x.strip() for x in row)
                 start = _parse_start(start_s)
                 if not ytid or not label or start is None:
-                    raise DataError(f"{path}: line {line}: malformed row "
-                                    f"(ytid={ytid[:20]!r}, start_seconds={start_s[:20]!r}, label={label[:40]!r})")
+                    raise DataError(
+                        f"{path}: line {line}: malformed row "
+                        f"(ytid={ytid[:20]!r}, start_seconds={start_s[:20]!r}, label={label[:40]!r})"
+                    )
                 cid = clip_id(ytid, start)
                 stats["rows"] += 1
                 if cid in labels:
@@ -234,8 +237,10 @@ def prepare_vggsound_sources(annotation_csv: Path, out_dir: Path, seed: int = 0)
         else:
             outside[label] += 1
     if not ids_by_class:
-        raise DataError(f"{annotation_csv}: none of the {len(pool)} VGG-Sound Sources pool ids has a label "
-                        f"of the benchmark's classes (is this VGGSound's annotation CSV?)")
+        raise DataError(
+            f"{annotation_csv}: none of the {len(pool)} VGG-Sound Sources pool ids has a label "
+            f"of the benchmark's classes (is this VGGSound's annotation CSV?)"
+        )
 
     rows = assign_splits(ids_by_class, classes, seed)
     counts = Counter(split for _, _, split in rows)

@@ -61,8 +61,10 @@ def build_token_encoders(cfg: dict, feature_encoder: str = "auto") -> tuple[nn.M
         audio_dim, visual_dim = cfg["features"]["audio_dim"], int(cfg["features"]["visual_shape"][-1])
         same = audio_dim == visual_dim
         if feature_encoder == "identity" and not same:
-            raise ConfigError(f"strategy.feature_encoder=identity needs equal audio and visual feature widths, "
-                              f"got features.audio_dim={audio_dim} and visual width {visual_dim}")
+            raise ConfigError(
+                f"strategy.feature_encoder=identity needs equal audio and visual feature widths, "
+                f"got features.audio_dim={audio_dim} and visual width {visual_dim}"
+            )
         if feature_encoder == "identity" or (feature_encoder == "auto" and same):
             return IdentityFeatureEncoders(), audio_dim
     return build_encoders(cfg), cfg["model"]["dim"]
@@ -71,8 +73,13 @@ def build_token_encoders(cfg: dict, feature_encoder: str = "auto") -> tuple[nn.M
 class AVCILNet(nn.Module):
     """AV-CIL's network for one modality setting (see the module docstring)."""
 
-    def __init__(self, cfg: dict, modality: str | None = None, feature_encoder: str = "auto",
-                 classifier: Callable[[int], nn.Module] | None = None):
+    def __init__(
+        self,
+        cfg: dict,
+        modality: str | None = None,
+        feature_encoder: str = "auto",
+        classifier: Callable[[int], nn.Module] | None = None,
+    ):
         super().__init__()
         self.modality = modality or cfg["modality"]
         self.encoders, d = build_token_encoders(cfg, feature_encoder)

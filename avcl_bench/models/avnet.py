@@ -74,8 +74,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim)
+        )
 
     def forward(self, x, prefix=None):
         h = self.norm1(x)
@@ -116,8 +117,9 @@ class AVNet(nn.Module):
             parts.append(v.flatten(1, 2) + self.type_embed[1])
         return torch.cat(parts, 1)
 
-    def forward_features(self, x, prompts=None, prefixes=None, return_blocks: bool = False,
-                         tokens: torch.Tensor | None = None):
+    def forward_features(
+        self, x, prompts=None, prefixes=None, return_blocks: bool = False, tokens: torch.Tensor | None = None
+    ):
         """CLS feature (B, D). ``prompts`` (B, Lp, D) are prepended after CLS; ``prefixes`` maps a
         block index to (pk, pv). With ``return_blocks`` also the output of every block."""
         seq = self.tokens(x) if tokens is None else tokens

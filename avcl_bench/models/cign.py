@@ -132,7 +132,8 @@ class CIGNNet(nn.Module):
         self.class_tokens = ClassTokens(self.dim, s["token_init_std"])
         depth = s["depth"]
         self.transformers = nn.ModuleDict(
-            {b: ModalityTransformer(self.dim, depth, m["heads"], m["dropout"]) for b in self.branches})
+            {b: ModalityTransformer(self.dim, depth, m["heads"], m["dropout"]) for b in self.branches}
+        )
         self.grouping = nn.ModuleDict({b: Grouping(self.dim) for b in self.branches})
         # p_{m,i} = Sigmoid(FC(g_{m,i})): one FC (D -> 1) per modality, applied to every class's
         # embedding (the class identity is carried by g_i itself, as in the official head).

@@ -80,14 +80,16 @@ class ResNet18Trunk(nn.Module):
         picked = {}
         for k, v in state.items():
             for prefix in ("", "module.", "encoder.", "backbone."):
-                if k.startswith(prefix) and k[len(prefix):] in own:
-                    picked[k[len(prefix):]] = v
+                if k.startswith(prefix) and k[len(prefix) :] in own:
+                    picked[k[len(prefix) :]] = v
         missing = [k for k in own if k not in picked]
         if missing:
             raise ConfigError(f"encoder checkpoint {p} lacks {len(missing)} ResNet18 weights (e.g. '{missing[0]}')")
         for k, v in picked.items():
             if own[k].shape != v.shape:
-                raise ConfigError(f"encoder checkpoint {p}: '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+                raise ConfigError(
+                    f"encoder checkpoint {p}: '{k}' has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+                )
         self.load_state_dict(picked)
 
 

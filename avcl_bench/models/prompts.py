@@ -89,15 +89,18 @@ class DualPrompts(nn.Module):
         for name, layers in (("g_layers", self.g_layers), ("e_layers", self.e_layers)):
             bad = [i for i in layers if not 0 <= i < depth]
             if bad:
-                raise ConfigError(f"strategy.{name} {layers} has block index {bad[0]} outside the model's "
-                                  f"{depth} fusion blocks (model.fusion_depth)")
+                raise ConfigError(
+                    f"strategy.{name} {layers} has block index {bad[0]} outside the model's "
+                    f"{depth} fusion blocks (model.fusion_depth)"
+                )
         if not self.e_layers:
             raise ConfigError("DualPrompt needs at least one block in strategy.e_layers")
         self.g = nn.Parameter(torch.empty(len(self.g_layers), 2, g_length, dim).uniform_(-1, 1))
         # One parameter per task, so that only the current task's E-prompt and key are trainable
         # (set_task): earlier tasks' experts stay exactly as learned, whatever the optimizer does.
-        self.e = nn.ParameterList(nn.Parameter(torch.empty(len(self.e_layers), 2, e_length, dim).uniform_(-1, 1))
-                                  for _ in range(num_tasks))
+        self.e = nn.ParameterList(
+            nn.Parameter(torch.empty(len(self.e_layers), 2, e_length, dim).uniform_(-1, 1)) for _ in range(num_tasks)
+        )
         self.task_keys = nn.ParameterList(nn.Parameter(torch.empty(dim).uniform_(-1, 1)) for _ in range(num_tasks))
 
     def set_task(self, task: int) -> None:
@@ -191,23 +194,36 @@ def load_backbone_checkpoint(model: AVNet, path: str | Path) -> None:
     picked = {}
     for k, v in state.items():
         for prefix in ("", "module.", "model."):
-            name = k[len(prefix):] if k.startswith(prefix) else None
+            name = k[len(prefix) :] if k.startswith(prefix) else None
             if name in own:
                 picked[name] = v
                 break
     missing = [k for k in own if k not in picked]
     if missing:
-        raise ConfigError(f"backbone checkpoint {p} lacks {len(missing)} AVNet backbone weights (e.g. '{missing[0]}');"
-                          f" it must be a state dict of AVNet with the run's model settings")
+        raise ConfigError(
+            f"backbone checkpoint {p} lacks {len(missing)} AVNet backbone weights (e.g. '{missing[0]}');"
+            f" it must be a state dict of AVNet with the run's model settings"
+        )
     for k, v in picked.items():
         if tuple(own[k].shape) != tuple(v.shape):
-            raise ConfigError(f"backbone checkpoint {p}: '{k}' has shape {tuple(v.shape)}, "
-                              f"expected {tuple(own[k].shape)} (model.dim / encoder_width / fusion_depth must match)")
+            raise ConfigError(
+                f"backbone checkpoint {p}: '{k}' has shape {tuple(v.shape)}, "
+                f"expected {tuple(own[k].shape)} (model.dim / encoder_width / fusion_depth must match)"
+            )
     model.load_state_dict(picked, strict=False)
 
 
-def pretrain_backbone(model: AVNet, loader, num_classes: int, epochs: int, lr: float, weight_decay: float,
-                      device, to_device, autocast=None) -> list[float]:
+def pretrain_backbone(
+    model: AVNet,
+    loader,
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    device,
+    to_device,
+    autocast=None,
+) -> list[float]:
     """Supervised pretraining of the backbone (encoders + CLS/type embeddings + fusion blocks +
     final norm) with a temporary linear head and cross-entropy, Adam; returns the mean loss of each
     epoch. The temporary head is discarded: only the backbone is kept (and then frozen)."""

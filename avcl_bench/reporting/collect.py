@@ -158,8 +158,21 @@ class Stat:
         return cls(mean, std, n, t_quantile_975(n - 1) * std / math.sqrt(n))
 
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         15: 2.131, 20: 2.086, 30: 2.042}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t_quantile_975(df: int) -> float:
@@ -210,7 +223,7 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
         info = {}
     results = {}
     for csv in sorted(path.glob("accuracy_*.csv")):
-        modality = csv.stem[len("accuracy_"):]
+        modality = csv.stem[len("accuracy_") :]
         try:
             rows, sizes = read_matrix(csv)
             R = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
@@ -224,11 +237,13 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
             warnings.append(f"{csv}: skipped ({exc})")
             continue
         m = metrics.all_metrics(R, sizes)
-        stored = ((info.get("modalities") or {}).get(modality) or {})
+        stored = (info.get("modalities") or {}).get(modality) or {}
         for key in SCALAR_METRICS:
             if key in stored and stored[key] is not None and not math.isclose(float(stored[key]), m[key], abs_tol=1e-3):
-                warnings.append(f"{path.name}: metrics.json {modality}.{key}={stored[key]} differs from the value "
-                                f"recomputed from {csv.name} ({m[key]:.4f}); the recomputed value is reported")
+                warnings.append(
+                    f"{path.name}: metrics.json {modality}.{key}={stored[key]} differs from the value "
+                    f"recomputed from {csv.name} ({m[key]:.4f}); the recomputed value is reported"
+                )
         results[modality] = ModalityResult(R, list(sizes or []), m)
     if not results:
         warnings.append(f"{path}: complete but holds no readable accuracy matrix")
@@ -246,14 +261,25 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
     T = next(iter(results.values())).R.shape[0]
     strategy = (cfg.get("strategy") or {}).get("name") or run_info.get("strategy") or "?"
     return Run(
-        run_id=path.name, path=path, cfg=cfg, strategy=str(strategy), benchmark=_benchmark_name(cfg, info),
+        run_id=path.name,
+        path=path,
+        cfg=cfg,
+        strategy=str(strategy),
+        benchmark=_benchmark_name(cfg, info),
         protocol=str(cfg.get("protocol") or run_info.get("protocol") or ""),
         trained_modality=str(cfg.get("modality") or run_info.get("modality") or ""),
-        input=str(cfg.get("input") or run_info.get("input") or ""), seed=int(cfg.get("seed", run_info.get("seed", 0))),
-        num_tasks=T, num_classes=run_info.get("num_classes"), results=results,
+        input=str(cfg.get("input") or run_info.get("input") or ""),
+        seed=int(cfg.get("seed", run_info.get("seed", 0))),
+        num_tasks=T,
+        num_classes=run_info.get("num_classes"),
+        results=results,
         info={k: v for k, v in info.items() if k not in ("modalities", "definitions")},
-        completed_at=completed_at, config_id=config_id(cfg), config_hash=config_hash(cfg),
-        git_commit=env.get("git_commit"), catalogue=run_info.get("catalogue"))
+        completed_at=completed_at,
+        config_id=config_id(cfg),
+        config_hash=config_hash(cfg),
+        git_commit=env.get("git_commit"),
+        catalogue=run_info.get("catalogue"),
+    )
 
 
 def matches(cfg: dict, where: dict | None) -> bool:
@@ -281,7 +307,9 @@ def _label_variants(runs: list[Run]) -> None:
         if len(cfgs) < 2:
             continue
         keys = sorted({k for f in cfgs.values() for k in f})
-        varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in cfgs.values()}) > 1]
+        varying = [
+            k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in cfgs.values()}) > 1
+        ]
         for cid, f in cfgs.items():
             labels[cid] = ", ".join(f"{k}={f.get(k)}" for k in varying)
     for r in runs:
@@ -308,8 +336,14 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
                     status = json.loads((path / "status.json").read_text())
                 except (OSError, ValueError):
                     status = {}
-                incomplete.append({"run_id": path.name, "path": str(path), "state": status.get("state", "unknown"),
-                                   "error": status.get("error", "")})
+                incomplete.append(
+                    {
+                        "run_id": path.name,
+                        "path": str(path),
+                        "state": status.get("state", "unknown"),
+                        "error": status.get("error", ""),
+                    }
+                )
                 continue
             run = load_run(path, warnings)
             if run is not None and matches(run.cfg, where):
@@ -343,14 +377,22 @@ def method_catalogue(runs: list[Run]) -> dict[str, dict]:
     return catalogue
 
 
-def pick_group(groups: list[Group], strategy: str, benchmark: str, protocol: str, modality: str,
-               predicate=None) -> tuple[Group | None, int]:
+def pick_group(
+    groups: list[Group], strategy: str, benchmark: str, protocol: str, modality: str, predicate=None
+) -> tuple[Group | None, int]:
     """The group shown in a table cell, and how many other configurations were left out.
 
     Preference: a run trained in the predicted modality, then the most seeds, then the latest.
     """
-    cands = [g for g in groups if g.strategy == strategy and g.benchmark == benchmark and g.protocol == protocol
-             and g.modality == modality and (predicate is None or predicate(g.cfg))]
+    cands = [
+        g
+        for g in groups
+        if g.strategy == strategy
+        and g.benchmark == benchmark
+        and g.protocol == protocol
+        and g.modality == modality
+        and (predicate is None or predicate(g.cfg))
+    ]
     if not cands:
         return None, 0
     cands.sort(key=lambda g: (g.trained_modality == modality, g.n, g.latest), reverse=True)

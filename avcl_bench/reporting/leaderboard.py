@@ -13,14 +13,25 @@ from .. import metrics
 from ..rundir import atomic_write_text
 from .collect import SCALAR_METRICS, Collection, Group
 
-ID_COLUMNS = ["strategy", "display_name", "benchmark", "protocol", "modality", "trained_modality", "input", "num_tasks", "num_classes",
-              "variant", "config_id"]
+ID_COLUMNS = [
+    "strategy",
+    "display_name",
+    "benchmark",
+    "protocol",
+    "modality",
+    "trained_modality",
+    "input",
+    "num_tasks",
+    "num_classes",
+    "variant",
+    "config_id",
+]
 COST_COLUMNS = ["train_s", "total_s", "peak_rss_mb", "peak_gpu_mb", "parameters", "buffer_size"]
 
 COLUMN_DEFINITIONS = {
     "run_id": "name of the run directory (results/runs/<run_id>)",
     "strategy": "strategy (method): a built-in name (strategies/<name>.yaml) or the spec of a method outside the "
-                "package (path/to/file.py:Class, package.module:Class, an entry-point name)",
+    "package (path/to/file.py:Class, package.module:Class, an entry-point name)",
     "display_name": "the method's name in tables and figures (its catalogue's display_name, as the run recorded it)",
     "benchmark": "benchmark name (datasets/<name>.yaml or the user's manifest)",
     "protocol": "task/memory protocol of the benchmark (e.g. cign, cign-10, av-cil)",
@@ -31,7 +42,7 @@ COLUMN_DEFINITIONS = {
     "num_tasks": "number of tasks T (size of the accuracy matrix)",
     "num_classes": "number of classes",
     "variant": "config keys that distinguish this configuration from the other configurations of the same "
-               "strategy/benchmark/protocol in the results (empty when there is only one)",
+    "strategy/benchmark/protocol in the results (empty when there is only one)",
     "config_id": "hash of the resolved config without the seed (runs with equal config_id are seeds of one setting)",
     "config_hash": "rundir.config_hash of the resolved config (what the sweep uses to skip complete runs)",
     "step_acc": "step accuracies separated by ';' (see definitions below)",
@@ -46,16 +57,21 @@ COLUMN_DEFINITIONS = {
     "n_seeds": "(summary) number of seeds aggregated",
     "seeds": "(summary) the seeds aggregated",
     "<metric>_mean / _std / _ci95": "(summary) mean over seeds, sample standard deviation (ddof=1), and half-width "
-                                    "of the 95 % confidence interval of the mean (Student t, n-1 dof); std and CI "
-                                    "are empty for one seed",
+    "of the 95 % confidence interval of the mean (Student t, n-1 dof); std and CI "
+    "are empty for one seed",
 }
 
 
 def _cost(run, key):
     timing, memory, info = run.info.get("timing") or {}, run.info.get("memory") or {}, run.info.get("run") or {}
-    return {"train_s": timing.get("train_s"), "total_s": timing.get("total_s"), "peak_rss_mb": memory.get("peak_rss_mb"),
-            "peak_gpu_mb": memory.get("peak_gpu_mb"), "parameters": info.get("parameters"),
-            "buffer_size": info.get("buffer_size")}[key]
+    return {
+        "train_s": timing.get("train_s"),
+        "total_s": timing.get("total_s"),
+        "peak_rss_mb": memory.get("peak_rss_mb"),
+        "peak_gpu_mb": memory.get("peak_gpu_mb"),
+        "parameters": info.get("parameters"),
+        "buffer_size": info.get("buffer_size"),
+    }[key]
 
 
 def leaderboard_frame(col: Collection) -> pd.DataFrame:
@@ -65,11 +81,22 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
     for g in col.groups:
         for r in g.runs:
             res = r.results[g.modality]
-            row = {"run_id": r.run_id, "strategy": r.strategy, "display_name": g.display_name,
-                   "benchmark": r.benchmark, "protocol": r.protocol,
-                   "modality": g.modality, "trained_modality": r.trained_modality, "input": r.input, "seed": r.seed,
-                   "num_tasks": r.num_tasks, "num_classes": r.num_classes, "variant": r.variant,
-                   "config_id": r.config_id, "config_hash": r.config_hash}
+            row = {
+                "run_id": r.run_id,
+                "strategy": r.strategy,
+                "display_name": g.display_name,
+                "benchmark": r.benchmark,
+                "protocol": r.protocol,
+                "modality": g.modality,
+                "trained_modality": r.trained_modality,
+                "input": r.input,
+                "seed": r.seed,
+                "num_tasks": r.num_tasks,
+                "num_classes": r.num_classes,
+                "variant": r.variant,
+                "config_id": r.config_id,
+                "config_hash": r.config_hash,
+            }
             for m in SCALAR_METRICS:
                 row[m] = res.metrics[m]
             row["step_acc"] = ";".join(f"{v:.4f}" for v in res.metrics["step_acc"])
@@ -78,11 +105,21 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
             row["git_commit"] = r.git_commit
             row["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(r.completed_at))
             rows.append(row)
-    cols = (["run_id"] + ID_COLUMNS[:7] + ["seed"] + ID_COLUMNS[7:] + ["config_hash"] + list(SCALAR_METRICS)
-            + ["step_acc"] + COST_COLUMNS + ["git_commit", "completed"])
+    cols = (
+        ["run_id"]
+        + ID_COLUMNS[:7]
+        + ["seed"]
+        + ID_COLUMNS[7:]
+        + ["config_hash"]
+        + list(SCALAR_METRICS)
+        + ["step_acc"]
+        + COST_COLUMNS
+        + ["git_commit", "completed"]
+    )
     df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["benchmark", "protocol", "strategy", "variant", "modality", "trained_modality", "seed"],
-                          kind="stable").reset_index(drop=True)
+    return df.sort_values(
+        ["benchmark", "protocol", "strategy", "variant", "modality", "trained_modality", "seed"], kind="stable"
+    ).reset_index(drop=True)
 
 
 def summary_frame(col: Collection) -> pd.DataFrame:
@@ -103,15 +140,26 @@ def summary_frame(col: Collection) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=ID_COLUMNS + ["n_seeds", "seeds"])
-    return df.sort_values(["benchmark", "protocol", "strategy", "variant", "modality", "trained_modality"],
-                          kind="stable").reset_index(drop=True)
+    return df.sort_values(
+        ["benchmark", "protocol", "strategy", "variant", "modality", "trained_modality"], kind="stable"
+    ).reset_index(drop=True)
 
 
 def group_ids(g: Group) -> dict:
     r = g.first
-    return {"strategy": r.strategy, "display_name": g.display_name, "benchmark": r.benchmark, "protocol": r.protocol, "modality": g.modality,
-            "trained_modality": r.trained_modality, "input": r.input, "num_tasks": r.num_tasks,
-            "num_classes": r.num_classes, "variant": r.variant, "config_id": r.config_id}
+    return {
+        "strategy": r.strategy,
+        "display_name": g.display_name,
+        "benchmark": r.benchmark,
+        "protocol": r.protocol,
+        "modality": g.modality,
+        "trained_modality": r.trained_modality,
+        "input": r.input,
+        "num_tasks": r.num_tasks,
+        "num_classes": r.num_classes,
+        "variant": r.variant,
+        "config_id": r.config_id,
+    }
 
 
 def definitions_frame() -> pd.DataFrame:
@@ -133,11 +181,16 @@ def leaderboard_markdown(col: Collection) -> str:
     """The seed aggregate as a Markdown table (mean ± std, n) for reports/leaderboard.md."""
     from .tables import fmt_stat
 
-    lines = ["| method | benchmark | protocol | modality | trained | variant | n | avg acc | forgetting | "
-             "mean inc. acc | AV-CIL forgetting |", "|" + "---|" * 11]
+    lines = [
+        "| method | benchmark | protocol | modality | trained | variant | n | avg acc | forgetting | "
+        "mean inc. acc | AV-CIL forgetting |",
+        "|" + "---|" * 11,
+    ]
     groups = sorted(col.groups, key=lambda g: (g.benchmark, g.protocol, g.strategy, g.variant, g.modality))
     for g in groups:
         cells = [fmt_stat(g.stat(m)) for m in ("avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting")]
-        lines.append(f"| {g.display_name} | {g.benchmark} | {g.protocol} | {g.modality} | {g.trained_modality} | "
-                     f"{g.variant or ''} | {g.n} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {g.display_name} | {g.benchmark} | {g.protocol} | {g.modality} | {g.trained_modality} | "
+            f"{g.variant or ''} | {g.n} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"

@@ -33,16 +33,41 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-                         "xtick.labelsize": 8, "ytick.labelsize": 8, "savefig.dpi": 200, "pdf.fonttype": 42,
-                         "ps.fonttype": 42, "axes.grid": True, "grid.alpha": 0.3})
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.titlesize": 10,
+            "axes.labelsize": 9,
+            "legend.fontsize": 8,
+            "xtick.labelsize": 8,
+            "ytick.labelsize": 8,
+            "savefig.dpi": 200,
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+        }
+    )
     return plt
 
 
 #: Fixed, distinguishable colours (the upper bound black and dashed in line plots).
-COLORS = {"finetune": "#7f7f7f", "ewc": "#1f77b4", "lwf": "#ff7f0e", "icarl": "#2ca02c", "il2m": "#d62728",
-          "bic": "#9467bd", "podnet": "#8c564b", "ssil": "#e377c2", "afc": "#bcbd22", "l2p": "#17becf",
-          "dualprompt": "#1b2a6b", "av-cil": "#e6ab02", "cign": "#a50f15", "joint": "#000000"}
+COLORS = {
+    "finetune": "#7f7f7f",
+    "ewc": "#1f77b4",
+    "lwf": "#ff7f0e",
+    "icarl": "#2ca02c",
+    "il2m": "#d62728",
+    "bic": "#9467bd",
+    "podnet": "#8c564b",
+    "ssil": "#e377c2",
+    "afc": "#bcbd22",
+    "l2p": "#17becf",
+    "dualprompt": "#1b2a6b",
+    "av-cil": "#e6ab02",
+    "cign": "#a50f15",
+    "joint": "#000000",
+}
 _EXTRA = ["#66a61e", "#7570b3", "#e7298a", "#a6761d", "#1b9e77", "#d95f02"]
 
 
@@ -76,8 +101,9 @@ def save(fig, base: Path) -> list[Path]:
 def representatives(col: Collection, benchmark: str, protocol: str, modality: str) -> list[Group]:
     """The group per strategy that the tables show for this cell, in the papers' row order."""
     family = (AVCIL_PAPER if protocol == "av-cil" else CIGN_PAPER)[0]
-    present = {g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol
-               and g.modality == modality}
+    present = {
+        g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol and g.modality == modality
+    }
     ordered = sorted(present, key=paper_order_key(family))
     out = []
     for s in ordered:
@@ -91,8 +117,9 @@ def _grid(n: int, max_cols: int = 4, w: float = 3.0, h: float = 2.6):
     plt = _plt()
     ncols = min(max_cols, max(1, n))
     nrows = math.ceil(max(1, n) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), squeeze=False,
-                             sharex=False, sharey=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), squeeze=False, sharex=False, sharey=True
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes.flat[:n]
@@ -126,8 +153,9 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
             c = cmap(j / max(1, T - 1))
             (ln,) = ax.plot(x, y, marker="o", ms=3, lw=1.4, color=c, label=_task_classes(g, j))
             if std is not None:
-                ax.fill_between(x, np.clip(y - std[j:, j], 0, 100), np.clip(y + std[j:, j], 0, 100), color=c,
-                                alpha=0.15, lw=0)
+                ax.fill_between(
+                    x, np.clip(y - std[j:, j], 0, 100), np.clip(y + std[j:, j], 0, 100), color=c, alpha=0.15, lw=0
+                )
             lines.append(ln)
         if handles is None or len(lines) > len(handles):
             handles = lines
@@ -140,8 +168,7 @@ def forgetting_curves(groups: list[Group], title: str, base: Path) -> list[Path]
     fig.suptitle(title)
     legend_rows = math.ceil(len(handles) / 5)
     height = fig.get_size_inches()[1]
-    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(handles)), frameon=False, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, min(0.3, (0.15 + 0.22 * legend_rows) / height), 1, 1))
     return save(fig, base)
 
@@ -160,8 +187,18 @@ def accuracy_vs_classes(by_modality: dict[str, list[Group]], title: str, base: P
             x = (np.arange(T) + 1) * (C // T) if C and C % T == 0 else np.arange(T) + 1
             y = curves.mean(axis=0)
             err = curves.std(axis=0, ddof=1) if len(curves) > 1 else None
-            h = ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, lw=1.5, capsize=2, color=color_of(g.strategy),
-                            ls="--" if g.strategy == UPPER_BOUND else "-", label=g.display_name)
+            h = ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                marker="o",
+                ms=3.5,
+                lw=1.5,
+                capsize=2,
+                color=color_of(g.strategy),
+                ls="--" if g.strategy == UPPER_BOUND else "-",
+                label=g.display_name,
+            )
             seen_labels[g.display_name] = h
         ax.set_title(MOD_TITLE[m])
         ax.set_xlabel("Number of classes seen" if by_modality[m] and by_modality[m][0].first.num_classes else "Step")
@@ -169,8 +206,13 @@ def accuracy_vs_classes(by_modality: dict[str, list[Group]], title: str, base: P
         ax.set_ylim(-3, 103)
         ax.label_outer()
     fig.suptitle(title)
-    fig.legend(list(seen_labels.values()), list(seen_labels.keys()), loc="center left", bbox_to_anchor=(1.0, 0.5),
-               frameon=False)
+    fig.legend(
+        list(seen_labels.values()),
+        list(seen_labels.keys()),
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+    )
     fig.tight_layout()
     return save(fig, base)
 
@@ -180,7 +222,7 @@ def heatmaps(groups: list[Group], title: str, base: Path) -> list[Path]:
     import matplotlib
     import seaborn as sns
 
-    plt = _plt()
+    _plt()
     fig, axes = _grid(len(groups), w=2.9, h=2.7)
     for ax, g in zip(axes, groups):
         with warnings.catch_warnings():  # entries above the diagonal are NaN in every seed
@@ -188,9 +230,23 @@ def heatmaps(groups: list[Group], title: str, base: Path) -> list[Path]:
             R = np.nanmean(g.matrices(), axis=0)
         mask = np.triu(np.ones_like(R, dtype=bool), k=1)
         ticks = [str(i + 1) for i in range(g.num_tasks)]
-        sns.heatmap(R, mask=mask, vmin=0, vmax=100, cmap="viridis", annot=g.num_tasks <= 6, fmt=".0f",
-                    annot_kws={"fontsize": 7}, cbar=False, square=True, ax=ax, xticklabels=ticks, yticklabels=ticks,
-                    linewidths=0.3, linecolor="white")
+        sns.heatmap(
+            R,
+            mask=mask,
+            vmin=0,
+            vmax=100,
+            cmap="viridis",
+            annot=g.num_tasks <= 6,
+            fmt=".0f",
+            annot_kws={"fontsize": 7},
+            cbar=False,
+            square=True,
+            ax=ax,
+            xticklabels=ticks,
+            yticklabels=ticks,
+            linewidths=0.3,
+            linecolor="white",
+        )
         ax.grid(False)
         ax.set_title(f"{g.display_name} (n={g.n})")
         ax.set_xlabel("Evaluated on task")
@@ -241,8 +297,14 @@ def embedding_for(emb: dict, modality: str | None) -> tuple[np.ndarray, str] | N
     return None
 
 
-def embeddings_figure(items: list[tuple[str, Path]], title: str, base: Path, method: str = "tsne",
-                      modality: str | None = None, columns: int = 4) -> list[Path]:
+def embeddings_figure(
+    items: list[tuple[str, Path]],
+    title: str,
+    base: Path,
+    method: str = "tsne",
+    modality: str | None = None,
+    columns: int = 4,
+) -> list[Path]:
     """One panel per (label, embeddings.npz), points coloured by class (first task's classes);
     panels in rows of ``columns``. Files without an embedding of ``modality`` are left out."""
     import matplotlib
@@ -282,8 +344,15 @@ def embeddings_figure(items: list[tuple[str, Path]], title: str, base: Path, met
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title)
-    fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=min(len(legend), 4),
-               bbox_to_anchor=(0.5, 0.0), frameon=False, title="Class (first task)")
+    fig.legend(
+        list(legend.values()),
+        list(legend.keys()),
+        loc="lower center",
+        ncol=min(len(legend), 4),
+        bbox_to_anchor=(0.5, 0.0),
+        frameon=False,
+        title="Class (first task)",
+    )
     fig.tight_layout(rect=(0, 0.06 + 0.02 / nrows, 1, 1))
     return save(fig, base)
 
@@ -305,15 +374,21 @@ def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
             if not groups:
                 continue
             name = f"{_slug(b)}_{_slug(p)}_{m}"
-            written += forgetting_curves(groups, f"Forgetting curves: {b} ({p}), {MOD_TITLE[m]}",
-                                         out_dir / "forgetting_curves" / name)
-            written += heatmaps(groups, f"Accuracy matrices R[i][j] (%): {b} ({p}), {MOD_TITLE[m]}",
-                                out_dir / "heatmaps" / name)
+            written += forgetting_curves(
+                groups, f"Forgetting curves: {b} ({p}), {MOD_TITLE[m]}", out_dir / "forgetting_curves" / name
+            )
+            written += heatmaps(
+                groups, f"Accuracy matrices R[i][j] (%): {b} ({p}), {MOD_TITLE[m]}", out_dir / "heatmaps" / name
+            )
         if any(by_mod.values()):
             step = p == "av-cil"
             what = "Accuracy on all seen classes" if step else "Average accuracy"
-            written += accuracy_vs_classes(by_mod, f"{what} vs. classes seen: {b} ({p})",
-                                           out_dir / "accuracy_vs_classes" / f"{_slug(b)}_{_slug(p)}", step)
+            written += accuracy_vs_classes(
+                by_mod,
+                f"{what} vs. classes seen: {b} ({p})",
+                out_dir / "accuracy_vs_classes" / f"{_slug(b)}_{_slug(p)}",
+                step,
+            )
         # embeddings (CIGN Fig. 3): per modality, one panel per strategy (its first seed's run)
         for m in MODALITIES:
             items = []
@@ -324,7 +399,10 @@ def plot_all(col: Collection, out_dir: Path, log=print) -> list[Path]:
                         break
             if items:
                 written += embeddings_figure(
-                    items, f"Embeddings of the first task's test clips: {b} ({p}), {MOD_TITLE[m]}",
-                    out_dir / "embeddings" / f"{_slug(b)}_{_slug(p)}_{m}", modality=m)
+                    items,
+                    f"Embeddings of the first task's test clips: {b} ({p}), {MOD_TITLE[m]}",
+                    out_dir / "embeddings" / f"{_slug(b)}_{_slug(p)}_{m}",
+                    modality=m,
+                )
     log(f"[report] {len(written)} figure files")
     return written

@@ -25,8 +25,20 @@ import pandas as pd
 from ..paths import REPORTS_DIR
 
 MODALITIES = ("audio", "visual", "audio-visual")
-LONG_COLUMNS = ["paper", "table", "benchmark", "protocol", "method", "strategy", "avctd", "avcg", "modality",
-                "metric", "value", "source"]
+LONG_COLUMNS = [
+    "paper",
+    "table",
+    "benchmark",
+    "protocol",
+    "method",
+    "strategy",
+    "avctd",
+    "avcg",
+    "modality",
+    "metric",
+    "value",
+    "source",
+]
 
 
 def default_dir() -> Path:
@@ -57,10 +69,22 @@ def load_cign(path: Path) -> pd.DataFrame:
     for _, r in wide.iterrows():
         for m in MODALITIES:
             for metric in ("avg_acc", "forgetting"):
-                rows.append({"paper": "CIGN", "table": r["table"], "benchmark": r["benchmark"], "protocol": r["protocol"],
-                             "method": r["method"], "strategy": r["strategy"], "avctd": _flag(r.get("avctd", "")),
-                             "avcg": _flag(r.get("avcg", "")), "modality": m, "metric": metric,
-                             "value": _num(r[f"{m}_{metric}"]), "source": r["source"]})
+                rows.append(
+                    {
+                        "paper": "CIGN",
+                        "table": r["table"],
+                        "benchmark": r["benchmark"],
+                        "protocol": r["protocol"],
+                        "method": r["method"],
+                        "strategy": r["strategy"],
+                        "avctd": _flag(r.get("avctd", "")),
+                        "avcg": _flag(r.get("avcg", "")),
+                        "modality": m,
+                        "metric": metric,
+                        "value": _num(r[f"{m}_{metric}"]),
+                        "source": r["source"],
+                    }
+                )
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -69,9 +93,22 @@ def load_avcil(path: Path) -> pd.DataFrame:
     rows = []
     for _, r in wide.iterrows():
         for col, metric in (("mean_acc", "mean_inc_acc"), ("forgetting", "avcil_forgetting")):
-            rows.append({"paper": "AV-CIL", "table": r["table"], "benchmark": r["benchmark"], "protocol": r["protocol"],
-                         "method": r["method"], "strategy": r["strategy"], "avctd": None, "avcg": None,
-                         "modality": r["modality"], "metric": metric, "value": _num(r[col]), "source": r["source"]})
+            rows.append(
+                {
+                    "paper": "AV-CIL",
+                    "table": r["table"],
+                    "benchmark": r["benchmark"],
+                    "protocol": r["protocol"],
+                    "method": r["method"],
+                    "strategy": r["strategy"],
+                    "avctd": None,
+                    "avcg": None,
+                    "modality": r["modality"],
+                    "metric": metric,
+                    "value": _num(r[col]),
+                    "source": r["source"],
+                }
+            )
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
@@ -88,8 +125,19 @@ def load_published(directory: Path | None = None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def lookup(pub: pd.DataFrame, *, table: str | None = None, benchmark: str | None = None, protocol: str | None = None,
-           strategy: str, modality: str, metric: str, avctd=None, avcg=None, paper: str | None = None) -> tuple[float, str]:
+def lookup(
+    pub: pd.DataFrame,
+    *,
+    table: str | None = None,
+    benchmark: str | None = None,
+    protocol: str | None = None,
+    strategy: str,
+    modality: str,
+    metric: str,
+    avctd=None,
+    avcg=None,
+    paper: str | None = None,
+) -> tuple[float, str]:
     """(value, source) of one published cell; (nan, '') when there is none."""
     if pub is None or pub.empty:
         return float("nan"), ""

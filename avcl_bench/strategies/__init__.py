@@ -43,8 +43,18 @@ REGISTRY: dict[str, type] = {}
 ENTRY_POINT_GROUP = "avcl_bench.strategies"
 MODALITIES = ("audio", "visual", "audio-visual")
 #: Top-level keys of a strategy document (a strategies/*.yaml file or a class's ``doc``).
-DOC_KEYS = ("name", "display_name", "paper", "tables", "modalities", "description", "deviations", "params",
-            "defaults", "benchmarks")
+DOC_KEYS = (
+    "name",
+    "display_name",
+    "paper",
+    "tables",
+    "modalities",
+    "description",
+    "deviations",
+    "params",
+    "defaults",
+    "benchmarks",
+)
 #: The papers' row order of their tables (layout only: which methods belong to a table, and
 #: their names, come from the catalogue). A method not listed goes after these, before the
 #: upper bound. CIGN Sec. 4.2 (Tables 1-3); the AV-CIL release's baselines.
@@ -141,15 +151,17 @@ def _import_module(module_path: str, spec: str):
     try:
         return importlib.import_module(module_path)
     except SyntaxError as exc:
-        raise ConfigError(f"strategy spec '{spec}': syntax error in {exc.filename} line {exc.lineno}: "
-                          f"{exc.msg}") from None
+        raise ConfigError(
+            f"strategy spec '{spec}': syntax error in {exc.filename} line {exc.lineno}: {exc.msg}"
+        ) from None
     except ModuleNotFoundError as exc:
         if exc.name and (module_path == exc.name or module_path.startswith(exc.name + ".")):
             raise ConfigError(f"strategy spec '{spec}': no module named '{module_path}'") from None
         raise ConfigError(f"strategy spec '{spec}': importing {module_path} failed: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - see _import_file
-        raise ConfigError(f"strategy spec '{spec}': importing {module_path} failed: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"strategy spec '{spec}': importing {module_path} failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 @lru_cache(maxsize=None)
@@ -159,8 +171,9 @@ def _external_class(spec: str) -> type:
         eps = _entry_points()
         if target not in eps:
             known = ", ".join(builtin_names() + installed_names()) or "none"
-            raise ConfigError(f"unknown strategy '{spec}' (known: {known}; or path/to/file.py:Class, "
-                              f"package.module:Class)")
+            raise ConfigError(
+                f"unknown strategy '{spec}' (known: {known}; or path/to/file.py:Class, package.module:Class)"
+            )
         module_path, _, cls_name = eps[target].value.partition(":")
         module = _import_module(module_path.strip(), spec)
         cls_name = cls_name.strip()
@@ -170,13 +183,15 @@ def _external_class(spec: str) -> type:
         module = _import_module(target, spec)
     cls = getattr(module, cls_name, None)
     if cls is None:
-        raise ConfigError(f"strategy spec '{spec}': {getattr(module, '__file__', module.__name__)} defines no "
-                          f"class '{cls_name}'")
+        raise ConfigError(
+            f"strategy spec '{spec}': {getattr(module, '__file__', module.__name__)} defines no class '{cls_name}'"
+        )
     from .base import AVCLStrategy
 
     if not (isinstance(cls, type) and issubclass(cls, AVCLStrategy)):
-        raise ConfigError(f"strategy spec '{spec}': {cls_name} is not a subclass of "
-                          "avcl_bench.strategies.base.AVCLStrategy")
+        raise ConfigError(
+            f"strategy spec '{spec}': {cls_name} is not a subclass of avcl_bench.strategies.base.AVCLStrategy"
+        )
     cls.name = check_document(getattr(cls, "doc", None), f"{spec} ({cls_name}.doc)")["name"]  # as @register does
     return cls
 
@@ -197,8 +212,9 @@ def check_document(doc, where: str) -> dict:
             raise ConfigError(f"strategy {where}: '{key}' must be a list of names, got {value!r}")
     bad = [m for m in doc.get("modalities") or [] if m not in MODALITIES]
     if bad:
-        raise ConfigError(f"strategy {where}: unknown modality '{bad[0]}' in 'modalities' "
-                          f"(known: {', '.join(MODALITIES)})")
+        raise ConfigError(
+            f"strategy {where}: unknown modality '{bad[0]}' in 'modalities' (known: {', '.join(MODALITIES)})"
+        )
     return doc
 
 
@@ -220,7 +236,9 @@ def get_strategy(spec: str):
             importlib.import_module(f"{__name__}.{module_name(name)}")
         except ModuleNotFoundError as exc:
             if exc.name == f"{__name__}.{module_name(name)}":
-                raise ConfigError(f"unknown strategy '{name}': no module avcl_bench/strategies/{module_name(name)}.py") from None
+                raise ConfigError(
+                    f"unknown strategy '{name}': no module avcl_bench/strategies/{module_name(name)}.py"
+                ) from None
             raise
     if name not in REGISTRY:
         raise ConfigError(f"module avcl_bench/strategies/{module_name(name)}.py registers no strategy '{name}'")
@@ -229,12 +247,17 @@ def get_strategy(spec: str):
 
 # ---- the catalogue ------------------------------------------------------------------------------
 
+
 def catalogue_entry(doc: dict) -> dict:
     """What sweeps and reports know of a method: ``name``, ``display_name``, ``paper``,
     ``tables``, ``modalities`` (defaults: the name, empty, none, ``[audio-visual]``)."""
-    return {"name": doc["name"], "display_name": doc.get("display_name") or doc["name"],
-            "paper": doc.get("paper") or "", "tables": list(doc.get("tables") or []),
-            "modalities": list(doc.get("modalities") or ["audio-visual"])}
+    return {
+        "name": doc["name"],
+        "display_name": doc.get("display_name") or doc["name"],
+        "paper": doc.get("paper") or "",
+        "tables": list(doc.get("tables") or []),
+        "modalities": list(doc.get("modalities") or ["audio-visual"]),
+    }
 
 
 def strategy_catalogue(spec: str) -> dict:

@@ -112,8 +112,9 @@ def feature_groups(out: dict, modality: str) -> dict:
     return {n: out[n] for n in GROUPS[modality]}
 
 
-def feature_gradients(model: AVCILNet, x, y: torch.Tensor, num_classes: int, margin: float = 0.6,
-                      margin_mode: str = "target") -> dict:
+def feature_gradients(
+    model: AVCILNet, x, y: torch.Tensor, num_classes: int, margin: float = 0.6, margin_mode: str = "target"
+) -> dict:
     """Per-sample gradients of ``model``'s NCA loss (summed over the batch, over its first
     ``num_classes`` classes) w.r.t. each distilled feature group: {group: (B, C)}."""
     with torch.no_grad():
@@ -223,10 +224,18 @@ class AFC(AVCLStrategy):
         super().__init__(**kwargs)
         nme = self.scfg["classifier"] == "nme"  # NME cannot predict without exemplars
         # herding and class means on the normalised fused features; release: means not renormalised
-        self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, "selection", required_by=self.name if nme else None, feature_fn=self.normalised_features))
-        self.class_means = self.add_part("class_means", None if self.memory is None else ClassMeans(
-            self.memory, features=self.normalised_features, renormalise=False))
+        self.memory = self.add_part(
+            "memory",
+            ExemplarMemory.from_config(
+                self.cfg, "selection", required_by=self.name if nme else None, feature_fn=self.normalised_features
+            ),
+        )
+        self.class_means = self.add_part(
+            "class_means",
+            None
+            if self.memory is None
+            else ClassMeans(self.memory, features=self.normalised_features, renormalise=False),
+        )
         self.previous = self.add_part("previous", PreviousModel())
         #: channel importance of the previous model, computed when a step starts
         self.importance = None
@@ -234,8 +243,9 @@ class AFC(AVCLStrategy):
     @classmethod
     def build_model(cls, cfg: dict):
         k = cfg["strategy"]["proxies_per_class"]
-        return AVCILNet(cfg, feature_encoder=cfg["strategy"]["feature_encoder"],
-                        classifier=lambda d: LSCClassifier(d, k))
+        return AVCILNet(
+            cfg, feature_encoder=cfg["strategy"]["feature_encoder"], classifier=lambda d: LSCClassifier(d, k)
+        )
 
     # ---- start of a step: importance (previous model, memory) and weight imprinting ----------
     def _before_training_exp(self, **kwargs):
@@ -305,8 +315,9 @@ class AFC(AVCLStrategy):
             groups = feature_groups(out, self.model.modality)
             weights = importance_weights(self.importance, groups)
             lam_t = math.sqrt(self.task_id + 1)  # release: lam_t = (step + 1) ** 0.5
-            terms["disc"] = s["lam_disc"] * lam_t * feature_distillation(
-                groups, feature_groups(old, self.model.modality), weights)
+            terms["disc"] = (
+                s["lam_disc"] * lam_t * feature_distillation(groups, feature_groups(old, self.model.modality), weights)
+            )
         return terms
 
     def criterion(self):
@@ -342,8 +353,7 @@ class AFC(AVCLStrategy):
         return means
 
     def _after_training_epoch(self, **kwargs):
-        if (self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"]
-                and self.val_experiences):
+        if self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"] and self.val_experiences:
             self.class_means.means = self.class_means_with_current_classes()
         super()._after_training_epoch(**kwargs)
 

@@ -42,7 +42,6 @@ from .base import AVCLStrategy, PreviousModel
 from .losses import separated_ce, taskwise_kd
 from .memory import ExemplarMemory
 
-
 # ----------------------------------------------------------------------------- loss terms
 
 
@@ -56,8 +55,9 @@ def instance_contrastive(za: torch.Tensor, zv: torch.Tensor, tau: float) -> torc
     return F.cross_entropy(s, torch.arange(s.shape[0], device=s.device))
 
 
-def class_contrastive(za: torch.Tensor, zv: torch.Tensor, y: torch.Tensor, tau: float,
-                      per_positive: bool = False) -> torch.Tensor:
+def class_contrastive(
+    za: torch.Tensor, zv: torch.Tensor, y: torch.Tensor, tau: float, per_positive: bool = False
+) -> torch.Tensor:
     """Class-aware audio-visual similarity (AV-CIL D-AVSC, class term, paper Eq. 7).
 
     With ``log p_ij = log softmax_j(za_i . zv_j / tau)`` and ``M_ij = 1(y_i = y_j)``:
@@ -82,8 +82,9 @@ def _kl_sum(p_old: torch.Tensor, p_new: torch.Tensor) -> torch.Tensor:
     return (torch.xlogy(p_old, p_old) - p_old * torch.log(p_new.clamp_min(tiny))).sum()
 
 
-def visual_attention_distillation(alpha_new: torch.Tensor, alpha_old: torch.Tensor, beta_new: torch.Tensor,
-                                  beta_old: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+def visual_attention_distillation(
+    alpha_new: torch.Tensor, alpha_old: torch.Tensor, beta_new: torch.Tensor, beta_old: torch.Tensor, lam: float = 0.5
+) -> torch.Tensor:
     """AV-CIL's Visual Attention Distillation on the exemplars (paper Sec. 3, VAD; release
     ``attn_score_distil``).
 
@@ -117,8 +118,10 @@ class AVCIL(AVCLStrategy):
         super().__init__(**kwargs)
         s = self.scfg
         # new samples + a separate exemplar batch (herding, when chosen, on the fused features)
-        self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, "selection", replay="paired", batch_size=s["exemplar_batch_size"]))
+        self.memory = self.add_part(
+            "memory",
+            ExemplarMemory.from_config(self.cfg, "selection", replay="paired", batch_size=s["exemplar_batch_size"]),
+        )
         self.previous = self.add_part("previous", PreviousModel())
 
     @classmethod
@@ -139,8 +142,9 @@ class AVCIL(AVCLStrategy):
         is_old = y < self.num_old  # exemplars (new data holds new classes only)
         terms = {
             "ce": separated_ce(logits, y, self.num_old, self.num_seen, is_old),
-            "kd": taskwise_kd(logits, old["logits"][:, : self.num_old].float(), self.classes_per_task,
-                              self.num_old, s["kd_T"]),
+            "kd": taskwise_kd(
+                logits, old["logits"][:, : self.num_old].float(), self.classes_per_task, self.num_old, s["kd_T"]
+            ),
         }
         if self.model.modality == "audio-visual":
             za, zv = F.normalize(out["f_a"].float(), dim=1), F.normalize(out["f_v"].float(), dim=1)
@@ -148,11 +152,12 @@ class AVCIL(AVCLStrategy):
                 terms["instance"] = s["lam_I"] * instance_contrastive(za, zv, s["tau_I"])
             if s["class_contrastive"]:
                 terms["class"] = s["lam_C"] * class_contrastive(
-                    za, zv, y, s["tau_C"], s["class_contrastive_per_positive"])
+                    za, zv, y, s["tau_C"], s["class_contrastive_per_positive"]
+                )
             if s["attention_distillation"]:
-                terms["vad"] = visual_attention_distillation(out["alpha"][is_old], old["alpha"][is_old],
-                                                             out["beta"][is_old], old["beta"][is_old],
-                                                             s["lam"])
+                terms["vad"] = visual_attention_distillation(
+                    out["alpha"][is_old], old["alpha"][is_old], out["beta"][is_old], old["beta"][is_old], s["lam"]
+                )
         return terms
 
     def criterion(self):

@@ -23,14 +23,16 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
 from ..data.loading import make_loader
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..models.avnet import AVNet
+from ..rundir import numpy_state_from_plain, numpy_state_to_plain
 
 
 def to_device(obj, device):
@@ -45,8 +47,9 @@ def to_device(obj, device):
 def make_optimizer(params, train_cfg: dict):
     params = [p for p in params if p.requires_grad]
     if train_cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
-                               weight_decay=train_cfg["weight_decay"])
+        return torch.optim.SGD(
+            params, lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
+        )
     return torch.optim.Adam(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
 
 
@@ -223,10 +226,15 @@ class AVCLStrategy(SupervisedTemplate):
 
     def _loader(self, dataset, batch_size=None, shuffle=False, drop_last=False):
         """Every loader of the suite: whole batches read by array rows (``data/loading.py``)."""
-        return make_loader(dataset, batch_size or self.eval_mb_size, shuffle=shuffle, drop_last=drop_last,
-                           num_workers=self.cfg["train"]["num_workers"],
-                           pin_memory=self.cfg["train"]["pin_memory"] and self.device.type == "cuda",
-                           batched=self.cfg["train"]["batched_loading"])
+        return make_loader(
+            dataset,
+            batch_size or self.eval_mb_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.cfg["train"]["num_workers"],
+            pin_memory=self.cfg["train"]["pin_memory"] and self.device.type == "cuda",
+            batched=self.cfg["train"]["batched_loading"],
+        )
 
     def new_training_data(self):
         """The part of the current experience's data trained on and offered to the memory (BiC
@@ -239,8 +247,9 @@ class AVCLStrategy(SupervisedTemplate):
             dataset = part.train_dataset(self, dataset)
         self.adapted_dataset = dataset.train()
 
-    def make_train_dataloader(self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False,
-                              drop_last=False, **kwargs):
+    def make_train_dataloader(
+        self, num_workers=0, shuffle=True, pin_memory=None, persistent_workers=False, drop_last=False, **kwargs
+    ):
         """The experience's training loader (replaces Avalanche's per-item DataLoader; same
         sampler, so the same batches), wrapped by the parts."""
         batch_size = self.train_mb_size
@@ -305,8 +314,29 @@ class AVCLStrategy(SupervisedTemplate):
         super()._before_training_epoch(**kwargs)
         if self.clock.train_exp_epochs == 0:
             self._best_val = (-1.0, None)
+        self._epoch = self.clock.train_exp_epochs + 1
+        self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
+
+    def backward(self):
+        # a NaN/inf loss is noted on the device (no sync per step) and checked once per epoch
+        self._loss_finite &= torch.isfinite(self.loss.detach()).all()
+        super().backward()
+
+    def check_finite(self, where: str) -> None:
+        """Stop a diverged run: a non-finite loss this epoch or non-finite weights would otherwise
+        end as a 'complete' run whose model predicts one class (and reports 0 forgetting)."""
+        params = [p.detach() for p in self.model.parameters()]
+        weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+        loss_ok = bool(getattr(self, "_loss_finite", True))
+        if not (loss_ok and weights_ok):
+            what = "the loss" if not loss_ok else "the model's weights"
+            raise TrainingDiverged(
+                f"training diverged at task {self.task_id + 1}, {where}: {what} became NaN or infinite; "
+                f"lower train.lr (now {self.cfg['train']['lr']:g})"
+            )
 
     def _after_training_epoch(self, **kwargs):
+        self.check_finite(f"epoch {self._epoch}")
         super()._after_training_epoch(**kwargs)
         if self.cfg["train"]["select_best_on_val"] and self.val_experiences:
             acc = self.pooled_accuracy(self.val_experiences[: self.task_id + 1])
@@ -321,22 +351,32 @@ class AVCLStrategy(SupervisedTemplate):
         super()._after_training_exp(**kwargs)
         for part in self.parts.values():
             part.after_training_exp(self)
+        self.check_finite("after its training stages")
 
     # ---- checkpoints at experience boundaries ------------------------------------------------
     #: A method's own state saved in checkpoints besides the model and the parts (which save
-    #: themselves): names of attributes holding tensors, modules, plain containers of those, or
-    #: ``torch.Generator`` random streams (their states are kept, the generator objects stay).
+    #: themselves): names of attributes holding tensors, plain containers of those, modules built in
+    #: ``__init__`` (their state dicts are kept), or random streams (``torch.Generator``, numpy
+    #: ``RandomState``: their states are kept).
     checkpoint_attrs: tuple = ()
 
     def checkpoint_state(self) -> dict:
         """State dicts (never a pickle of the Avalanche template, which fails here)."""
 
-        def pack(value):
-            return {_GENERATOR_STATE: value.get_state()} if isinstance(value, torch.Generator) else value
+        def pack(value):  # plain data only: checkpoints are read with weights_only=True
+            if isinstance(value, torch.Generator):
+                return {_GENERATOR_STATE: value.get_state()}
+            if isinstance(value, torch.nn.Module):
+                return {_MODULE_STATE: value.state_dict()}
+            if isinstance(value, np.random.RandomState):
+                return {_NUMPY_RNG_STATE: numpy_state_to_plain(value.get_state())}
+            return value
 
         return {
             "model": self.model.state_dict(),
-            "num_seen": self.num_seen, "num_old": self.num_old, "task_id": self.task_id,
+            "num_seen": self.num_seen,
+            "num_old": self.num_old,
+            "task_id": self.task_id,
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "attrs": {name: pack(getattr(self, name, None)) for name in self.checkpoint_attrs},
         }
@@ -344,8 +384,10 @@ class AVCLStrategy(SupervisedTemplate):
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         """Restore :meth:`checkpoint_state`; ``train_experiences`` re-link exemplar rows to data."""
         if "parts" not in state:
-            raise ConfigError("the checkpoint predates strategy parts (written by an older avcl-bench) and cannot "
-                              "be resumed: run again without --resume")
+            raise ConfigError(
+                "the checkpoint predates strategy parts (written by an older avcl-bench) and cannot "
+                "be resumed: run again without --resume"
+            )
         self.model.grow(state["num_seen"])
         self.model.load_state_dict(state["model"])
         self.model.to(self.device)
@@ -356,6 +398,13 @@ class AVCLStrategy(SupervisedTemplate):
             if isinstance(value, dict) and _GENERATOR_STATE in value:
                 getattr(self, name).set_state(value[_GENERATOR_STATE])
                 continue
+            if isinstance(value, dict) and _NUMPY_RNG_STATE in value:
+                getattr(self, name).set_state(numpy_state_from_plain(value[_NUMPY_RNG_STATE]))
+                continue
+            if isinstance(value, dict) and _MODULE_STATE in value:  # into the module __init__ built
+                getattr(self, name).load_state_dict(value[_MODULE_STATE])
+                getattr(self, name).to(self.device)
+                continue
             if isinstance(value, (torch.nn.Module, torch.Tensor)):  # checkpoints are loaded on the CPU
                 value = value.to(self.device)
             setattr(self, name, value)
@@ -365,6 +414,14 @@ class AVCLStrategy(SupervisedTemplate):
         return train_experiences[c // self.classes_per_task].dataset
 
 
+class TrainingDiverged(UserError):
+    """Training produced NaN or infinite values (typically a learning rate far too high)."""
+
+
 #: marks a ``torch.Generator``'s state among the checkpointed attributes
 _GENERATOR_STATE = "__generator_state__"
-
+#: marks a module's state dict among the checkpointed attributes (loaded into the module the
+#: strategy's ``__init__`` built; a module that grows restores its size from its extra state)
+_MODULE_STATE = "__module_state__"
+#: marks a numpy ``RandomState``'s state (as plain data) among the checkpointed attributes
+_NUMPY_RNG_STATE = "__numpy_rng_state__"

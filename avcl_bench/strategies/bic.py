@@ -49,6 +49,14 @@ class BiasLayers(nn.Module):
         self.beta = nn.ParameterList()
         self.slices: list[tuple[int, int]] = []
 
+    def get_extra_state(self) -> dict:
+        return {"slices": [list(sl) for sl in self.slices]}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Grow to the saved number of layers (torch restores this before the parameter lists)."""
+        for start, stop in state["slices"][len(self.slices) :]:
+            self.add(start, stop)
+
     def add(self, start: int, stop: int) -> None:
         self.alpha.append(nn.Parameter(torch.ones(1), requires_grad=False))
         self.beta.append(nn.Parameter(torch.zeros(1), requires_grad=False))
@@ -78,8 +86,18 @@ def bic_distillation(logits_old_part: torch.Tensor, old_targets: torch.Tensor, T
     return -(p_old * F.log_softmax(logits_old_part.float() / T, dim=1)).sum(1).mean()
 
 
-def fit_bias_layer(layers: BiasLayers, index: int, logits: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-                   batch_size: int, seed: int = 0, momentum: float = 0.9, beta_l2: float = 0.0) -> list[float]:
+def fit_bias_layer(
+    layers: BiasLayers,
+    index: int,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    momentum: float = 0.9,
+    beta_l2: float = 0.0,
+) -> list[float]:
     """Stage 2: train (alpha, beta) of ``layers[index]`` on fixed logits (n, C) with CE over all
     classes; the other layers stay frozen. Returns the mean loss of each epoch."""
     alpha, beta = layers.alpha[index], layers.beta[index]
@@ -149,8 +167,12 @@ class TrainingExemplars(ExemplarMemory):
     def load_state_dict(self, state: dict, strategy, train_experiences) -> None:
         super().load_state_dict(state, strategy, train_experiences)
         self.val_store.clear()
-        self.val_store.update({int(c): (strategy.dataset_of_class(train_experiences, int(c)), list(r))
-                               for c, r in state["val_rows"].items()})
+        self.val_store.update(
+            {
+                int(c): (strategy.dataset_of_class(train_experiences, int(c)), list(r))
+                for c, r in state["val_rows"].items()
+            }
+        )
 
 
 @register("bic")
@@ -161,8 +183,10 @@ class BiC(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # the training exemplars keep the budget minus ceil(val_fraction * budget) per class
-        self.memory = self.add_part("memory", TrainingExemplars.from_config(
-            self.cfg, "selection", required_by=self.name, val_count=self.val_count))
+        self.memory = self.add_part(
+            "memory",
+            TrainingExemplars.from_config(self.cfg, "selection", required_by=self.name, val_count=self.val_count),
+        )
         self.previous = self.add_part("previous", PreviousModel())
         self.bias = BiasLayers().to(self.device)
         self._heldout: dict[int, list[int]] = {}
@@ -230,7 +254,7 @@ class BiC(AVCLStrategy):
             ds, rows = self.val_store[c]
             if rows[:n_val]:
                 parts.append(ds.subset(rows[:n_val]))
-        for c, rows in self._heldout.items():
+        for rows in self._heldout.values():
             if rows:
                 parts.append(self.experience.dataset.subset(rows))
         if not parts:
@@ -246,10 +270,17 @@ class BiC(AVCLStrategy):
             if val is not None:
                 logits, y = self.dataset_logits(val)
                 s = self.scfg
-                losses = fit_bias_layer(self.bias, self.task_id, logits.to(self.device), y.to(self.device),
-                                        epochs=s["bias_epochs"], lr=s["bias_lr"],
-                                        batch_size=self.cfg["train"]["batch_size"],
-                                        seed=self.cfg["seed"] + self.task_id, beta_l2=float(s["beta_l2"]))
+                losses = fit_bias_layer(
+                    self.bias,
+                    self.task_id,
+                    logits.to(self.device),
+                    y.to(self.device),
+                    epochs=s["bias_epochs"],
+                    lr=s["bias_lr"],
+                    batch_size=self.cfg["train"]["batch_size"],
+                    seed=self.cfg["seed"] + self.task_id,
+                    beta_l2=float(s["beta_l2"]),
+                )
                 self.stage2_losses.append(losses)
         # the memory's rows of the new classes index the trained-on subset: re-linked to the
         # experience's dataset; the held-out clips become the new classes' validation exemplars

@@ -72,6 +72,7 @@ from .base import AVCLStrategy, PreviousModel
 from .losses import cign_loss_terms
 from .memory import ExemplarMemory
 
+
 # ---------------------------------------------------------------- the strategy
 @register("cign")
 class CIGN(AVCLStrategy):
@@ -83,8 +84,9 @@ class CIGN(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # the protocol's memory; where it declares none, CIGN Sec. 4.1's 50 per class
-        self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, fallback_per_class=self.scfg.get("memory_per_class")))
+        self.memory = self.add_part(
+            "memory", ExemplarMemory.from_config(self.cfg, fallback_per_class=self.scfg.get("memory_per_class"))
+        )
         self.previous = self.add_part("previous", PreviousModel())  # the model of task t-1
 
     @classmethod
@@ -98,8 +100,16 @@ class CIGN(AVCLStrategy):
 
     # ---- loss ----------------------------------------------------------------------------------
     def criterion(self):
-        terms = cign_loss_terms(self.model, self.previous.model, self.mb_x, self.mb_y, self.mb_output,
-                                self.num_old, self.num_seen, self.scfg)
+        terms = cign_loss_terms(
+            self.model,
+            self.previous.model,
+            self.mb_x,
+            self.mb_y,
+            self.mb_output,
+            self.num_old,
+            self.num_seen,
+            self.scfg,
+        )
         return sum(terms.values())  # CIGN Eq. 10: L = L_ctl + L_group
 
     # ---- prediction ------------------------------------------------------------------------

@@ -36,8 +36,15 @@ from .l2p import FrozenBackbonePromptStrategy
 class DualPrompt(FrozenBackbonePromptStrategy):
     def build_prompt(self):
         s = self.scfg
-        return DualPrompts(self.model.dim, self.num_tasks, s["g_layers"], s["e_layers"], s["g_length"],
-                           s["e_length"], len(self.model.blocks)).to(self.device)
+        return DualPrompts(
+            self.model.dim,
+            self.num_tasks,
+            s["g_layers"],
+            s["e_layers"],
+            s["g_length"],
+            s["e_length"],
+            len(self.model.blocks),
+        ).to(self.device)
 
     def make_optimizer(self, **kwargs):
         if self.is_training and self.experience is not None:
@@ -59,6 +66,7 @@ class DualPrompt(FrozenBackbonePromptStrategy):
         else:
             aux = model.prompt.matching_loss(query, task)
         self.last_task = task
-        prefixes = {i: (pk.to(tokens.dtype), pv.to(tokens.dtype))
-                    for i, (pk, pv) in model.prompt.prefixes(task).items()}
+        prefixes = {
+            i: (pk.to(tokens.dtype), pv.to(tokens.dtype)) for i, (pk, pv) in model.prompt.prefixes(task).items()
+        }
         return model.forward_features(x, prefixes=prefixes, tokens=tokens), aux

@@ -75,8 +75,10 @@ class EWC(AVCLStrategy):
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:
         super().load_checkpoint_state(state, train_experiences)
-        self.penalties = [({n: t.to(self.device) for n, t in f.items()}, {n: t.to(self.device) for n, t in a.items()})
-                          for f, a in (self.penalties or [])]
+        self.penalties = [
+            ({n: t.to(self.device) for n, t in f.items()}, {n: t.to(self.device) for n, t in a.items()})
+            for f, a in (self.penalties or [])
+        ]
 
     # ---- the penalty --------------------------------------------------------------------------
     def ewc_penalty(self) -> torch.Tensor:

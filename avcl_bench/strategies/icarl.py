@@ -31,8 +31,14 @@ from .base import AVCLStrategy, PreviousModel
 from .memory import ClassMeans, ExemplarMemory
 
 
-def icarl_loss(logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None, num_old: int, num_seen: int,
-               variant: str = "bce") -> torch.Tensor:
+def icarl_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    old_logits: torch.Tensor | None,
+    num_old: int,
+    num_seen: int,
+    variant: str = "bce",
+) -> torch.Tensor:
     """iCaRL Alg. 3 (``bce``) or the AV-CIL release's CE + BCE distillation (``ce_bce``)."""
     logits = logits[:, :num_seen].float()
     distill = old_logits is not None and num_old > 0
@@ -43,8 +49,9 @@ def icarl_loss(logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor |
         return F.binary_cross_entropy_with_logits(logits, targets)
     loss = F.cross_entropy(logits, y)
     if distill:
-        loss = loss + F.binary_cross_entropy_with_logits(logits[:, :num_old],
-                                                         torch.sigmoid(old_logits[:, :num_old].float()))
+        loss = loss + F.binary_cross_entropy_with_logits(
+            logits[:, :num_old], torch.sigmoid(old_logits[:, :num_old].float())
+        )
     return loss
 
 
@@ -57,7 +64,6 @@ def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tenso
 
 @register("icarl")
 class ICaRL(AVCLStrategy):
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.memory = self.add_part("memory", ExemplarMemory.from_config(self.cfg, "selection", required_by=self.name))

@@ -81,8 +81,9 @@ class IL2M(AVCLStrategy):
     @torch.no_grad()
     def compute_statistics(self) -> None:
         """Statistics of state N on its training data: new-class clips and old-class exemplars."""
-        logits, y = self.dataset_logits(self.adapted_dataset if self.adapted_dataset is not None
-                                        else self.experience.dataset)
+        logits, y = self.dataset_logits(
+            self.adapted_dataset if self.adapted_dataset is not None else self.experience.dataset
+        )
         init_mean, conf, cur_mean = class_statistics(self.scores(logits), y, self.num_old)
         self.init_mean.update(init_mean)
         for c in init_mean:
@@ -97,8 +98,12 @@ class IL2M(AVCLStrategy):
         factors = torch.ones(self.num_old)
         self.skipped_factors = 0
         for c in range(self.num_old):
-            stats = (self.init_mean.get(c), self.cur_mean.get(c), self.confidence.get(n),
-                     self.confidence.get(self.class_state.get(c)))
+            stats = (
+                self.init_mean.get(c),
+                self.cur_mean.get(c),
+                self.confidence.get(n),
+                self.confidence.get(self.class_state.get(c)),
+            )
             if any(v is None or not v > 0 for v in stats):
                 self.skipped_factors += 1
                 continue

@@ -82,8 +82,16 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
         lr = s.get("pretrain_lr") or train["lr"]
         loader = self._loader(self.experience.dataset.train(), batch_size=train["batch_size"], shuffle=True)
         self.pretrain_history = pretrain_backbone(
-            self.model, loader, self.num_seen, int(epochs), float(lr), train["weight_decay"], self.device,
-            to_device, self.autocast)
+            self.model,
+            loader,
+            self.num_seen,
+            int(epochs),
+            float(lr),
+            train["weight_decay"],
+            self.device,
+            to_device,
+            self.autocast,
+        )
 
     # ---- training ------------------------------------------------------------------------------
     def prompted_features(self, x, task=None):
@@ -112,7 +120,7 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
         if self.scfg["train_mask"]:
             # Only the current task's classes compete in training (the L2P/DualPrompt releases).
             mask = torch.full_like(logits, float("-inf"))
-            mask[:, self.num_old: self.num_seen] = 0.0
+            mask[:, self.num_old : self.num_seen] = 0.0
             logits = logits + mask
         loss = F.cross_entropy(logits, self.mb_y)
         if self.aux_loss is not None:
@@ -132,7 +140,6 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
 class L2P(FrozenBackbonePromptStrategy):
     """Prompt pool + key-query selection on a frozen pretrained audio-visual transformer."""
 
-
     def build_prompt(self):
         s = self.scfg
         return PromptPool(s["pool_size"], s["prompt_length"], self.model.dim, s["top_n"]).to(self.device)
@@ -148,7 +155,7 @@ class L2P(FrozenBackbonePromptStrategy):
         n_prompt = prompts.shape[1]
         if self.scfg["head"] == "prompt_avg":
             # L2P: average of the final-layer outputs at the prompt positions.
-            feat = model.norm(blocks[-1][:, 1: 1 + n_prompt]).mean(1)
+            feat = model.norm(blocks[-1][:, 1 : 1 + n_prompt]).mean(1)
         else:
             feat = model.norm(blocks[-1][:, 0])
         return feat, surrogate

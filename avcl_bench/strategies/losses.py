@@ -31,8 +31,9 @@ def kd_loss(new_logits: torch.Tensor, old_logits: torch.Tensor, T: float = 2.0) 
     return F.kl_div(log_p_new, p_old, reduction="batchmean") * (T * T)
 
 
-def taskwise_kd(new_logits: torch.Tensor, old_logits: torch.Tensor, classes_per_task: int, num_old: int,
-                T: float = 2.0) -> torch.Tensor:
+def taskwise_kd(
+    new_logits: torch.Tensor, old_logits: torch.Tensor, classes_per_task: int, num_old: int, T: float = 2.0
+) -> torch.Tensor:
     """Sum over old tasks t of KD on the logit slice [t*k, (t+1)*k) (SS-IL Eq. 5; AV-CIL: T=2,
     KL * T^2 summed over tasks)."""
     total = new_logits.sum() * 0.0
@@ -42,8 +43,9 @@ def taskwise_kd(new_logits: torch.Tensor, old_logits: torch.Tensor, classes_per_
     return total
 
 
-def separated_ce(logits: torch.Tensor, y: torch.Tensor, num_old: int, num_seen: int,
-                 is_old: torch.Tensor | None = None) -> torch.Tensor:
+def separated_ce(
+    logits: torch.Tensor, y: torch.Tensor, num_old: int, num_seen: int, is_old: torch.Tensor | None = None
+) -> torch.Tensor:
     """SS-IL Eq. 4: samples of new classes get CE over the new-class logits only, exemplars of
     old classes CE over the old-class logits only; the two means are weighted by their counts.
 
@@ -60,8 +62,15 @@ def separated_ce(logits: torch.Tensor, y: torch.Tensor, num_old: int, num_seen: 
     return loss / max(1, n_new + n_old)
 
 
-def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale=1.0, margin: float = 0.6,
-             margin_mode: str = "target", reduction: str = "mean", hinge: bool = False) -> torch.Tensor:
+def nca_loss(
+    similarities: torch.Tensor,
+    y: torch.Tensor,
+    scale=1.0,
+    margin: float = 0.6,
+    margin_mode: str = "target",
+    reduction: str = "mean",
+    hinge: bool = False,
+) -> torch.Tensor:
     """NCA loss with margin (PODNet Eq. 8; AFC's classification loss):
 
         l_i = -log( exp(eta (s_{i,y_i} - delta)) / sum_{j != y_i} exp(eta s_{i,j}) )
@@ -126,8 +135,9 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
-def continual_grouping_loss(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
-                            tau: float) -> torch.Tensor:
+def continual_grouping_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, tau: float
+) -> torch.Tensor:
     """CIGN Eq. 9 for one modality, InfoNCE form:
 
     -1/N sum_n log exp(sim(a_n, p_n)/tau) / (exp(sim(a_n, p_n)/tau) + sum_m exp(sim(a_n, q_nm)/tau))
@@ -153,8 +163,9 @@ def _rows(x, mask):
     return [t[mask] if torch.is_tensor(t) else t for t in x]
 
 
-def cign_loss_terms(model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tensor, out: dict,
-                    num_old: int, num_seen: int, scfg: dict) -> dict:
+def cign_loss_terms(
+    model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tensor, out: dict, num_old: int, num_seen: int, scfg: dict
+) -> dict:
     """Every term of CIGN Eq. 10 for one batch, by name (see the module docstring).
 
     ``out`` is ``model(x)``; ``prev_model`` the frozen model of task t-1 (None at the first task).
@@ -166,8 +177,7 @@ def cign_loss_terms(model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tens
     tokens = model.class_tokens()
     if scfg["avctd"]:
         if num_old and prev_model is not None:  # CIGN Eq. 8: KL(c_i^t || c_i^{t-1}), old tokens
-            terms["token_kl"] = token_kl(tokens[:num_old], prev_model.class_tokens()[:num_old],
-                                         scfg["kl_temperature"])
+            terms["token_kl"] = token_kl(tokens[:num_old], prev_model.class_tokens()[:num_old], scfg["kl_temperature"])
         new = torch.arange(num_old, num_seen, device=tokens.device)  # CIGN Eq. 8: CE(h_i, e_i), new tokens
         terms["token_ce"] = token_ce(model.token_logits(slice(num_old, num_seen))[:, :num_seen], new)
     if scfg["avcg"] and num_old and prev_model is not None:

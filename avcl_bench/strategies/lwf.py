@@ -29,9 +29,18 @@ from .base import AVCLStrategy, PreviousModel
 from .losses import kd_loss, taskwise_kd
 
 
-def lwf_loss(logits: torch.Tensor, old_logits: torch.Tensor | None, y: torch.Tensor, num_old: int, num_seen: int,
-             classes_per_task: int, T: float = 2.0, lambda_old: float = 1.0, ce: str = "new",
-             kd: str = "taskwise") -> torch.Tensor:
+def lwf_loss(
+    logits: torch.Tensor,
+    old_logits: torch.Tensor | None,
+    y: torch.Tensor,
+    num_old: int,
+    num_seen: int,
+    classes_per_task: int,
+    T: float = 2.0,
+    lambda_old: float = 1.0,
+    ce: str = "new",
+    kd: str = "taskwise",
+) -> torch.Tensor:
     """LwF loss of one minibatch (``logits`` over at least ``num_seen`` classes)."""
     logits = logits[:, :num_seen].float()
     if ce == "new" and num_old > 0:
@@ -50,7 +59,6 @@ def lwf_loss(logits: torch.Tensor, old_logits: torch.Tensor | None, y: torch.Ten
 
 @register("lwf")
 class LwF(AVCLStrategy):
-
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.previous = self.add_part("previous", PreviousModel())
@@ -63,6 +71,15 @@ class LwF(AVCLStrategy):
 
     def criterion(self):
         s = self.scfg
-        return lwf_loss(self.mb_output, self.old_logits(), self.mb_y, self.num_old, self.num_seen,
-                        self.classes_per_task, T=s["T"], lambda_old=s["lambda_old"], ce=s["ce"],
-                        kd=s["kd"])
+        return lwf_loss(
+            self.mb_output,
+            self.old_logits(),
+            self.mb_y,
+            self.num_old,
+            self.num_seen,
+            self.classes_per_task,
+            T=s["T"],
+            lambda_old=s["lambda_old"],
+            ce=s["ce"],
+            kd=s["kd"],
+        )

@@ -23,6 +23,7 @@ from avalanche.benchmarks.utils import concat_datasets
 
 from ..data.loading import PairedReplayLoader
 from ..errors import ConfigError
+from ..rundir import numpy_state_from_plain, numpy_state_to_plain
 from .base import Part
 
 
@@ -54,8 +55,16 @@ class ExemplarMemory(Part):
     selecting with ``feature_fn`` (herding; default: the strategy's ``extract_features``), and cuts
     the old classes to the quota."""
 
-    def __init__(self, per_class: int | None = None, total: int | None = None, selection: str = "random",
-                 seed: int = 0, replay: str = "concat", batch_size: int | None = None, feature_fn=None):
+    def __init__(
+        self,
+        per_class: int | None = None,
+        total: int | None = None,
+        selection: str = "random",
+        seed: int = 0,
+        replay: str = "concat",
+        batch_size: int | None = None,
+        feature_fn=None,
+    ):
         if not per_class and not total:
             raise ValueError("ExemplarMemory needs per_class or total")
         if selection not in ("random", "herding"):
@@ -70,8 +79,14 @@ class ExemplarMemory(Part):
         self.store: dict[int, tuple[object, list[int]]] = {}
 
     @classmethod
-    def from_config(cls, cfg: dict, selection_key: str | None = None, required_by: str | None = None,
-                    fallback_per_class: int | None = None, **replay):
+    def from_config(
+        cls,
+        cfg: dict,
+        selection_key: str | None = None,
+        required_by: str | None = None,
+        fallback_per_class: int | None = None,
+        **replay,
+    ):
         """The memory of the run's protocol (``memory.per_class`` or ``memory.total``), or None when
         it has none: then ``fallback_per_class`` applies when given (CIGN), and a strategy that
         cannot run without a memory (``required_by``) stops with a ConfigError. The selection is
@@ -82,8 +97,9 @@ class ExemplarMemory(Part):
             per_class = fallback_per_class
         if not per_class and not total:
             if required_by:
-                raise ConfigError(f"strategy '{required_by}' needs an exemplar memory: set memory.per_class or "
-                                  "memory.total")
+                raise ConfigError(
+                    f"strategy '{required_by}' needs an exemplar memory: set memory.per_class or memory.total"
+                )
             return None
         selection = cfg["strategy"].get(selection_key, "random") if selection_key else "random"
         if selection not in ("random", "herding"):
@@ -149,8 +165,9 @@ class ExemplarMemory(Part):
             return loader
         exemplars = self.dataset()
         # the exemplar batch capped by the memory's size (no change unless whole batches are required)
-        memory_loader = strategy._loader(exemplars.train(), min(self.batch_size, len(exemplars)), shuffle=True,
-                                         drop_last=strategy.whole_batches_only)
+        memory_loader = strategy._loader(
+            exemplars.train(), min(self.batch_size, len(exemplars)), shuffle=True, drop_last=strategy.whole_batches_only
+        )
         return PairedReplayLoader(loader, memory_loader)
 
     def after_training_exp(self, strategy) -> None:
@@ -159,12 +176,18 @@ class ExemplarMemory(Part):
 
     def state_dict(self) -> dict:
         """Everything but the datasets (row positions per class; see :meth:`load_state_dict`)."""
-        return {"rng": self.rng.get_state(), "rows": {c: list(rows) for c, (_, rows) in self.store.items()}}
+        # plain ints: checkpoints are read with weights_only=True, which refuses numpy scalars
+        return {
+            "rng": numpy_state_to_plain(self.rng.get_state()),
+            "rows": {int(c): [int(r) for r in rows] for c, (_, rows) in self.store.items()},
+        }
 
     def load_state_dict(self, state: dict, strategy, train_experiences) -> None:
-        self.rng.set_state(state["rng"])
-        self.store = {int(c): (strategy.dataset_of_class(train_experiences, int(c)), list(rows))
-                      for c, rows in state["rows"].items()}
+        self.rng.set_state(numpy_state_from_plain(state["rng"]))
+        self.store = {
+            int(c): (strategy.dataset_of_class(train_experiences, int(c)), list(rows))
+            for c, rows in state["rows"].items()
+        }
 
 
 class ClassMeans(Part):

@@ -82,8 +82,9 @@ def pod_spatial_loss(old_stages: list[dict], new_stages: list[dict]) -> torch.Te
     between the L2-normalised pooled maps of the previous and the current model."""
     stage_losses = []
     for old, new in zip(old_stages, new_stages):
-        dists = [torch.linalg.vector_norm(F.normalize(old[m], dim=1) - F.normalize(new[m], dim=1), dim=1).mean()
-                 for m in new]
+        dists = [
+            torch.linalg.vector_norm(F.normalize(old[m], dim=1) - F.normalize(new[m], dim=1), dim=1).mean() for m in new
+        ]
         stage_losses.append(torch.stack(dists).mean())
     return torch.stack(stage_losses).mean()
 
@@ -167,7 +168,7 @@ def split_stage(seq: torch.Tensor, layout):
     if na is not None:
         audio, start = seq[:, :na], na
     if tp is not None:
-        visual = seq[:, start: start + tp[0] * tp[1]].reshape(seq.shape[0], tp[0], tp[1], seq.shape[-1])
+        visual = seq[:, start : start + tp[0] * tp[1]].reshape(seq.shape[0], tp[0], tp[1], seq.shape[-1])
     return audio, visual
 
 
@@ -187,8 +188,12 @@ class PODNet(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         s = self.scfg
-        self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, "exemplar_selection", required_by=self.name if s["classifier"] == "nme" else None))
+        self.memory = self.add_part(
+            "memory",
+            ExemplarMemory.from_config(
+                self.cfg, "exemplar_selection", required_by=self.name if s["classifier"] == "nme" else None
+            ),
+        )
         # NME: cosine to the L2-normalised exemplar means (C, D)
         self.class_means = self.add_part("class_means", ClassMeans(self.memory) if s["classifier"] == "nme" else None)
         self.previous = self.add_part("previous", PreviousModel())
@@ -215,7 +220,7 @@ class PODNet(AVCLStrategy):
             rows = feats[targets == c]
             if len(rows):
                 cent = spherical_kmeans(rows, K, generator=self._gen)
-                clf.weight.data[c * K:(c + 1) * K] = cent.to(clf.weight.device, clf.weight.dtype)
+                clf.weight.data[c * K : (c + 1) * K] = cent.to(clf.weight.device, clf.weight.dtype)
 
     # ---- training ----------------------------------------------------------------------------------
     def forward(self):
@@ -259,14 +264,17 @@ class PODNet(AVCLStrategy):
         feats = self.extract_features(ds).to(self.device)
         targets = torch.as_tensor(list(ds.targets), device=self.device)
         clf = self.model.classifier
-        opt = torch.optim.SGD([clf.weight], lr=s["balanced_finetune_lr"], momentum=0.9,
-                              weight_decay=self.cfg["train"]["weight_decay"])
+        opt = torch.optim.SGD(
+            [clf.weight], lr=s["balanced_finetune_lr"], momentum=0.9, weight_decay=self.cfg["train"]["weight_decay"]
+        )
         eta, margin, bs = clf.eta.detach(), s["nca_margin"], self.cfg["train"]["batch_size"]
         for _ in range(epochs):
             order = torch.randperm(len(targets), generator=self._gen).to(self.device)
             for i in range(0, len(order), bs):
-                idx = order[i: i + bs]
-                loss = nca_loss(clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, hinge=True)  # PODNet Eq. 8
+                idx = order[i : i + bs]
+                loss = nca_loss(
+                    clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, hinge=True
+                )  # PODNet Eq. 8
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -32,8 +32,9 @@ from .memory import ExemplarMemory
 class SSIL(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.memory = self.add_part("memory", ExemplarMemory.from_config(
-            self.cfg, replay="paired", batch_size=self.scfg["replay_batch_size"]))
+        self.memory = self.add_part(
+            "memory", ExemplarMemory.from_config(self.cfg, replay="paired", batch_size=self.scfg["replay_batch_size"])
+        )
         self.previous = self.add_part("previous", PreviousModel())
 
     def criterion(self):
@@ -42,7 +43,12 @@ class SSIL(AVCLStrategy):
         if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
                 old_logits = self.previous.model(self.mb_x)
-            kd = taskwise_kd(logits[:, : self.num_old], old_logits[:, : self.num_old].float(),
-                             self.classes_per_task, self.num_old, T=self.scfg["temperature"])
+            kd = taskwise_kd(
+                logits[:, : self.num_old],
+                old_logits[:, : self.num_old].float(),
+                self.classes_per_task,
+                self.num_old,
+                T=self.scfg["temperature"],
+            )
             loss = loss + self.scfg["kd_weight"] * kd
         return loss
