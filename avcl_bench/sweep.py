@@ -22,8 +22,9 @@ Executors
 
 A run that fails (any exception, a crashed process, a config that does not resolve) leaves a run
 directory whose ``status.json`` has ``state: failed`` and the error; the sweep continues. The sweep
-itself is recorded in ``<results>/../sweeps/<name>/sweep.json`` (per-run state, error, seconds)
-with one log per child-process run under ``logs/``.
+itself is recorded in ``<results>/../sweeps/<name>/sweep-<time>-<pid>.json`` (per-run state, error,
+seconds; ``sweep.json`` beside it is a copy of the latest) with one log per child-process run under
+``logs/``.
 
 Strategies that predict every modality from one model (CIGN: audio, visual and audio-visual from
 one run; the ``modalities`` of their catalogue entry) are run once, trained audio-visually, whatever
@@ -692,7 +693,9 @@ def run_sweep(
 
     results_dir = Path(results_dir)
     record_dir = sweeps_dir(results_dir) / _slug(name)
-    record_path = record_dir / "sweep.json"
+    # each sweep keeps its own record (two sweeps of one name, even at once, never overwrite each
+    # other's); sweep.json is a copy of the latest sweep's, for convenience
+    record_path = record_dir / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
     by_id = {s.run_id: s for s in specs}
     for s in specs:  # planning failures: recorded like any failed run
         if s.status == "failed" and s.error:
@@ -710,6 +713,7 @@ def run_sweep(
         record["runs"] = {s.run_id: s.to_json() for s in specs}
         record["counts"] = {st: sum(1 for s in specs if s.status == st) for st in sorted({s.status for s in specs})}
         atomic_write_json(record_path, record)
+        atomic_write_json(record_dir / "sweep.json", record)
 
     def on_result(res):
         s = by_id[res["run_id"]]

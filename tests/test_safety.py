@@ -452,3 +452,124 @@ def test_full_results_disk_fails_in_one_line(feature_benchmark, tmp_path):
     assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
     assert not (results / "full" / "COMPLETE").exists()
     assert not [p.name for p in (results / "full").iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- reports
+def _corrupt_copies(good: Path, results: Path) -> dict[str, str]:
+    """Copies of a complete run folder, each broken in one way; {run id: the reason expected}."""
+    import shutil
+
+    cases = {
+        "metrics-list": (lambda d: (d / "metrics.json").write_text("[1, 2]"), "metrics.json holds a list"),
+        "config-non-utf8": (
+            lambda d: (d / "config.yaml").write_bytes(b"\xff\xfe seed: 0"),
+            "config.yaml is unreadable",
+        ),
+        "config-list": (lambda d: (d / "config.yaml").write_text("- a\n- b\n"), "config.yaml holds a list"),
+        "seed-abc": (
+            lambda d: (d / "config.yaml").write_text(
+                (d / "config.yaml").read_text().replace("\nseed: 0\n", "\nseed: abc\n")
+            ),
+            "seed 'abc' is not an integer",
+        ),
+        "environment-list": (lambda d: (d / "environment.json").write_text("[]"), "environment.json holds a list"),
+        "accuracy-inf": (lambda d: _edit_matrix(d, "inf"), "outside [0, 100]"),
+        "accuracy-150": (lambda d: _edit_matrix(d, "150.0000"), "outside [0, 100]"),
+    }
+    for run_id, (damage, _) in cases.items():
+        shutil.copytree(good, results / run_id)
+        damage(results / run_id)
+    return {run_id: why for run_id, (_, why) in cases.items()}
+
+
+def _edit_matrix(run: Path, value: str) -> None:
+    csv = run / "accuracy_audio-visual.csv"
+    lines = csv.read_text().splitlines()
+    head, *vals = lines[2].split(",")
+    lines[2] = ",".join([head, value, *vals[1:]])
+    csv.write_text("\n".join(lines) + "\n")
+
+
+def test_report_skips_malformed_run_folders_and_lists_them(feature_benchmark, tmp_path, capsys):
+    import pandas as pd
+
+    results = tmp_path / "runs"
+    assert main(run_args(feature_benchmark, results, "good") + QUICK) == 0
+    expected = _corrupt_copies(results / "good", results)
+    # a run whose status says running but that no process holds (killed before it could say failed)
+    (results / "ghost").mkdir()
+    (results / "ghost" / "config.yaml").write_text((results / "good" / "config.yaml").read_text())
+    (results / "ghost" / "status.json").write_text('{"state": "running"}')
+    leaderboard = tmp_path / "lb.csv"
+    code = main(
+        [
+            "report",
+            "--results-dir",
+            str(results),
+            "--out",
+            str(tmp_path / "reports"),
+            "--leaderboard",
+            str(leaderboard),
+            "--no-plots",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    board = pd.read_csv(leaderboard)
+    assert set(board["run_id"]) == {"good"}  # the one sound run, nothing of the broken copies
+    listed = pd.read_csv(tmp_path / "lb_incomplete.csv").set_index("run_id")
+    for run_id, why in expected.items():
+        assert listed.loc[run_id, "state"] == "malformed" and why in listed.loc[run_id, "error"], run_id
+        assert f"skipped {results / run_id}" in out
+    assert listed.loc["ghost", "state"] == "failed"
+
+
+def test_two_sweeps_of_one_name_keep_their_own_records(feature_benchmark, tmp_path):
+    """Two real sweep processes with the same --name over one results folder, at once: each record
+    holds its own runs (one sweep.json once held only the last writer's)."""
+    import json
+    import subprocess
+    import sys
+
+    results = tmp_path / "runs"
+
+    def sweep(strategy):
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "avcl_bench.cli",
+                "sweep",
+                "--name",
+                "same",
+                "--strategies",
+                strategy,
+                "--benchmarks",
+                str(feature_benchmark),
+                "--modalities",
+                "audio-visual",
+                "--seeds",
+                "0",
+                "--results-dir",
+                str(results),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "model.dim=16",
+                "--set",
+                "model.heads=2",
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [sweep("finetune"), sweep("lwf")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    records = sorted((tmp_path / "sweeps" / "same").glob("sweep-*.json"))
+    assert len(records) == 2
+    strategies = sorted(run["strategy"] for r in records for run in json.loads(r.read_text())["runs"].values())
+    assert strategies == ["finetune", "lwf"]

@@ -72,6 +72,8 @@ def generate_report(
     states = {}
     for inc in col.incomplete:
         states[inc["state"]] = states.get(inc["state"], 0) + 1
+        if inc["state"] == "malformed":
+            log(f"[report] skipped {inc['path']}: {inc['error']}")
     log(
         f"[report] {len(col.runs)} complete runs ({len(col.groups)} configuration x modality groups) from "
         f"{', '.join(str(p) for p in results_dirs)}"

@@ -210,17 +210,51 @@ def _benchmark_name(cfg: dict, info: dict) -> str:
     return Path(b).stem if b.endswith((".yaml", ".yml")) else b
 
 
+class MalformedRun(Exception):
+    """A complete-looking run folder whose files do not hold what a run writes."""
+
+
 def load_run(path: Path, warnings: list[str]) -> Run | None:
-    """A complete run directory -> Run (None, with a warning, if it cannot be read)."""
+    """A complete run directory -> Run (None, with a warning, if it holds no readable matrix).
+
+    Raises :class:`MalformedRun` naming the file when the folder's files are not what a run writes
+    (another tool's files, a hand edit, a torn copy): the report lists it and goes on."""
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        warnings.append(f"{path}: unreadable config.yaml ({exc})")
-        return None
+        return _load_run(path, warnings)
+    except MalformedRun:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other surprise in one folder must not stop the report
+        raise MalformedRun(f"{type(exc).__name__}: {exc}") from None
+
+
+def _read_mapping(path: Path, what: str, missing_ok: bool = False) -> dict:
     try:
-        info = json.loads((path / "metrics.json").read_text())
-    except (OSError, ValueError):
-        info = {}
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise MalformedRun(f"{path.name} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MalformedRun(f"{path.name} is unreadable ({type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text) if what == "yaml" else json.loads(text)
+    except (yaml.YAMLError, ValueError):
+        raise MalformedRun(f"{path.name} is not valid {what.upper()}") from None
+    if data is None and missing_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise MalformedRun(f"{path.name} holds a {type(data).__name__}, not a mapping")
+    return data
+
+
+def _load_run(path: Path, warnings: list[str]) -> Run | None:
+    cfg = _read_mapping(path / "config.yaml", "yaml")
+    info = _read_mapping(path / "metrics.json", "json", missing_ok=True)
+    for key in ("run", "modalities"):
+        if not isinstance(info.get(key) or {}, dict):
+            raise MalformedRun(f"metrics.json '{key}' is a {type(info[key]).__name__}, not a mapping")
+    if not isinstance(cfg.get("strategy") or {}, dict):
+        raise MalformedRun("config.yaml 'strategy' is not a mapping")
     results = {}
     for csv in sorted(path.glob("accuracy_*.csv")):
         modality = csv.stem[len("accuracy_") :]
@@ -231,6 +265,9 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
                 raise ValueError(f"not square: {R.shape}")
             if np.isnan(R[np.tril_indices(R.shape[0])]).any():
                 raise ValueError("missing entries on or below the diagonal")
+            known = R[~np.isnan(R)]
+            if not np.isfinite(known).all() or (known < 0).any() or (known > 100).any():
+                raise MalformedRun(f"{csv.name} holds accuracies outside [0, 100]")
             if len(sizes) != R.shape[0]:
                 sizes = None
         except (OSError, ValueError) as exc:
@@ -253,11 +290,7 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
         completed_at = (path / COMPLETE).stat().st_mtime
     except OSError:
         completed_at = 0.0
-    env = {}
-    try:
-        env = json.loads((path / "environment.json").read_text())
-    except (OSError, ValueError):
-        pass
+    env = _read_mapping(path / "environment.json", "json", missing_ok=True)
     T = next(iter(results.values())).R.shape[0]
     strategy = (cfg.get("strategy") or {}).get("name") or run_info.get("strategy") or "?"
     return Run(
@@ -269,7 +302,7 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
         protocol=str(cfg.get("protocol") or run_info.get("protocol") or ""),
         trained_modality=str(cfg.get("modality") or run_info.get("modality") or ""),
         input=str(cfg.get("input") or run_info.get("input") or ""),
-        seed=int(cfg.get("seed", run_info.get("seed", 0))),
+        seed=_seed(cfg, run_info),
         num_tasks=T,
         num_classes=run_info.get("num_classes"),
         results=results,
@@ -280,6 +313,31 @@ def load_run(path: Path, warnings: list[str]) -> Run | None:
         git_commit=env.get("git_commit"),
         catalogue=run_info.get("catalogue"),
     )
+
+
+def _seed(cfg: dict, run_info: dict) -> int:
+    seed = cfg.get("seed", run_info.get("seed", 0))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MalformedRun(f"config.yaml seed {seed!r} is not an integer")
+    return seed
+
+
+def _incomplete_state(path: Path) -> dict:
+    """State and error of a run folder without COMPLETE, as its status.json says; a 'running' run
+    that no live process holds was killed or could not write its last status: it is failed."""
+    from ..rundir import LOCK, _lock_is_stale
+
+    try:
+        status = json.loads((path / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    state, error = str(status.get("state", "unknown")), str(status.get("error", ""))
+    lock = path / LOCK
+    if state == "running" and (not lock.exists() or _lock_is_stale(lock)):
+        state, error = "failed", "status says running, but no process holds the run (killed, or its final status could not be written)"
+    return {"state": state, "error": error}
 
 
 def matches(cfg: dict, where: dict | None) -> bool:
@@ -332,20 +390,13 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
                 continue
             seen.add(path.resolve())
             if not (path / COMPLETE).is_file():
-                try:
-                    status = json.loads((path / "status.json").read_text())
-                except (OSError, ValueError):
-                    status = {}
-                incomplete.append(
-                    {
-                        "run_id": path.name,
-                        "path": str(path),
-                        "state": status.get("state", "unknown"),
-                        "error": status.get("error", ""),
-                    }
-                )
+                incomplete.append({"run_id": path.name, "path": str(path), **_incomplete_state(path)})
                 continue
-            run = load_run(path, warnings)
+            try:
+                run = load_run(path, warnings)
+            except MalformedRun as exc:
+                incomplete.append({"run_id": path.name, "path": str(path), "state": "malformed", "error": str(exc)})
+                continue
             if run is not None and matches(run.cfg, where):
                 runs.append(run)
     _label_variants(runs)
