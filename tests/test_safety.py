@@ -501,18 +501,9 @@ def test_report_skips_malformed_run_folders_and_lists_them(feature_benchmark, tm
     (results / "ghost" / "config.yaml").write_text((results / "good" / "config.yaml").read_text())
     (results / "ghost" / "status.json").write_text('{"state": "running"}')
     leaderboard = tmp_path / "lb.csv"
-    code = main(
-        [
-            "report",
-            "--results-dir",
-            str(results),
-            "--out",
-            str(tmp_path / "reports"),
-            "--leaderboard",
-            str(leaderboard),
-            "--no-plots",
-        ]
-    )
+    out_dir = tmp_path / "reports"
+    report = ["report", "--results-dir", str(results), "--out", str(out_dir), "--leaderboard", str(leaderboard)]
+    code = main(report + ["--no-plots"])
     out = capsys.readouterr().out
     assert code == 0
     board = pd.read_csv(leaderboard)

@@ -336,7 +336,8 @@ def _incomplete_state(path: Path) -> dict:
     state, error = str(status.get("state", "unknown")), str(status.get("error", ""))
     lock = path / LOCK
     if state == "running" and (not lock.exists() or _lock_is_stale(lock)):
-        state, error = "failed", "status says running, but no process holds the run (killed, or its final status could not be written)"
+        state = "failed"
+        error = "status says running, but no process holds the run (killed, or its final status not written)"
     return {"state": state, "error": error}
 
 
