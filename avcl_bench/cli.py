@@ -171,10 +171,12 @@ def _add_report_parser(sub) -> None:
         "--results-dir",
         action="append",
         default=None,
-        help="folder of run directories (repeatable; default results/runs)",
+        help="folder of run directories (repeatable; default ./results/runs of the current directory)",
     )
-    p.add_argument("--out", default=None, help="reports folder (default reports/)")
-    p.add_argument("--leaderboard", default=None, help="leaderboard CSV path (default results/leaderboard.csv)")
+    p.add_argument("--out", default=None, help="reports folder (default: reports/ beside the results folder)")
+    p.add_argument(
+        "--leaderboard", default=None, help="leaderboard CSV path (default: leaderboard.csv beside the results folder)"
+    )
     p.add_argument("--published-dir", default=None, help="folder of published values (default reports/published)")
     p.add_argument(
         "--where",
@@ -286,12 +288,11 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from pathlib import Path
 
     from . import sweep as sw
     from .config import parse_set
     from .errors import ConfigError
-    from .paths import PROJECT_ROOT
+    from .paths import default_results_dir, in_workdir
 
     if args.list_presets:
         for name, pre in sw.PRESETS.items():
@@ -325,9 +326,7 @@ def cmd_sweep(args) -> int:
         extra["data_root"] = args.data_root
     if args.device:
         extra["device"] = args.device
-    results_dir = Path(args.results_dir) if args.results_dir else PROJECT_ROOT / "results" / "runs"
-    if not results_dir.is_absolute():
-        results_dir = PROJECT_ROOT / results_dir
+    results_dir = in_workdir(args.results_dir) if args.results_dir else default_results_dir()
     specs = sw.plan(
         strategies,
         benchmarks,

@@ -9,8 +9,32 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_DIR = PROJECT_ROOT / "datasets"
 STRATEGIES_DIR = PROJECT_ROOT / "strategies"
-RESULTS_DIR = PROJECT_ROOT / "results"
+#: the suite's own reference material (the papers' published numbers under ``reports/published``)
 REPORTS_DIR = PROJECT_ROOT / "reports"
+
+
+def default_results_dir() -> Path:
+    """Where runs go unless told otherwise: ``./results/runs`` of the directory the user works in
+    (never the installed package)."""
+    return Path.cwd() / "results" / "runs"
+
+
+def in_workdir(path) -> Path:
+    """``path`` as given, a relative one taken from the current directory."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def report_outputs(results_dirs: list[Path]) -> tuple[Path, Path]:
+    """(reports folder, leaderboard CSV) beside the first results folder, in the layout of a working
+    directory: runs in ``W/results/runs`` give ``W/reports`` and ``W/results/leaderboard.csv``;
+    another ``X/runs`` gives ``X/reports`` and ``X/leaderboard.csv``; any other folder ``X`` gets
+    both inside it (run folders are told apart by their config.yaml)."""
+    first = Path(results_dirs[0])
+    if first.name != "runs":
+        return first / "reports", first / "leaderboard.csv"
+    base = first.parent.parent if first.parent.name == "results" else first.parent
+    return base / "reports", first.parent / "leaderboard.csv"
 
 
 def cache_dir() -> Path:

@@ -26,7 +26,7 @@ from . import metrics
 from .config import resolve
 from .data.manifest import load_manifest
 from .errors import NO_SPACE, ConfigError, UserError
-from .paths import PROJECT_ROOT
+from .paths import PROJECT_ROOT, in_workdir
 from .rundir import (
     COMPLETE,
     LOCK,
@@ -203,9 +203,7 @@ def run(
         check_divisible(manifest.doc["num_classes"], cfg["num_tasks"], manifest.name)
 
     if not resume:
-        results_dir = Path(cfg["results_dir"])
-        if not results_dir.is_absolute():
-            results_dir = PROJECT_ROOT / results_dir
+        results_dir = in_workdir(cfg["results_dir"])  # relative: from where the user works
         cfg["run_id"] = cfg["run_id"] or _default_run_id(cfg)
         _refuse_existing_run_folder(results_dir / cfg["run_id"], overwrite)
         rd = RunDir.create(results_dir, cfg["run_id"])

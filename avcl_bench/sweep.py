@@ -257,11 +257,11 @@ def plan(
     ``extra`` are the sweep's own run options (device, data root), merged last.
     """
     from .data.manifest import load_manifest
-    from .paths import PROJECT_ROOT
+    from .paths import default_results_dir, in_workdir
     from .rundir import config_hash
     from .runner import build_config
 
-    results_dir = Path(results_dir or PROJECT_ROOT / "results" / "runs")
+    results_dir = in_workdir(results_dir) if results_dir else default_results_dir()
     complete = index_complete_runs([results_dir])
     variants = variants or {"": {}}
     sets = sets or {}

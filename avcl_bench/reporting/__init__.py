@@ -55,7 +55,7 @@ def generate_report(
     log=print,
 ) -> dict:
     """Regenerate every leaderboard file, table and figure from existing run directories."""
-    from ..paths import REPORTS_DIR, RESULTS_DIR
+    from ..paths import default_results_dir, in_workdir, report_outputs
     from ..rundir import atomic_write_text
     from .collect import collect
     from .leaderboard import leaderboard_markdown, write_leaderboard
@@ -63,9 +63,10 @@ def generate_report(
     from .tables import build_tables, to_markdown, write_tables
 
     t0 = time.time()
-    results_dirs = [Path(p) for p in (results_dirs or [RESULTS_DIR / "runs"])]
-    out_dir = Path(out_dir or REPORTS_DIR)
-    leaderboard_path = Path(leaderboard_path or RESULTS_DIR / "leaderboard.csv")
+    results_dirs = [in_workdir(p) for p in (results_dirs or [default_results_dir()])]
+    default_out, default_leaderboard = report_outputs(results_dirs)  # beside the runs, never the package
+    out_dir = in_workdir(out_dir) if out_dir else default_out
+    leaderboard_path = in_workdir(leaderboard_path) if leaderboard_path else default_leaderboard
     col = collect(results_dirs, where)
     for w in col.warnings:
         log(f"[report] warning: {w}")
