@@ -30,7 +30,13 @@ DEFINITIONS = {
     "R[j][j] - R[T-1][j] (Avalanche's ExperienceForgetting averaged).",
     "bwt": "Backward transfer: mean over tasks j < T-1 of R[T-1][j] - R[j][j] "
     "(Lopez-Paz & Ranzato 2017; equals -forgetting_first_last).",
+    "unlearned_tasks": "Tasks the run did not learn (1-based): R[j][j], the accuracy on task j right after "
+    "training it, is within 5 points of chance, 100 / classes per task. Its forgetting and "
+    "average accuracy say nothing about retention (avcl-bench's own check).",
 }
+
+#: points above chance below which a task counts as not learned (:func:`unlearned_tasks`)
+UNLEARNED_MARGIN = 5.0
 
 
 def _as_matrix(R) -> np.ndarray:
@@ -119,9 +125,19 @@ def avcil_forgetting(R) -> float:
     return float(np.mean(per_step)) if per_step else 0.0
 
 
-def all_metrics(R, task_sizes: Sequence[int] | None = None) -> dict:
-    """Every metric of this module for one accuracy matrix, keyed as in :data:`DEFINITIONS`."""
-    return {
+def unlearned_tasks(R, classes_per_task: int, margin: float = UNLEARNED_MARGIN) -> list[int]:
+    """1-based tasks j with R[j][j] <= 100 / classes_per_task + margin: not learned (a task at chance
+    right after its training cannot be forgotten, so forgetting alone would flatter the run)."""
+    m = _as_matrix(R)
+    chance = 100.0 / max(1, int(classes_per_task))
+    return [j + 1 for j in range(m.shape[0]) if not np.isnan(m[j, j]) and m[j, j] <= chance + margin]
+
+
+def all_metrics(R, task_sizes: Sequence[int] | None = None, classes_per_task: int | None = None) -> dict:
+    """Every metric of this module for one accuracy matrix, keyed as in :data:`DEFINITIONS`
+    (``unlearned_tasks`` only when ``classes_per_task`` is known)."""
+    extra = {} if classes_per_task is None else {"unlearned_tasks": unlearned_tasks(R, classes_per_task)}
+    return extra | {
         "avg_acc": average_accuracy(R),
         "forgetting": forgetting_max(R),
         "step_acc": step_accuracies(R, task_sizes),

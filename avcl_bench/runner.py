@@ -475,7 +475,7 @@ def _execute(
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
     for m in mods:
         full = [[np.nan if v is None else v for v in row] for row in R[m]]
-        out["modalities"][m] = metrics.all_metrics(full, task_sizes)
+        out["modalities"][m] = metrics.all_metrics(full, task_sizes, classes_per_task=C // num_tasks)
     n_params = sum(p.numel() for p in strategy.model.parameters())
     out["run"] = {
         "strategy": cfg["strategy"]["name"],
@@ -559,6 +559,7 @@ def summary_table(out: dict) -> str:
         lines.append(
             f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['mean_inc_acc']:>14.2f}"
             f"{v['avcil_forgetting']:>14.2f}"
+            + (f"  did not learn task {', '.join(map(str, v['unlearned_tasks']))}" if v.get("unlearned_tasks") else "")
         )
     lines.append("avg acc and forgetting (max-minus-last) as in CIGN/L2P; definitions in metrics.json")
     return "\n".join(lines)

@@ -77,3 +77,14 @@ def test_unseen_entries_are_never_read():
 def test_non_square_matrix_rejected():
     with pytest.raises(ValueError):
         metrics.average_accuracy([[1.0, 2.0]])
+
+
+def test_unlearned_tasks_hand_computed():
+    from avcl_bench.metrics import unlearned_tasks
+
+    nan = float("nan")
+    # 2 classes per task: chance 50 %, so R[j][j] <= 55 is "not learned"
+    R = [[54.0, nan, nan], [10.0, 56.0, nan], [0.0, 5.0, 55.0]]
+    assert unlearned_tasks(R, classes_per_task=2) == [1, 3]
+    # 10 classes per task: chance 10 %, bar 15 %
+    assert unlearned_tasks([[15.1, nan], [3.0, 15.0]], classes_per_task=10) == [2]

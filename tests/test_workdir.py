@@ -35,3 +35,26 @@ def test_report_writes_beside_its_results_dir(feature_benchmark, tmp_path):
     assert (tmp_path / "exp" / "leaderboard.csv").is_file()
     assert any((tmp_path / "exp" / "reports" / "tables").iterdir())
     assert [_snapshot(PROJECT_ROOT / "results"), _snapshot(PROJECT_ROOT / "reports")] == package_side
+
+
+def test_a_run_that_learned_nothing_is_flagged(feature_benchmark, tmp_path, capsys):
+    """lr 1e-9: every task stays at chance right after its training; the summary and the leaderboard
+    say so instead of reporting a clean forgetting number."""
+    import json
+
+    import pandas as pd
+
+    runs = tmp_path / "runs"
+    args = ["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir", str(runs)]
+    assert (
+        main(args + ["--run-id", "idle", "--set", "train.lr=1e-9", "--set", "train.epochs=1"] + SMALL_FEATURE_RUN[:-1])
+        == 0
+    )
+    out = capsys.readouterr().out
+    unlearned = json.loads((runs / "idle" / "metrics.json").read_text())["modalities"]["audio-visual"][
+        "unlearned_tasks"
+    ]
+    assert 1 in unlearned and "did not learn task " + ", ".join(map(str, unlearned)) in out
+    assert main(["report", "--results-dir", str(runs), "--no-plots", "--quiet"]) == 0
+    board = pd.read_csv(tmp_path / "leaderboard.csv", dtype={"did_not_learn": str})
+    assert board.loc[0, "did_not_learn"] == ";".join(map(str, unlearned))

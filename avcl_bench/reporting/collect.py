@@ -273,7 +273,9 @@ def _load_run(path: Path, warnings: list[str]) -> Run | None:
         except (OSError, ValueError) as exc:
             warnings.append(f"{csv}: skipped ({exc})")
             continue
-        m = metrics.all_metrics(R, sizes)
+        num_classes = (info.get("run") or {}).get("num_classes")
+        per_task = num_classes // R.shape[0] if isinstance(num_classes, int) and num_classes >= R.shape[0] else None
+        m = metrics.all_metrics(R, sizes, classes_per_task=per_task)
         stored = (info.get("modalities") or {}).get(modality) or {}
         for key in SCALAR_METRICS:
             if key in stored and stored[key] is not None and not math.isclose(float(stored[key]), m[key], abs_tol=1e-3):

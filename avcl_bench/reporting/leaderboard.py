@@ -46,6 +46,8 @@ COLUMN_DEFINITIONS = {
     "config_id": "hash of the resolved config without the seed (runs with equal config_id are seeds of one setting)",
     "config_hash": "rundir.config_hash of the resolved config (what the sweep uses to skip complete runs)",
     "step_acc": "step accuracies separated by ';' (see definitions below)",
+    "did_not_learn": "tasks (1-based, ';'-separated) whose accuracy right after their training is within 5 points "
+    "of chance: not learned, so their forgetting says nothing (metrics.unlearned_tasks)",
     "train_s": "training time in seconds, all tasks (metrics.json timing.train_s)",
     "total_s": "wall time of the run in seconds (metrics.json timing.total_s)",
     "peak_rss_mb": "peak resident memory of the run process in MiB",
@@ -100,6 +102,8 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
             for m in SCALAR_METRICS:
                 row[m] = res.metrics[m]
             row["step_acc"] = ";".join(f"{v:.4f}" for v in res.metrics["step_acc"])
+            # tasks at chance right after their training (metrics.unlearned_tasks): retention says nothing there
+            row["did_not_learn"] = ";".join(map(str, res.metrics.get("unlearned_tasks", [])))
             for k in COST_COLUMNS:
                 row[k] = _cost(r, k)
             row["git_commit"] = r.git_commit
@@ -112,7 +116,7 @@ def leaderboard_frame(col: Collection) -> pd.DataFrame:
         + ID_COLUMNS[7:]
         + ["config_hash"]
         + list(SCALAR_METRICS)
-        + ["step_acc"]
+        + ["step_acc", "did_not_learn"]
         + COST_COLUMNS
         + ["git_commit", "completed"]
     )

@@ -326,8 +326,13 @@ def to_frame(t: Table) -> pd.DataFrame:
 # ---- building ---------------------------------------------------------------------------------------
 
 
+#: metrics that measure forgetting: the upper bound retrains on everything seen, so it has none to
+#: report; its cells print "—", as CIGN's tables do (its runs stay in the leaderboard)
+FORGETTING_METRICS = ("forgetting", "avcil_forgetting", "forgetting_first_last", "bwt")
+
+
 def _cell(g: Group | None, alt: int, metric: str, step: int | None = None) -> Cell:
-    if g is None:
+    if g is None or (g.strategy == UPPER_BOUND and metric in FORGETTING_METRICS):
         return Cell(Stat(None, None, 0, None))
     if metric == "step":
         st = Stat.of(g.step_acc()[:, step]) if step < g.num_tasks else Stat(None, None, 0, None)
