@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate one strategy on one benchmark")
     _add_run_args(p)
     p = sub.add_parser("list", help="list strategies and benchmarks")
+    p = sub.add_parser("check", help="validate a benchmark (counts, classes, tasks, missing clips) without training")
+    p.add_argument("--benchmark", required=True, help="benchmark name or path/to/manifest.yaml")
+    p.add_argument("--data-root", default=None, help="folder of the clips or feature files")
+    p.add_argument("--decode", default=None, metavar="all|N", help="also decode all clips, or the first N")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config value (e.g. protocol=NAME, input=features, class_order_seed=1)",
+    )
     p = sub.add_parser("generate", help="generate the embedded benchmark or AV-CIL-format feature files")
     p.add_argument("what", choices=["synth-av", "avcil-features"])
     p.add_argument("--size", default="default", help="synth-av size: default | tiny")
@@ -400,8 +412,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .check import check_benchmark
+    from .config import parse_set
+    from .errors import ConfigError
+
+    if args.decode is not None and args.decode != "all" and not (args.decode.isdigit() and int(args.decode) > 0):
+        raise ConfigError(f"--decode takes 'all' or a positive number of clips, got {args.decode!r}")
+    over = parse_set(args.sets)
+    if args.data_root:
+        over["data_root"] = args.data_root
+    over["benchmark"] = args.benchmark
+    return check_benchmark(args.benchmark, over, decode=args.decode)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "check": cmd_check,
     "list": cmd_list,
     "generate": cmd_generate,
     "prepare": cmd_prepare,

@@ -423,6 +423,11 @@ def _execute(
     )
     if data.missing:
         _log(f"[avcl-bench] skipped {data.missing} missing clips (--allow-missing)", quiet)
+    per_task = C // num_tasks
+    for t in range(num_tasks):  # the class order decides what each task means: say it up front
+        names = data.classes[t * per_task : (t + 1) * per_task]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "")
+        _log(f"[avcl-bench] task {t + 1}: {shown}", quiet)
 
     seed_everything(cfg["seed"])  # the model's init must not depend on data preparation
     strategy = strategy_cls(cfg=cfg, num_classes=C, num_tasks=num_tasks, device=device)

@@ -183,7 +183,7 @@ class Manifest:
         df = self._read_csv(splits_csv, ["id", "label", "split"])
         bad_split = sorted(set(df["split"]) - {"train", "val", "test"})
         if bad_split:
-            raise DataError(f"{splits_csv}: unknown split value(s) {bad_split}")
+            raise DataError(f"{splits_csv}: unknown split value(s) {bad_split} (allowed: train, val, test)")
         for row, vid in enumerate(df["id"]):  # ids name files under the data root: names, not paths
             problem = name_problem(vid)
             if problem:
