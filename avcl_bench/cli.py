@@ -52,15 +52,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--results-dir", default=None, help="where run directories go (default results/runs)")
     p.add_argument("--run-id", default=None, help="name of the run directory (default: time_strategy_benchmark_...)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. --set train.epochs=5 --set strategy.tau=0.1 (repeatable)",
-    )
+    _add_set_arg(p, "override any config key, e.g. --set train.epochs=5 --set strategy.tau=0.1 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _add_set_arg(p, help_text: str) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,14 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", required=True, help="benchmark name or path/to/manifest.yaml")
     p.add_argument("--data-root", default=None, help="folder of the clips or feature files")
     p.add_argument("--decode", default=None, metavar="all|N", help="also decode all clips, or the first N")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config value (e.g. protocol=NAME, input=features, class_order_seed=1)",
-    )
+    _add_set_arg(p, "config value (e.g. protocol=NAME, input=features, class_order_seed=1)")
     p = sub.add_parser("generate", help="generate the embedded benchmark or AV-CIL-format feature files")
     p.add_argument("what", choices=["synth-av", "avcil-features"])
     p.add_argument("--size", default="default", help="synth-av size: default | tiny")
@@ -133,14 +123,7 @@ def _add_sweep_parser(sub) -> None:
     )
     p.add_argument("--modalities", default=None, help="comma-separated: audio,visual,audio-visual")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (preset default 0,1,2; otherwise 0)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override applied to every run (repeatable)",
-    )
+    _add_set_arg(p, "config override applied to every run (repeatable)")
     p.add_argument(
         "--skip-unavailable",
         action="store_true",
