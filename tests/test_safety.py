@@ -219,6 +219,7 @@ FULL_DISK_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", FULL_DISK_CASES)
 def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how):
     """A cache that does not fit (a 4 MB tmpfs, or RLIMIT_FSIZE: what a full disk looks like to a
@@ -257,6 +258,7 @@ def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how
     assert not [p for p in (cache / "features").iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
+@pytest.mark.slow
 def test_generated_benchmark_with_a_truncated_clip_is_regenerated(tmp_path, monkeypatch):
     from avcl_bench.data.synth import generate_synth_av
 
@@ -357,6 +359,7 @@ def test_existing_run_folder_is_kept_unless_overwrite(feature_benchmark, tmp_pat
     assert code == 2 and "already holds a complete run" in err[0], err
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_run_id_at_once(feature_benchmark, tmp_path, capsys):
     """A real second process: while one `run` holds the folder, another exits 2 naming the holder;
     the first completes untouched."""
@@ -369,7 +372,7 @@ def test_two_runs_of_one_run_id_at_once(feature_benchmark, tmp_path, capsys):
     run_dir = tmp_path / "shared"
     args = run_args(feature_benchmark, tmp_path, "shared") + [
         "--set",
-        "train.epochs=30",
+        "train.epochs=12",
         "--set",
         "train.batch_size=8",
         "--quiet",
@@ -415,6 +418,7 @@ def test_diverging_training_is_failed_not_complete(feature_benchmark, tmp_path, 
     assert not (tmp_path / "div" / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_full_results_disk_fails_in_one_line(feature_benchmark, tmp_path):
     """RLIMIT_FSIZE below the checkpoint's size: one line naming the results folder, status
     failed, no temporary checkpoint file left, no COMPLETE, exit 2."""
@@ -515,6 +519,7 @@ def test_report_skips_malformed_run_folders_and_lists_them(feature_benchmark, tm
     assert listed.loc["ghost", "state"] == "failed"
 
 
+@pytest.mark.slow
 def test_two_sweeps_of_one_name_keep_their_own_records(feature_benchmark, tmp_path):
     """Two real sweep processes with the same --name over one results folder, at once: each record
     holds its own runs (one sweep.json once held only the last writer's)."""
