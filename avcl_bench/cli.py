@@ -42,6 +42,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="benchmark name (datasets/<name>.yaml) or path to your own manifest YAML; default synth-av",
     )
     p.add_argument("--modality", default=None, help="audio | visual | audio-visual (default audio-visual)")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="size profile: quick (CPU-sized encoders, inputs, batch) | paper (the papers' settings); "
+        "default quick on the embedded benchmark, paper elsewhere",
+    )
     p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     p.add_argument("--data-root", default=None, help="folder with the benchmark's clips or AV-CIL feature files")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
@@ -190,6 +196,7 @@ def _overrides(args) -> dict:
     over = parse_set(args.sets)
     for key, val in (
         ("modality", args.modality),
+        ("profile", args.profile),
         ("seed", args.seed),
         ("data_root", args.data_root),
         ("device", args.device),

@@ -3,12 +3,17 @@
 Layers, lowest first (Mammoth style):
 
 1. :data:`BASE` — every key the suite knows, with neutral defaults;
-2. the benchmark manifest's ``config:`` section (``datasets/<name>.yaml``);
+2. the benchmark manifest's protocol (tasks, memory) and its input settings (``clips:``, ``features:``);
 3. the strategy's ``defaults:`` section (``strategies/<name>.yaml``; the strategy's own
-   hyperparameters, the ``strategy`` section, are declared with their defaults under ``params:``);
-4. the strategy's ``benchmarks: <benchmark>:`` section (e.g. the small CPU configuration of the
-   embedded benchmark);
-5. ``--set key.sub=value`` from the command line.
+   hyperparameters, the ``strategy`` section, are declared with their defaults under ``params:``):
+   the papers' settings;
+4. the strategy's ``benchmarks: <benchmark>:`` section (the official release's per-dataset settings);
+5. the size profile (``--profile quick|paper``): ``paper`` adds nothing; ``quick`` is the
+   strategy's ``profiles: quick:`` section (CPU-sized encoders, inputs and batch). The embedded
+   benchmark defaults to ``quick``, every other benchmark to ``paper``;
+6. the benchmark manifest's ``config:`` section: a user's dataset can set anything, above the
+   strategy's defaults;
+7. ``--set key.sub=value`` (and ``--profile``, ``--seed``, ...) from the command line.
 
 Every key is declared once with its type, default and range: the shared sections in
 :data:`SCHEMA`, a strategy's hyperparameters in its document's ``params:`` (see
@@ -38,8 +43,19 @@ MODALITIES = ("audio", "visual", "audio-visual")
 #: Every configuration key of the suite outside ``strategy``: its type, default and allowed values
 #: (one place; :data:`BASE` is derived from it). Strategy hyperparameters live under ``strategy``
 #: and are declared by each strategy document's ``params:`` section.
+#: size profiles (configuration layer 5)
+PROFILES = ("quick", "paper")
+#: the quick profile of a strategy whose document declares none (a method outside the package): the
+#: CPU sizes most built-in strategies declare (the fine-tuning baseline's)
+SHARED_QUICK = {
+    "train": {"epochs": 10, "batch_size": 32, "lr": 1.0e-3},
+    "model": {"dim": 64, "encoder_width": 16, "fusion_depth": 1, "heads": 4},
+}
+
 SCHEMA: dict[str, Any] = {
     "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
+    # size profile (layer 5): quick | paper; None = quick on the embedded benchmark, paper elsewhere
+    "profile": Param("str", None, nullable=True, choices=PROFILES),
     "protocol": Param("str", None, nullable=True),  # a protocol of the benchmark manifest; None = its default_protocol
     "num_tasks": Param("int", None, nullable=True, min=1),  # None = the protocol's
     "modality": Param("str", "audio-visual", choices=MODALITIES),
@@ -223,6 +239,8 @@ def resolve(
     manifest_config: dict | None = None,
     overrides: dict | None = None,
     benchmark_name: str | None = None,
+    manifest_overrides: dict | None = None,
+    default_profile: str = "paper",
 ) -> dict:
     """Build the resolved config of one run from its layers (see module docstring); every layer is
     checked against the declared types and ranges, so every key has its declared type."""
@@ -234,13 +252,23 @@ def resolve(
     bench = benchmark_name or benchmark or cfg["benchmark"]
     cfg["benchmark"] = benchmark or cfg["benchmark"]
     per_bench = (sdoc.get("benchmarks") or {}).get(bench) or {}
+    profile = (overrides or {}).get("profile") or (manifest_overrides or {}).get("profile") or default_profile
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    profiles = sdoc.get("profiles") or {}
+    if not isinstance(profiles, dict) or set(profiles) - set(PROFILES):
+        raise ConfigError(f"{origin}: 'profiles' must map {' or '.join(PROFILES)} to config sections")
+    quick = profiles.get("quick", SHARED_QUICK)  # a method that declares no quick sizes gets the shared ones
     for layer, where in (
-        (manifest_config, f"benchmark manifest '{bench}'"),
+        (manifest_config, f"benchmark manifest '{bench}' protocol"),
         (sdoc.get("defaults"), f"{origin} defaults"),
         (per_bench, f"{origin} benchmarks.{bench}"),
+        (quick if profile == "quick" else None, f"{origin} profiles.quick" if "quick" in profiles else "SHARED_QUICK"),
+        (manifest_overrides, f"benchmark manifest '{bench}' config"),
         (overrides, "--set"),
     ):
         cfg = _apply_layer(schema, cfg, layer or {}, where)
+    cfg["profile"] = profile
     validate(cfg)
     return cfg
 

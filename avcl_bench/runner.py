@@ -51,7 +51,15 @@ def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple
     bench = benchmark or overrides.get("benchmark") or "synth-av"
     manifest = load_manifest(bench)
     layer = manifest.config_layer(overrides.get("protocol"))
-    cfg = resolve(canonical_spec(strategy), bench, layer, overrides, benchmark_name=manifest.name)
+    cfg = resolve(
+        canonical_spec(strategy),
+        bench,
+        layer,
+        overrides,
+        benchmark_name=manifest.name,
+        manifest_overrides=manifest.doc.get("config"),
+        default_profile="quick" if manifest.doc.get("generated") else "paper",  # embedded: CPU-sized
+    )
     if cfg["input"] is None:
         cfg["input"] = manifest.inputs[0]
     if cfg["input"] not in manifest.inputs:
@@ -419,6 +427,12 @@ def _execute(
         f"[avcl-bench] {cfg['strategy']['name']} on {manifest.name} ({cfg['input']}, {cfg['modality']}): "
         f"{C} classes, {num_tasks} tasks, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}"
         f", device {device}, run {rd.path.name}",
+        quiet,
+    )
+    tr, mo = cfg["train"], cfg["model"]
+    _log(
+        f"[avcl-bench] profile {cfg['profile']}: {tr['epochs']} epochs, batch {tr['batch_size']}, lr {tr['lr']:g}, "
+        f"D={mo['dim']}, encoder width {mo['encoder_width']} (--profile quick|paper; --set key=value)",
         quiet,
     )
     if data.missing:

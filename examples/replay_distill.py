@@ -25,8 +25,8 @@ class ReplayDistill(AVCLStrategy):
             "T": {"type": "float", "default": 2.0, "exclusive_min": 0, "source": "Li & Hoiem Sec. 3: T = 2"},
             "lambda_kd": {"type": "float", "default": 1.0, "min": 0, "source": "Li & Hoiem Sec. 3: lambda_o = 1"},
         },
-        "benchmarks": {
-            "synth-av": {
+        "profiles": {  # --profile quick (the embedded benchmark's default): CPU-sized
+            "quick": {
                 "train": {"epochs": 10, "batch_size": 32, "lr": 1.0e-3},
                 "model": {"dim": 64, "encoder_width": 16, "fusion_depth": 1, "heads": 4},
             }

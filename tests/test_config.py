@@ -23,7 +23,7 @@ def test_parse_set_rejects_missing_equals():
 
 
 def test_layers_order():
-    # strategies/finetune.yaml: defaults epochs 100, synth-av section epochs 10; --set wins over both.
+    # strategies/finetune.yaml: defaults epochs 100, quick profile epochs 10; --set wins over both.
     cfg, _ = build_config("finetune", "synth-av", {})
     assert cfg["train"]["epochs"] == 10
     cfg, _ = build_config("finetune", "vggsound-instruments", {})

@@ -113,12 +113,12 @@ def copy_strategies(tmp_path: Path, monkeypatch, edit) -> None:
 def test_bad_type_in_a_strategy_layer(tmp_path, capsys, monkeypatch):
     def edit(name, doc):
         if name == "cign":
-            doc["benchmarks"]["synth-av"]["strategy"]["depth"] = "deep"
+            doc["profiles"]["quick"]["strategy"]["depth"] = "deep"
 
     (tmp_path / "strategies").mkdir()
     copy_strategies(tmp_path / "strategies", monkeypatch, edit)
     line = refused(capsys, tmp_path, ["--strategy", "cign"])
-    assert "'strategy.depth'" in line and "'deep'" in line and "strategies/cign.yaml benchmarks.synth-av" in line
+    assert "'strategy.depth'" in line and "'deep'" in line and "strategies/cign.yaml profiles.quick" in line
 
 
 @pytest.mark.parametrize(
@@ -301,9 +301,9 @@ def test_finetune_runs_with_lr_in_ordinary_notation(tmp_path):
 
 def test_a_layer_that_is_not_a_mapping(tmp_path, monkeypatch):
     def edit(name, doc):
-        doc["benchmarks"]["synth-av"] = 3
+        doc["profiles"]["quick"] = 3
 
     (tmp_path / "strategies").mkdir()
     copy_strategies(tmp_path / "strategies", monkeypatch, edit)
-    with pytest.raises(ConfigError, match=r"^strategies/finetune\.yaml benchmarks\.synth-av must be a mapping"):
+    with pytest.raises(ConfigError, match=r"^strategies/finetune\.yaml profiles\.quick must be a mapping"):
         build_config("finetune", "synth-av", {})

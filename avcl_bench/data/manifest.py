@@ -78,8 +78,7 @@ class Manifest:
     def config_layer(self, protocol_name: str | None) -> dict:
         """The manifest's layer of the run configuration (see avcl_bench.config)."""
         pname, proto = self.protocol(protocol_name)
-        layer = dict(self.doc.get("config") or {})
-        layer["protocol"] = pname
+        layer = {"protocol": pname}  # (the manifest's own config: section is a higher layer)
         layer["num_tasks"] = proto.get("num_tasks")
         mem = proto.get("memory") or {}
         layer["memory"] = {"per_class": mem.get("per_class"), "total": mem.get("total")}

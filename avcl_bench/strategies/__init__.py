@@ -54,6 +54,7 @@ DOC_KEYS = (
     "params",
     "defaults",
     "benchmarks",
+    "profiles",
 )
 #: The papers' row order of their tables (layout only: which methods belong to a table, and
 #: their names, come from the catalogue). A method not listed goes after these, before the

@@ -1,0 +1,46 @@
+"""Size profiles (configuration layer 5) and the manifest's own config: layer above the strategy's
+defaults."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from avcl_bench.cli import main
+from avcl_bench.config import load_strategy_yaml
+from avcl_bench.runner import build_config
+
+
+def test_embedded_benchmark_defaults_to_quick_real_ones_to_paper():
+    quick = load_strategy_yaml("cign")["profiles"]["quick"]
+    cfg, _ = build_config("cign", "synth-av", {})
+    assert cfg["profile"] == "quick" and cfg["model"]["dim"] == quick["model"]["dim"] == 64
+    cfg, _ = build_config("cign", "vggsound-instruments", {})
+    assert cfg["profile"] == "paper" and cfg["model"]["dim"] == 512 and cfg["train"]["epochs"] == 100  # CIGN Sec. 4.1
+    cfg, _ = build_config("cign", "vggsound-instruments", {"profile": "quick"})
+    assert cfg["model"]["dim"] == 64 and cfg["train"]["batch_size"] == 32
+
+
+def test_manifest_config_is_above_strategy_defaults_and_profile(feature_benchmark, tmp_path):
+    shutil.copytree(feature_benchmark.parent, tmp_path / "b")
+    y = tmp_path / "b" / feature_benchmark.name
+    y.write_text(y.read_text() + "config: {profile: quick, train: {lr: 0.25, epochs: 3}}\n")
+    cfg, _ = build_config("finetune", str(y), {})
+    assert cfg["profile"] == "quick" and cfg["model"]["dim"] == 64  # the manifest picked the profile
+    assert cfg["train"]["lr"] == 0.25 and cfg["train"]["epochs"] == 3  # above quick's 1e-3 and 10
+    cfg, _ = build_config("finetune", str(y), {"train": {"lr": 0.5}})
+    assert cfg["train"]["lr"] == 0.5  # --set is above the manifest
+
+
+def test_run_prints_its_profile(feature_benchmark, tmp_path, capsys):
+    args = ["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)]
+    assert main(args + ["--profile", "quick", "--set", "train.epochs=1", "--set", "model.dim=16"]) == 0
+    assert "profile quick: 1 epochs, batch 32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["fast", "Quick"])
+def test_unknown_profile_is_one_line(feature_benchmark, tmp_path, capsys, value):
+    code = main(["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--profile", value, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "profile" in err[0] and "quick, paper" in err[0], err
