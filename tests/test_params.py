@@ -301,7 +301,7 @@ def test_finetune_runs_with_lr_in_ordinary_notation(tmp_path):
 
 def test_a_layer_that_is_not_a_mapping(tmp_path, monkeypatch):
     def edit(name, doc):
-        doc["profiles"]["quick"] = 3
+        doc.setdefault("profiles", {})["quick"] = 3
 
     (tmp_path / "strategies").mkdir()
     copy_strategies(tmp_path / "strategies", monkeypatch, edit)
