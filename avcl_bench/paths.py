@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Repository root (the directory holding ``datasets/``, ``strategies/``, ``results/``).
+#: The directory holding the ``avcl_bench`` package: the repository root in a checkout or an editable
+#: install (with ``datasets/``, ``strategies/``, ``reports/`` beside the package), ``site-packages``
+#: in a built one.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATASETS_DIR = PROJECT_ROOT / "datasets"
-STRATEGIES_DIR = PROJECT_ROOT / "strategies"
+#: Where a built package (``pip install .``, a wheel) carries the repository's ``datasets/``,
+#: ``strategies/`` and ``reports/published/`` (setup.py copies them there; a checkout has no such folder).
+BUNDLED_DIR = Path(__file__).resolve().parent / "_bundled"
+#: Root of the suite's own resources. The bundled copy is looked for first: beside an installed package
+#: sits ``site-packages``, whose ``datasets/`` may well be another distribution's package.
+RESOURCES_ROOT = BUNDLED_DIR if BUNDLED_DIR.is_dir() else PROJECT_ROOT
+DATASETS_DIR = RESOURCES_ROOT / "datasets"
+STRATEGIES_DIR = RESOURCES_ROOT / "strategies"
 #: the suite's own reference material (the papers' published numbers under ``reports/published``)
-REPORTS_DIR = PROJECT_ROOT / "reports"
+REPORTS_DIR = RESOURCES_ROOT / "reports"
 
 
 def default_results_dir() -> Path:

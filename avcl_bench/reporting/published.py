@@ -1,6 +1,7 @@
 """Published reference values: CIGN's tables (transcribed) and AV-CIL's (a file the user fills in).
 
-Files under ``reports/published/`` (``#`` lines are comments):
+Files under ``reports/published/`` of the repository (a built package carries a copy, see
+``avcl_bench.paths.REPORTS_DIR``; ``#`` lines are comments):
 
 ``cign.csv``
     one row per row of CIGN's Tables 1-4 and the 10-task result of Sec. 4.3, wide:
