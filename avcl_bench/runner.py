@@ -26,7 +26,7 @@ from . import metrics
 from .config import resolve
 from .data.manifest import load_manifest
 from .errors import NO_SPACE, ConfigError, UserError
-from .paths import PROJECT_ROOT, in_workdir
+from .paths import BUNDLED_DIR, PROJECT_ROOT, in_workdir
 from .rundir import (
     COMPLETE,
     LOCK,
@@ -103,6 +103,8 @@ def environment_info(device) -> dict:
         except metadata.PackageNotFoundError:
             pkgs[name] = None
     try:
+        if BUNDLED_DIR.is_dir():  # an installed wheel: no checkout of the suite to ask (git would answer
+            raise OSError("installed package")  # for whatever repository site-packages sits in)
         commit = (
             subprocess.run(
                 ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
