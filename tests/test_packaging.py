@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "avcl_bench.cli"]
 #: build leftovers and working data that a copy of the sources for the build leaves out
 NOT_BUILD_INPUTS = {".git", "__pycache__", "build", "dist", ".pytest_cache", ".cache", ".whl", "results"}
 
@@ -64,23 +64,29 @@ def test_wheel_works_from_any_directory(tmp_path):
         env=os.environ.copy(),
     )
     (wheel,) = dist.glob("avcl_bench-*.whl")
-    site = tmp_path / "site"
+    # A fresh virtual environment gets the wheel (and its `avcl-bench` command) by a normal install.
+    # The dependencies (torch, avalanche, ...) are not downloaded again: a .pth file adds this
+    # interpreter's site-packages to the new environment's path. Python processes .pth files only in
+    # site directories, not in folders a .pth adds, so the repository's editable install (itself a
+    # .pth + finder in that site-packages) is not active there: the wheel is the only avcl_bench.
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=os.environ.copy())
+    venv_python = venv / "bin" / "python"
     _run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(venv_python), "install", "--no-deps", "-q", str(wheel)],
         cwd=tmp_path,
         env=os.environ.copy(),
     )
+    (site,) = venv.glob("lib/python*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     shutil.rmtree(source)  # the installed package alone from here on
-
-    # The current interpreter has the dependencies (torch, avalanche, ...) and may have the repository
-    # installed in editable mode. That install's finder sits on sys.meta_path AFTER the path-based
-    # finder, so the wheel on PYTHONPATH is the avcl_bench imported; the subprocess prints which one.
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cli = [str(venv / "bin" / "avcl-bench")]
     workdir = tmp_path / "work"
     workdir.mkdir()
     where = _run(
         [
-            sys.executable,
+            str(venv_python),
             "-c",
             "import avcl_bench, avcl_bench.paths as p; print(avcl_bench.__file__); print(p.DATASETS_DIR); "
             "print(p.STRATEGIES_DIR); print(p.REPORTS_DIR / 'published')",
@@ -97,21 +103,21 @@ def test_wheel_works_from_any_directory(tmp_path):
     )
     assert sorted(p.name for p in published_dir.glob("*.csv")) == ["av-cil.csv", "cign.csv"]
 
-    listing = _run([*CLI, "list"], cwd=workdir, env=env)
+    listing = _run([*cli, "list"], cwd=workdir, env=env)
     for path in [*(REPO / "strategies").glob("*.yaml"), *(REPO / "datasets").glob("*.yaml")]:
         assert path.stem in listing, f"'{path.stem}' missing from `avcl-bench list`:\n{listing}"
 
     tiny = ["--set", "synth.size=tiny", "--set", "train.epochs=1", "--quiet"]
-    _run([*CLI, "run", "--strategy", "finetune", "--benchmark", "synth-av", *tiny], cwd=workdir, env=env)
+    _run([*cli, "run", "--strategy", "finetune", "--benchmark", "synth-av", *tiny], cwd=workdir, env=env)
     (run_dir,) = (workdir / "results" / "runs").iterdir()
     assert (run_dir / "metrics.json").is_file()
-    _run([*CLI, "report", "--no-plots", "--quiet"], cwd=workdir, env=env)
+    _run([*cli, "report", "--no-plots", "--quiet"], cwd=workdir, env=env)
     assert (workdir / "results" / "leaderboard.csv").is_file()
     assert (workdir / "reports" / "index.md").is_file()
     # the published numbers (bundled in the wheel) reach the tables: without them the tables differ
     (workdir / "no-published").mkdir()
     _run(
-        [*CLI, "report", "--no-plots", "--quiet", "--out", "reports-bare", "--published-dir", "no-published"],
+        [*cli, "report", "--no-plots", "--quiet", "--out", "reports-bare", "--published-dir", "no-published"],
         cwd=workdir,
         env=env,
     )

@@ -1,0 +1,1 @@
+"""Networks: the shared baseline AVNet, CIGN, AV-CIL, prompt pools, and the audio/visual encoders."""
