@@ -31,14 +31,13 @@ def test_bars_loss_val_acc_and_estimate_shown_then_silenced(feature_benchmark, t
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
     # showing progress draws no random number and runs no extra step: the same accuracies
-    assert json.loads((shown / "metrics.json").read_text())["modalities"] == json.loads(
-        (quiet / "metrics.json").read_text()
-    )["modalities"]
+    assert metrics_of(shown) == metrics_of(quiet)
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "icarl"])
 def test_estimate_counts_the_steps_the_run_takes(strategy, total_memory_benchmark, tmp_path, capsys, monkeypatch):
-    """planned_steps predicts every training step, exemplars replayed by concatenation included."""
+    """planned_steps predicts every training step, exemplars replayed by concatenation included;
+    the results equal a quiet run's (the memory's random selection untouched by progress)."""
     made = []
     init = progress.TrainingProgress.__init__
 
@@ -47,10 +46,17 @@ def test_estimate_counts_the_steps_the_run_takes(strategy, total_memory_benchmar
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(progress.TrainingProgress, "__init__", recording_init)
-    run_cli(total_memory_benchmark, tmp_path, strategy, strategy=strategy)
+    shown = run_cli(total_memory_benchmark, tmp_path, strategy, strategy=strategy)
     capsys.readouterr()
     assert len(made) == 1
     assert made[0]._steps_seen == made[0].total_steps > 0
+    quiet = run_cli(total_memory_benchmark, tmp_path, "quiet", "--quiet", strategy=strategy)
+    assert len(made) == 1
+    assert metrics_of(shown) == metrics_of(quiet)
+
+
+def metrics_of(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())["modalities"]
 
 
 def test_estimate_line_formats():
