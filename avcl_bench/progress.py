@@ -66,6 +66,7 @@ class TrainingProgress:
         self._steps_seen = 0  # since the run started, for the estimate
         self._first_step_end = None
         self._first_epoch_start = None
+        self._last_step_end = None
 
     # ---- experiences and epochs -------------------------------------------------------------
     def start_experience(self, task_id: int, epochs: int) -> None:
@@ -104,11 +105,14 @@ class TrainingProgress:
             if self._steps_seen == 1:
                 self._first_step_end = self._now()
             elif self._steps_seen == 1 + TIMED_STEPS:
-                self._estimate()
+                self._estimate(self._now())
+            # without a sync (a GPU may still be running it): only for an epoch shorter than the
+            # timed steps, which ends before them
+            self._last_step_end = time.monotonic()
 
     def end_epoch(self, val_acc: float | None = None) -> None:
         if not self._estimated:  # an epoch shorter than the timed steps: estimate from what ran
-            self._estimate()
+            self._estimate(self._last_step_end)
         postfix = {}
         if self._loss_n:
             postfix["loss"] = f"{self.mean_loss():.4f}"
@@ -138,15 +142,17 @@ class TrainingProgress:
             torch.cuda.synchronize()
         return time.monotonic()
 
-    def _estimate(self) -> None:
-        self._estimated = True
-        if self._steps_seen == 0 or self._first_step_end is None:
+    def _estimate(self, last_step_end: float | None) -> None:
+        """Print the estimate from the steps after the first (warm-up) one, which ended at
+        ``last_step_end``."""
+        if self._steps_seen == 0:  # an epoch without steps: estimate in a later one
             return
+        self._estimated = True
         timed = self._steps_seen - 1
         if timed < 1:  # a single step: its time includes the warm-up, the best there is
             per_step = self._first_step_end - self._first_epoch_start
         else:
-            per_step = (self._now() - self._first_step_end) / timed
+            per_step = (last_step_end - self._first_step_end) / timed
         self.write(
             f"[avcl-bench] estimated duration: {format_duration(per_step * self.total_steps)} "
             f"({per_step:.3g} s/step x {self.total_steps} steps; training steps only, an approximation)"

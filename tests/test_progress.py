@@ -63,3 +63,26 @@ def test_estimate_line_formats():
     assert progress.format_duration(12.4) == "~12 s"
     assert progress.format_duration(720) == "~12 min"
     assert progress.format_duration(5 * 3600) == "~5.0 h"
+
+
+@pytest.mark.parametrize("first_epoch_steps, later_epoch_steps", [(0, 4), (3, 3), (12, 12)])
+def test_one_estimate_whatever_the_first_epoch_length(first_epoch_steps, later_epoch_steps):
+    """Estimated after the timed steps, at the end of an epoch shorter than them, or (after an
+    epoch without steps) in the next epoch; once per run."""
+    import io
+
+    import torch
+
+    out = io.StringIO()
+    bars = progress.TrainingProgress(total_steps=100, num_tasks=2, file=out)
+    for task in range(2):
+        bars.start_experience(task, epochs=2)
+        for epoch in (1, 2):
+            steps = first_epoch_steps if (task, epoch) == (0, 1) else later_epoch_steps
+            bars.start_epoch(epoch, 2, steps)
+            for _ in range(steps):
+                bars.step(torch.tensor(0.5))
+            bars.end_epoch(val_acc=50.0)
+    bars.close()
+    assert out.getvalue().count("estimated duration: ~") == 1
+    assert "x 100 steps" in out.getvalue() and "loss=0.5000" in out.getvalue() and "val acc=50.0%" in out.getvalue()
