@@ -465,32 +465,16 @@ def _execute(
             timing.setdefault("earlier_sessions_s", 0.0)
             _restore_rng(ckpt["rng"])
             _log(f"[avcl-bench] resuming {rd.path.name} after task {start_task}/{num_tasks}", quiet)
-    for t in range(start_task, num_tasks):
-        t1 = time.time()
-        strategy.train(train_stream[t], eval_streams=[])
-        timing["train_s"] += time.time() - t1
-        t1 = time.time()
-        res = strategy.evaluate_experiences(test_stream[: t + 1])
-        timing["eval_s"] += time.time() - t1
-        for m in mods:
-            for j, (correct, total) in enumerate(res[m]):
-                R[m][t][j] = 100.0 * correct / max(1, total)
-            rd.write_matrix(m, R[m], task_sizes)
-        if t + 1 < num_tasks:
-            # the wall time up to this boundary, so a resumed run's total counts every session
-            save_checkpoint(
-                rd,
-                strategy,
-                t,
-                R,
-                {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start},
-                cfg,
-            )
-        rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
-        row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
-        _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
-        if after_task is not None:
-            after_task(t + 1)
+    if cfg["progress"] and not quiet:
+        from .progress import TrainingProgress, planned_steps
+
+        total_steps = planned_steps(strategy, train_stream[start_task:])
+        strategy.progress = TrainingProgress(total_steps, num_tasks, device=device)
+    try:
+        _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task)
+    finally:
+        if strategy.progress is not None:
+            strategy.progress.close()
 
     export_run_embeddings(strategy, test_stream[0].dataset, rd, data.classes[: C // num_tasks], cfg, quiet)
     out = {"definitions": metrics.DEFINITIONS, "modalities": {}}
@@ -537,6 +521,39 @@ def _execute(
     _log(summary_table(out), quiet)
     _log(f"[avcl-bench] results: {rd.path}", quiet)
     return rd
+
+
+def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task):
+    """Train and evaluate experiences ``start_task``.. in order, writing results and checkpoints."""
+    num_tasks = len(train_stream)
+    mods = list(R)
+    task_sizes = [len(exp.dataset) for exp in test_stream]
+    for t in range(start_task, num_tasks):
+        t1 = time.time()
+        strategy.train(train_stream[t], eval_streams=[])
+        timing["train_s"] += time.time() - t1
+        t1 = time.time()
+        res = strategy.evaluate_experiences(test_stream[: t + 1])
+        timing["eval_s"] += time.time() - t1
+        for m in mods:
+            for j, (correct, total) in enumerate(res[m]):
+                R[m][t][j] = 100.0 * correct / max(1, total)
+            rd.write_matrix(m, R[m], task_sizes)
+        if t + 1 < num_tasks:
+            # the wall time up to this boundary, so a resumed run's total counts every session
+            save_checkpoint(
+                rd,
+                strategy,
+                t,
+                R,
+                {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start},
+                cfg,
+            )
+        rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
+        row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
+        _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
+        if after_task is not None:
+            after_task(t + 1)
 
 
 def export_run_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, quiet: bool) -> None:

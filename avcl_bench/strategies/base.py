@@ -154,6 +154,9 @@ class AVCLStrategy(SupervisedTemplate):
             eval_every=-1,
         )
         self.use_amp = bool(train["amp"]) and torch.device(device).type == "cuda"
+        #: the run's :class:`avcl_bench.progress.TrainingProgress` (None: nothing shown); the
+        #: runner sets it
+        self.progress = None
 
     #: the AV-CIL release's training loader: whole batches only (``drop_last``), the batch size
     #: capped by the size of the data (and so the exemplar batch, when replayed separately)
@@ -203,6 +206,8 @@ class AVCLStrategy(SupervisedTemplate):
         for part in self.parts.values():
             part.before_training_exp(self)
         super()._before_training_exp(**kwargs)
+        if self.progress is not None:
+            self.progress.start_experience(self.task_id, self.train_epochs)
 
     def autocast(self):
         if self.use_amp:
@@ -316,6 +321,17 @@ class AVCLStrategy(SupervisedTemplate):
             self._best_val = (-1.0, None)
         self._epoch = self.clock.train_exp_epochs + 1
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
+        if self.progress is not None:
+            try:
+                steps = len(self.dataloader)
+            except TypeError:  # a loader without a length: the bar counts without a total
+                steps = None
+            self.progress.start_epoch(self._epoch, self.train_epochs, steps)
+
+    def _after_training_iteration(self, **kwargs):
+        super()._after_training_iteration(**kwargs)
+        if self.progress is not None:
+            self.progress.step(self.loss)
 
     def backward(self):
         # a NaN/inf loss is noted on the device (no sync per step) and checked once per epoch
@@ -338,11 +354,14 @@ class AVCLStrategy(SupervisedTemplate):
     def _after_training_epoch(self, **kwargs):
         self.check_finite(f"epoch {self._epoch}")
         super()._after_training_epoch(**kwargs)
+        acc = None
         if self.cfg["train"]["select_best_on_val"] and self.val_experiences:
             acc = self.pooled_accuracy(self.val_experiences[: self.task_id + 1])
             if acc > self._best_val[0]:
                 state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._best_val = (acc, state)
+        if self.progress is not None:
+            self.progress.end_epoch(val_acc=acc)
 
     def _after_training_exp(self, **kwargs):
         if self.cfg["train"]["select_best_on_val"] and getattr(self, "_best_val", (0, None))[1] is not None:
@@ -352,6 +371,8 @@ class AVCLStrategy(SupervisedTemplate):
         for part in self.parts.values():
             part.after_training_exp(self)
         self.check_finite("after its training stages")
+        if self.progress is not None:
+            self.progress.close()
 
     # ---- checkpoints at experience boundaries ------------------------------------------------
     #: A method's own state saved in checkpoints besides the model and the parts (which save
