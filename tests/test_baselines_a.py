@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avcl_bench.strategies.bic import BiasLayers, bic_distillation, fit_bias_layer
+from avcl_bench.strategies.bic import BiasLayers, BiasStage, bic_distillation, fit_bias_layer
 from avcl_bench.strategies.icarl import icarl_loss, nme_scores
 from avcl_bench.strategies.il2m import class_statistics, il2m_rectify
 from avcl_bench.strategies.lwf import lwf_loss
@@ -324,7 +324,7 @@ def test_bic_stage2_removes_bias_towards_new_classes():
     layers.add(0, 2)
     layers.add(2, 4)
     before = (layers(logits).argmax(1) == y).float().mean().item()
-    losses = fit_bias_layer(layers, 1, logits, y, epochs=100, lr=0.1, batch_size=32)
+    losses = fit_bias_layer(layers, 1, logits, y, BiasStage(epochs=100, lr=0.1, batch_size=32))
     after_logits = layers(logits).detach()
     after = (after_logits.argmax(1) == y).float().mean().item()
     assert before < 0.6 and after > 0.9

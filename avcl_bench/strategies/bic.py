@@ -28,6 +28,7 @@ torch (see the Avalanche spec notes); this is a separate implementation on the a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,17 +87,20 @@ def bic_distillation(logits_old_part: torch.Tensor, old_targets: torch.Tensor, T
     return -(p_old * F.log_softmax(logits_old_part.float() / T, dim=1)).sum(1).mean()
 
 
+@dataclass(frozen=True)
+class BiasStage:
+    """How stage 2 trains a bias layer: SGD with momentum (the authors' code), an optional L2 on
+    beta, ``epochs`` shuffled passes of ``batch_size`` (BiC Sec. 4)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float = 0.9
+    beta_l2: float = 0.0
+
+
 def fit_bias_layer(
-    layers: BiasLayers,
-    index: int,
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int = 0,
-    momentum: float = 0.9,
-    beta_l2: float = 0.0,
+    layers: BiasLayers, index: int, logits: torch.Tensor, y: torch.Tensor, stage: BiasStage, seed: int = 0
 ) -> list[float]:
     """Stage 2: train (alpha, beta) of ``layers[index]`` on fixed logits (n, C) with CE over all
     classes; the other layers stay frozen. Returns the mean loss of each epoch."""
@@ -111,20 +115,20 @@ def fit_bias_layer(
     before, after = fixed[:, :start], fixed[:, stop:]
     alpha.requires_grad_(True)
     beta.requires_grad_(True)
-    opt = torch.optim.SGD([alpha, beta], lr=lr, momentum=momentum)
+    opt = torch.optim.SGD([alpha, beta], lr=stage.lr, momentum=stage.momentum)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a two-parameter problem on small tensors: threads only add overhead
     try:
-        for _ in range(int(epochs)):
+        for _ in range(int(stage.epochs)):
             total = 0.0
-            for idx in torch.randperm(n, generator=gen).split(int(batch_size)):
+            for idx in torch.randperm(n, generator=gen).split(int(stage.batch_size)):
                 idx = idx.to(logits.device)
                 q = torch.cat([before[idx], alpha * z[idx] + beta, after[idx]], 1)
                 loss = F.cross_entropy(q, y[idx])
-                if beta_l2:
-                    loss = loss + beta_l2 * beta.pow(2).sum() / 2
+                if stage.beta_l2:
+                    loss = loss + stage.beta_l2 * beta.pow(2).sum() / 2
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -275,11 +279,8 @@ class BiC(AVCLStrategy):
                     self.task_id,
                     logits.to(self.device),
                     y.to(self.device),
-                    epochs=s["bias_epochs"],
-                    lr=s["bias_lr"],
-                    batch_size=self.cfg["train"]["batch_size"],
+                    BiasStage(s["bias_epochs"], s["bias_lr"], self.cfg["train"]["batch_size"], beta_l2=s["beta_l2"]),
                     seed=self.cfg["seed"] + self.task_id,
-                    beta_l2=float(s["beta_l2"]),
                 )
                 self.stage2_losses.append(losses)
         # the memory's rows of the new classes index the trained-on subset: re-linked to the
