@@ -26,6 +26,33 @@ def run_args(benchmark, results, run_id=None, strategy="finetune") -> list[str]:
     return args + (["--run-id", run_id] if run_id is not None else [])
 
 
+def _failing_run(args, run_dir: Path, file_size_limit: int | None = None, env=None) -> str:
+    """``avcl-bench`` ARGS in a real process (its file size capped by RLIMIT_FSIZE when given), which
+    must fail cleanly: exit 2, one stderr line (returned), status failed, no COMPLETE."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        if file_size_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "avcl_bench.cli", *args],
+        env=env or os.environ.copy(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+    assert not (run_dir / "COMPLETE").exists()
+    return err[0]
+
+
 class _RunsCode:
     """Pickles to a call of os.system: what a crafted feature file would carry."""
 
@@ -225,36 +252,17 @@ def test_full_cache_disk_fails_in_one_line_without_sigbus(tmp_path, request, how
     """A cache that does not fit (a 4 MB tmpfs, or RLIMIT_FSIZE: what a full disk looks like to a
     writer): a real process exits 2 with one line naming the cache folder, status failed, no
     temporary folder left, no COMPLETE (the memory-mapped writes once died by SIGBUS here)."""
-    import json
-    import resource
-    import subprocess
-    import sys
-
     from avcl_bench.data.featsynth import generate_feature_benchmark
 
     bench = generate_feature_benchmark(tmp_path / "src", audio_dim=32, visual_shape=(8, 49, 64), name="big")
     results = tmp_path / "runs"
     limit = 4 << 20  # the visual cache needs 8*49*64*4 B = 100 kB per clip x 128 clips = 12.8 MB
     cache = request.getfixturevalue("small_tmpfs") / "cache" if how == "tmpfs" else tmp_path / "cache"
-
-    def limit_file_size():
-        if how == "rlimit-fsize":
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     env = {**os.environ, "AVCL_BENCH_CACHE": str(cache)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "avcl_bench.cli", *run_args(bench, results, "full")] + QUICK,
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=limit_file_size,
-        timeout=300,
+    line = _failing_run(
+        run_args(bench, results, "full") + QUICK, results / "full", limit if how == "rlimit-fsize" else None, env
     )
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr
-    assert len(err) == 1 and "no space left" in err[0] and str(cache / "features") in err[0], err
-    assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
-    assert not (results / "full" / "COMPLETE").exists()
+    assert "no space left" in line and str(cache / "features") in line, line
     assert not [p for p in (cache / "features").iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
@@ -422,39 +430,17 @@ def test_diverging_training_is_failed_not_complete(feature_benchmark, tmp_path, 
 def test_full_results_disk_fails_in_one_line(feature_benchmark, tmp_path):
     """RLIMIT_FSIZE below the checkpoint's size: one line naming the results folder, status
     failed, no temporary checkpoint file left, no COMPLETE, exit 2."""
-    import json
-    import resource
-    import subprocess
-    import sys
-
-    limit = 48 << 10  # config.yaml and status.json fit; the first checkpoint (~150 kB) does not
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     results = tmp_path / "runs"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "avcl_bench.cli",
-            *run_args(feature_benchmark, results, "full"),
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "model.dim=64",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        preexec_fn=limit_file_size,
-        timeout=300,
-    )
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr
-    assert len(err) == 1 and "checkpoint.pt" in err[0] and str(results / "full") in err[0], err
-    assert json.loads((results / "full" / "status.json").read_text())["state"] == "failed"
-    assert not (results / "full" / "COMPLETE").exists()
+    limit = 48 << 10  # config.yaml and status.json fit; the first checkpoint (~150 kB) does not
+    args = run_args(feature_benchmark, results, "full") + [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.dim=64",
+        "--quiet",
+    ]
+    line = _failing_run(args, results / "full", limit)
+    assert "checkpoint.pt" in line and str(results / "full") in line, line
     assert not [p.name for p in (results / "full").iterdir() if p.name.endswith(".tmp")]
 
 

@@ -29,6 +29,19 @@ class CachedArrays:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def open(cls, final: Path):
+        """The arrays of a finished cache entry, checked against its meta.json
+        (:class:`DamagedCacheEntry` when they do not match)."""
+        meta, arrays = open_cache_entry(final)
+        return cls(
+            audio=arrays["audio"],
+            visual=arrays["visual"],
+            ids=list(meta["ids"]),
+            missing=list(meta["missing"]),
+            cache_path=final,
+        )
+
 
 # ----------------------------------------------------------------------------- cache entries
 # A cache entry is a folder <cache>/<key>/ holding audio.npy, visual.npy, meta.json and, written last,

@@ -49,7 +49,6 @@ from .arrays import (
     allocate_array,
     array_specs,
     discard_damaged_entry,
-    open_cache_entry,
 )
 
 #: Media file extensions tried, in this order, for ``<root>/<id>.<ext>``.
@@ -780,17 +779,6 @@ def decode_plan(n_clips: int, workers: int | None = None, executor: str | None =
     return max(1, int(workers)), executor
 
 
-def _load_cached(final: Path) -> ClipArrays:
-    meta, arrays = open_cache_entry(final)
-    return ClipArrays(
-        audio=arrays["audio"],
-        visual=arrays["visual"],
-        ids=list(meta["ids"]),
-        missing=list(meta["missing"]),
-        cache_path=final,
-    )
-
-
 def preprocess_clips(
     root: Path,
     ids: Sequence[str],
@@ -849,7 +837,7 @@ def preprocess_clips(
     final = base / key
     if (final / "done").is_file():
         try:
-            return _load_cached(final)
+            return ClipArrays.open(final)
         except DamagedCacheEntry as exc:
             discard_damaged_entry(final, exc)  # and decode again below
 
@@ -872,7 +860,7 @@ def preprocess_clips(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _load_cached(final)
+    return ClipArrays.open(final)
 
 
 __all__ = [

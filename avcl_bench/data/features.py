@@ -39,7 +39,6 @@ from .arrays import (
     allocate_array,
     array_specs,
     discard_damaged_entry,
-    open_cache_entry,
 )
 
 AUDIO_FILE = Path("audio_pretrained_feature") / "audio_pretrained_feature_dict.npy"
@@ -244,7 +243,7 @@ def load_avcil_features(
     final = base / key
     if (final / "done").is_file():
         try:
-            return _load_cached(final)
+            return FeatureArrays.open(final)
         except DamagedCacheEntry as exc:
             discard_damaged_entry(final, exc)  # and build it again below
 
@@ -307,7 +306,7 @@ def load_avcil_features(
     finally:
         if h5 is not None:
             h5.close()
-    return _load_cached(final)
+    return FeatureArrays.open(final)
 
 
 def _read_h5(h5, vid: str, path: Path, shape: tuple[int, int, int]) -> np.ndarray:
@@ -326,17 +325,6 @@ def _read_h5(h5, vid: str, path: Path, shape: tuple[int, int, int]) -> np.ndarra
         return obj[()]
     except (OSError, ValueError, TypeError) as exc:
         raise FeatureError(f"{path.name}: cannot read id {vid}: {_short(exc)}") from None
-
-
-def _load_cached(final: Path) -> FeatureArrays:
-    meta, arrays = open_cache_entry(final)
-    return FeatureArrays(
-        audio=arrays["audio"],
-        visual=arrays["visual"],
-        ids=list(meta["ids"]),
-        missing=list(meta["missing"]),
-        cache_path=final,
-    )
 
 
 # ----------------------------------------------------------------------------- generator
