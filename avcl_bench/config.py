@@ -8,8 +8,10 @@ Layers, lowest first (Mammoth style):
    hyperparameters, the ``strategy`` section, are declared with their defaults under ``params:``):
    the papers' settings;
 4. the strategy's ``benchmarks: <benchmark>:`` section (the official release's per-dataset settings);
-5. the size profile (``--profile quick|paper``): ``paper`` adds nothing; ``quick`` is the
-   strategy's ``profiles: quick:`` section (CPU-sized encoders, inputs and batch). The embedded
+5. the size profile (``--profile quick|paper``): ``paper`` adds nothing; ``quick`` is
+   :data:`QUICK_CONVERGENCE` (train until validation accuracy stops improving, within the epoch
+   budget) under the strategy's ``profiles: quick:`` section (CPU-sized encoders, inputs, batch
+   and epoch budget). The embedded
    benchmark defaults to ``quick``, every other benchmark to ``paper``;
 6. the benchmark manifest's ``config:`` section: a user's dataset can set anything, above the
    strategy's defaults;
@@ -52,6 +54,11 @@ SHARED_QUICK = {
     "model": {"dim": 64, "encoder_width": 16, "fusion_depth": 1, "heads": 4},
 }
 
+#: the quick profile's training rule, below each strategy's own quick sizes: train until the
+#: validation accuracy stops improving (3 epochs without a new best), within the epoch budget
+#: ``train.epochs``, and keep the best epoch's weights
+QUICK_CONVERGENCE = {"train": {"select_best_on_val": True, "early_stop_patience": 3}}
+
 SCHEMA: dict[str, Any] = {
     "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
     # size profile (layer 5): quick | paper; None = quick on the embedded benchmark, paper elsewhere
@@ -89,6 +96,9 @@ SCHEMA: dict[str, Any] = {
         "num_workers": Param("int", 0, min=0),
         # keep the epoch with the best val accuracy (AV-CIL release)
         "select_best_on_val": Param("bool", False),
+        # stop a task's training after this many epochs without a new best val accuracy (needs
+        # select_best_on_val and a val split; train.epochs is then the budget); None = all epochs
+        "early_stop_patience": Param("int", None, nullable=True, min=1),
         "amp": Param("bool", False),  # autocast (bf16 on CUDA) for the forward pass
         "pin_memory": Param("bool", False),
         # read whole mini-batches by array row (data/loading.py); false = Avalanche's per-item path
@@ -263,6 +273,7 @@ def resolve(
         (manifest_config, f"benchmark manifest '{bench}' protocol"),
         (sdoc.get("defaults"), f"{origin} defaults"),
         (per_bench, f"{origin} benchmarks.{bench}"),
+        (QUICK_CONVERGENCE if profile == "quick" else None, "QUICK_CONVERGENCE"),
         (quick if profile == "quick" else None, f"{origin} profiles.quick" if "quick" in profiles else "SHARED_QUICK"),
         (manifest_overrides, f"benchmark manifest '{bench}' config"),
         (overrides, "--set"),

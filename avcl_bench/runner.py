@@ -498,6 +498,8 @@ def _execute(
         "missing_clips": data.missing,
         "parameters": n_params,
         "buffer_size": _buffer_size(strategy),
+        # per task: epochs run (fewer than train.epochs when validation stopped it) and kept epoch
+        "epochs_trained": strategy.epochs_trained,
         "resumed": bool(resume and start_task > 0),
         "config_hash": config_hash(cfg),
     }
@@ -551,9 +553,18 @@ def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, te
             )
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)
-        _log(f"[avcl-bench] after task {t + 1}/{num_tasks} ({time.time() - t_start:6.1f}s)  {row}", quiet)
+        when = f"({time.time() - t_start:6.1f}s){_epochs_note(strategy)}"
+        _log(f"[avcl-bench] after task {t + 1}/{num_tasks} {when}  {row}", quiet)
         if after_task is not None:
             after_task(t + 1)
+
+
+def _epochs_note(strategy) -> str:
+    """' 7/30 epochs, kept 4' for the task just trained when validation chose the weights."""
+    last = strategy.epochs_trained[-1] if strategy.epochs_trained else None
+    if last is None or last["kept_epoch"] is None:
+        return ""
+    return f" {last['epochs']}/{strategy.train_epochs} epochs, kept {last['kept_epoch']}"
 
 
 def export_run_embeddings(strategy, first_task_test, rd: RunDir, class_names, cfg, quiet: bool) -> None:

@@ -77,6 +77,23 @@ def test_make_loader_batches_like_the_per_item_loader(tmp_path):
         assert torch.equal(g[1], w[1]) and torch.equal(g[2], w[2])
 
 
+def test_an_unshuffled_pass_leaves_the_training_random_stream_alone(tmp_path):
+    """Evaluating (per epoch, on validation) must not shift the batches and draws of training that
+    follow: an unshuffled loader draws its base seed from a generator of its own."""
+    from avcl_bench.data.loading import as_avalanche, make_loader
+
+    train, _ = _split_datasets(tmp_path)
+    for batched in (True, False):
+        torch.manual_seed(3)
+        want = torch.rand(4)
+        torch.manual_seed(3)
+        assert len(list(make_loader(as_avalanche(train), 5, batched=batched))) == 5  # 24 items
+        assert torch.equal(torch.rand(4), want)
+    torch.manual_seed(3)
+    list(make_loader(as_avalanche(train), 5, shuffle=True))  # a training pass does draw from it
+    assert not torch.equal(torch.rand(4), want)
+
+
 def test_batched_reads_in_a_worker_process(tmp_path):
     """train.num_workers > 0: the view (memory maps included) is read in a worker process."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark

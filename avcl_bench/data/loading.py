@@ -125,26 +125,24 @@ def make_loader(
     pin_memory: bool = False,
     batched: bool = True,
 ) -> DataLoader:
-    """A DataLoader over ``dataset``: batched row reads where possible, else per item."""
+    """A DataLoader over ``dataset``: batched row reads where possible, else per item.
+
+    An unshuffled loader (evaluation, features, logits) gets a random stream of its own: every
+    DataLoader pass draws a base seed from its generator even when it does not shuffle, and from
+    the global torch stream that would make the training batches and draws that follow depend on
+    how often the model was evaluated (per-epoch validation would change the training itself)."""
     view = batched_view(dataset) if batched else None
-    if view is not None:
-        return DataLoader(
-            view,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            collate_fn=pass_through,
-        )
-    return DataLoader(
-        dataset,
+    options = dict(
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        generator=None if shuffle else torch.Generator(),
     )
+    if view is not None:
+        return DataLoader(view, collate_fn=pass_through, **options)
+    return DataLoader(dataset, **options)
 
 
 def _cat(a, b):

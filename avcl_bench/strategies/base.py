@@ -138,6 +138,8 @@ class AVCLStrategy(SupervisedTemplate):
         self.num_old = 0  # classes of earlier experiences
         self.task_id = -1
         self.val_experiences = []
+        #: per trained task: epochs run, and the epoch whose weights were kept (by validation) or None
+        self.epochs_trained: list[dict] = []
         #: name -> :class:`Part`, in declaration order (see :meth:`add_part`)
         self.parts: dict[str, Part] = {}
         model = model if model is not None else self.build_model(cfg)
@@ -319,7 +321,13 @@ class AVCLStrategy(SupervisedTemplate):
         super()._before_training_epoch(**kwargs)
         if self.clock.train_exp_epochs == 0:
             self._best_val = (-1.0, None)
+            self._best_epoch = 0
         self._epoch = self.clock.train_exp_epochs + 1
+        patience = self.cfg["train"]["early_stop_patience"]
+        if patience and self._best_epoch and self._epoch - 1 - self._best_epoch >= patience:
+            # converged: `patience` epochs without a new best val accuracy (the best one is kept)
+            self.stop_training()
+            return
         self._loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         if self.progress is not None:
             try:
@@ -360,13 +368,17 @@ class AVCLStrategy(SupervisedTemplate):
             if acc > self._best_val[0]:
                 state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._best_val = (acc, state)
+                self._best_epoch = self._epoch
         if self.progress is not None:
             self.progress.end_epoch(val_acc=acc)
 
     def _after_training_exp(self, **kwargs):
+        kept = None
         if self.cfg["train"]["select_best_on_val"] and getattr(self, "_best_val", (0, None))[1] is not None:
             self.model.load_state_dict(self._best_val[1])
             self._best_val = (-1.0, None)
+            kept = self._best_epoch
+        self.epochs_trained.append({"epochs": int(self.clock.train_exp_epochs), "kept_epoch": kept})
         super()._after_training_exp(**kwargs)
         for part in self.parts.values():
             part.after_training_exp(self)
@@ -398,6 +410,7 @@ class AVCLStrategy(SupervisedTemplate):
             "num_seen": self.num_seen,
             "num_old": self.num_old,
             "task_id": self.task_id,
+            "epochs_trained": self.epochs_trained,
             "parts": {name: part.state_dict() for name, part in self.parts.items()},
             "attrs": {name: pack(getattr(self, name, None)) for name in self.checkpoint_attrs},
         }
@@ -413,6 +426,7 @@ class AVCLStrategy(SupervisedTemplate):
         self.model.load_state_dict(state["model"])
         self.model.to(self.device)
         self.num_seen, self.num_old, self.task_id = state["num_seen"], state["num_old"], state["task_id"]
+        self.epochs_trained = list(state.get("epochs_trained", []))
         for name, part in self.parts.items():
             part.load_state_dict(state["parts"][name], self, train_experiences)
         for name, value in state["attrs"].items():
