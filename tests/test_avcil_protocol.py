@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from avcl_bench.cli import main
-from avcl_bench.config import parse_set, provenance_rows, resolve, shown
+from avcl_bench.config import SHARED_QUICK, parse_set, provenance_rows, resolve, shown
 from avcl_bench.errors import ConfigError
 from avcl_bench.paths import STRATEGIES_DIR
 from avcl_bench.runner import build_config
@@ -136,7 +136,8 @@ def test_cign_protocols_get_no_avcil_settings():
 
 def test_a_protocol_section_sits_below_the_profile_and_the_command_line():
     cfg, _ = build_config("finetune", "ave-ci", {"profile": "quick"})
-    assert cfg["train"]["epochs"] == 10 and cfg["model"]["network"] == "avcil"  # quick's epoch budget
+    assert cfg["train"]["epochs"] == SHARED_QUICK["train"]["epochs"]  # quick's epoch budget
+    assert cfg["model"]["network"] == "avcil"
     cfg, _ = build_config("afc", "ave-ci", parse_set(["modality=audio", "train.epochs=3"]))
     assert cfg["train"]["epochs"] == 3
 
@@ -250,6 +251,22 @@ def test_the_baselines_train_on_the_avcil_network_with_whole_batches(strategy, f
     assert sizes and set(sizes) == ({5, 9} if strategy == "ssil" else {5}), sizes
 
 
+# ---- the sweep's plan ------------------------------------------------------------------------------
+def test_the_avcil_tables_dry_run_shows_every_method_with_the_release_settings(tmp_path, capsys):
+    code = main(["sweep", "--preset", "avcil-tables", "--dry-run", "--seeds", "0", "--results-dir", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(lines) == len(METHODS) * len(BENCHMARKS) * len(MODALITIES)
+    expected = yaml.safe_load(EXPECTED.read_text())
+    for line in lines:
+        status, run_id, settings = line.split(None, 2)
+        strategy, bench, _, modality = run_id.split("_")[:4]
+        epochs = expected[f"{strategy} {bench} {modality}"]["train.epochs"].split()[0]
+        assert status == "pending" and settings.startswith(f"epochs={epochs} network=avcil batch=256 lr=0.001 ")
+        assert "wd=0.0001 opt=adam drop_last=yes best_val=yes memory_total=" in settings, line
+    ssil = [line for line in lines if line.split()[1].startswith("ssil_")]
+    assert ssil and all(line.endswith("strategy.replay_batch_size=128") for line in ssil)
+
+
 # ---- avcl-bench config -----------------------------------------------------------------------------
 def test_config_prints_every_value_with_its_layer(capsys):
     code = main(
@@ -273,7 +290,7 @@ def test_config_formats(capsys, fmt):
     out = capsys.readouterr().out
     table = json.loads(out) if fmt == "json" else yaml.safe_load(out)
     assert code == 0
-    assert table["train.epochs"] == {"value": 10, "layer": "SHARED_QUICK"}
+    assert table["train.epochs"] == {"value": SHARED_QUICK["train"]["epochs"], "layer": "SHARED_QUICK"}
     assert table["train.early_stop_patience"] == {"value": 3, "layer": "QUICK_CONVERGENCE"}
     assert table["profile"] == {"value": "quick", "layer": "default profile of benchmark 'synth-av'"}
     assert table["model.network"] == {"value": None, "layer": "schema default"}
