@@ -81,11 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder of the clips or feature files")
     p.add_argument("--decode", default=None, metavar="all|N", help="also decode all clips, or the first N")
     _add_set_arg(p, "config value (e.g. protocol=NAME, input=features, class_order_seed=1)")
-    p = sub.add_parser("generate", help="generate the embedded benchmark or AV-CIL-format feature files")
-    p.add_argument("what", choices=["synth-av", "avcil-features"])
+    p = sub.add_parser(
+        "generate",
+        help="generate the embedded benchmark, the digits-av set (scikit-learn digits + eSpeak NG speech) "
+        "or AV-CIL-format feature files",
+    )
+    p.add_argument("what", choices=["synth-av", "digits-av", "avcil-features"])
     p.add_argument("--size", default="default", help="synth-av size: default | tiny")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--out", default=None, help="output folder (digits-av: required)")
+    p.add_argument(
+        "--clips-per-class",
+        default=None,
+        metavar="TRAIN,VAL,TEST",
+        help="digits-av: clips per class in each split (default 100,20,20: 1400 clips)",
+    )
+    p.add_argument(
+        "--hard-audio",
+        type=float,
+        default=None,
+        help="digits-av: fraction of clips with the speech buried or missing (0.3)",
+    )
+    p.add_argument(
+        "--hard-visual",
+        type=float,
+        default=None,
+        help="digits-av: fraction of clips with the digit faint or covered (0.3)",
+    )
     p.add_argument("--benchmark", default="ave-ci", help="avcil-features: benchmark whose ids/classes to use")
     p.add_argument(
         "--audio-dim", type=int, default=None, help="avcil-features: audio feature size (default manifest's)"
@@ -282,6 +304,33 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _generate_digits_av(args) -> int:
+    from pathlib import Path
+
+    from .data.digits_av import DEFAULTS, generate_digits_av
+    from .errors import ConfigError
+
+    if not args.out:
+        raise ConfigError("generate digits-av needs --out DIR")
+    clips = None
+    if args.clips_per_class is not None:
+        parts = args.clips_per_class.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(
+                f"--clips-per-class must be TRAIN,VAL,TEST (three integers), got {args.clips_per_class!r}"
+            )
+        clips = dict(zip(("train", "val", "test"), (int(p) for p in parts)))
+    manifest = generate_digits_av(
+        Path(args.out),
+        clips=clips,
+        hard_audio=DEFAULTS["hard_audio"] if args.hard_audio is None else args.hard_audio,
+        hard_visual=DEFAULTS["hard_visual"] if args.hard_visual is None else args.hard_visual,
+        seed=args.seed,
+    )
+    print(manifest)
+    return 0
+
+
 def cmd_generate(args) -> int:
     from pathlib import Path
 
@@ -291,6 +340,8 @@ def cmd_generate(args) -> int:
         out = generate_synth_av(Path(args.out) if args.out else None, size=args.size, seed=args.seed)
         print(out)
         return 0
+    if args.what == "digits-av":
+        return _generate_digits_av(args)
     from .data.features import write_avcil_features
     from .data.manifest import load_manifest
     from .errors import ConfigError

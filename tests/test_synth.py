@@ -156,7 +156,7 @@ def test_reuse_and_default_location(tmp_path, monkeypatch):
     assert len(list((out / "clips").glob("*.mp4"))) == 12
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
 
-    def boom(job):
+    def boom(out_dir, job):
         raise AssertionError("generated again")
 
     monkeypatch.setattr(S, "_clip_job", boom)

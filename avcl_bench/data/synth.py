@@ -26,20 +26,15 @@ threads, and the encoders are run single-threaded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
+from .clipset import MARKER, POOL_MIN_CLIPS, build_clip_set, clip_set_complete
 
 #: Bumped when the generated content changes; stored in ``generation.json``.
 SYNTH_VERSION = 1
-MARKER = "done"
-#: More clips than this are written by ``min(2, cpus)`` threads.
-POOL_MIN_CLIPS = 64
 
 #: Benchmark sizes. ``clips`` = clips per class and split.
 SYNTH_SIZES: dict[str, dict] = {
@@ -278,13 +273,12 @@ def write_mp4(path: Path, frames: np.ndarray, waveform: np.ndarray, fps: int, sa
             container.mux(packet)
 
 
-def _clip_job(args) -> str:
-    out_dir, seed, number, clip_id, cls, params = args
+def _clip_job(out_dir: Path, args) -> None:
+    seed, number, clip_id, cls, params = args
     rng = np.random.default_rng(np.random.SeedSequence([seed, number]))
     wave = render_audio(cls, rng, params)
     frames = render_frames(cls, rng, params)
-    write_mp4(Path(out_dir) / "clips" / f"{clip_id}.mp4", frames, wave, params["fps"], params["sample_rate"])
-    return clip_id
+    write_mp4(out_dir / "clips" / f"{clip_id}.mp4", frames, wave, params["fps"], params["sample_rate"])
 
 
 # ---------------------------------------------------------------- generation
@@ -333,26 +327,8 @@ def _generation_doc(size: str, seed: int, params: dict, classes: list[dict]) -> 
     }
 
 
-def _is_complete(out: Path, size: str, seed: int) -> bool:
-    if not (out / MARKER).is_file():
-        return False
-    try:
-        doc = json.loads((out / "generation.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not (doc.get("size") == size and doc.get("seed") == seed and doc.get("version") == SYNTH_VERSION):
-        return False
-    # every clip still whole: a truncated or deleted clip makes the benchmark incomplete (regenerated)
-    sizes = doc.get("clip_sizes")
-    if not isinstance(sizes, dict) or not sizes:
-        return False
-    for name, n in sizes.items():
-        try:
-            if (out / "clips" / name).stat().st_size != n:
-                return False
-        except OSError:
-            return False
-    return True
+def _matches(size: str, seed: int):
+    return lambda doc: doc.get("size") == size and doc.get("seed") == seed and doc.get("version") == SYNTH_VERSION
 
 
 def generate_synth_av(
@@ -366,10 +342,11 @@ def generate_synth_av(
 
     Writes ``clips/<id>.mp4``, ``classes.csv`` (index,name), ``splits.csv`` (id,label,split;
     label = class name), ``generation.json`` (parameters, seed, class signatures) and the
-    ``done`` marker. Default directory: ``cache_dir()/synth-av/<size>-seed<seed>``. A complete
-    directory for the same size/seed/version is returned as is; otherwise the benchmark is built
-    in a temporary sibling directory and renamed into place. ``workers``: encoding threads
-    (default ``min(2, cpus)`` for more than ``POOL_MIN_CLIPS`` clips).
+    ``done`` marker (:func:`~.clipset.build_clip_set`). Default directory:
+    ``cache_dir()/synth-av/<size>-seed<seed>``. A complete directory for the same
+    size/seed/version is returned as is; otherwise the benchmark is built in a temporary sibling
+    directory and renamed into place. ``workers``: encoding threads (default ``min(2, cpus)`` for
+    more than ``POOL_MIN_CLIPS`` clips).
     """
     from ..paths import cache_dir
 
@@ -379,70 +356,36 @@ def generate_synth_av(
         raise ConfigError(f"synth-av seed must be an integer, got {seed!r}")
     default_location = out_dir is None
     out = (cache_dir() / "synth-av" / f"{size}-seed{seed}") if default_location else Path(out_dir).expanduser()
-    if _is_complete(out, size, seed):
+    matches = _matches(size, seed)
+    if clip_set_complete(out, matches):
         return out
-    if out.exists():
-        if (out / MARKER).is_file() or default_location:
-            if not default_location:
-                raise DataError(
-                    f"{out} holds a synth-av benchmark of another size/seed/version, or one with a "
-                    f"truncated or missing clip; choose another --out or remove it"
-                )
-            shutil.rmtree(out)
-        elif out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            raise DataError(f"{out} exists and is not a synth-av benchmark directory; choose another --out")
-
     params = json.loads(json.dumps(SYNTH_SIZES[size]))
     classes = synth_classes(params["num_classes"])
     plan = _plan(params, seed)
-    from .clips import _new_tmp_dir  # (also removes temporary folders of killed generations)
-
-    try:
-        tmp = _new_tmp_dir(out.parent, out.name)
-        (tmp / "clips").mkdir()
-    except (OSError, DataError) as exc:
-        raise DataError(f"cannot write synth-av to {out}: {getattr(exc, 'strerror', None) or exc}") from None
-    t_start = time.perf_counter()
-    try:
-        jobs = [(str(tmp), seed, number, cid, classes[c], params) for number, cid, c, _ in plan]
-        if workers is None:
-            workers = min(2, os.cpu_count() or 1) if len(jobs) > POOL_MIN_CLIPS else 1
-        from tqdm import tqdm
-
-        with tqdm(total=len(jobs), disable=not progress, desc=f"generating synth-av ({size})", unit="clip") as bar:
-            if workers <= 1:
-                for job in jobs:
-                    _clip_job(job)
-                    bar.update(1)
-            else:
-                # Threads: the encoders and most numpy work release the GIL, and no process
-                # start-up (or `__main__` guard in the caller's script) is needed.
-                from .clips import threaded_map
-
-                for _ in threaded_map(_clip_job, jobs, workers):
-                    bar.update(1)
-        lines = ["index,name"] + [f"{c['index']},{c['name']}" for c in classes]
-        (tmp / "classes.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        rows = sorted((cid, classes[c]["name"], split) for _, cid, c, split in plan)
-        lines = ["id,label,split"] + [",".join(r) for r in rows]
-        (tmp / "splits.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        doc = _generation_doc(size, seed, params, classes)
-        doc["clip_sizes"] = {f.name: f.stat().st_size for f in sorted((tmp / "clips").iterdir())}
-        (tmp / "generation.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        (tmp / MARKER).write_text(f"generated in {time.perf_counter() - t_start:.1f} s\n", encoding="utf-8")
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if _is_complete(out, size, seed):  # a concurrent generation finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return build_clip_set(
+        out,
+        what="synth-av",
+        other="another size/seed/version",
+        matches=matches,
+        replace=default_location,
+        jobs=[(seed, number, cid, classes[c], params) for number, cid, c, _ in plan],
+        render=_clip_job,
+        classes=[c["name"] for c in classes],
+        rows=[(cid, classes[c]["name"], split) for _, cid, c, split in plan],
+        doc=_generation_doc(size, seed, params, classes),
+        progress=progress,
+        workers=workers,
+        desc=f"generating synth-av ({size})",
+    )
 
 
-__all__ = ["SYNTH_SIZES", "generate_synth_av", "synth_classes", "render_audio", "render_frames", "write_mp4"]
+__all__ = [
+    "MARKER",
+    "POOL_MIN_CLIPS",
+    "SYNTH_SIZES",
+    "generate_synth_av",
+    "synth_classes",
+    "render_audio",
+    "render_frames",
+    "write_mp4",
+]
