@@ -102,50 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_import_avcil_parser(sub) -> None:
-    p = sub.add_parser(
-        "import-avcil",
-        help="write a manifest for a folder in the AV-CIL release's layout (split dictionaries + features)",
-        description="Turn a data folder laid out as the official AV-CIL release's data/<dataset>/ "
-        "(category_encode_dict.npy, all_id_category_dict.npy, all_classId_vid_dict.npy, "
-        "audio_pretrained_feature/audio_pretrained_feature_dict.npy and visual_pretrained_feature/"
-        "visual_pretrained_feature_dict.npy or visual_features.h5) into a manifest: OUT/NAME.yaml and "
-        "OUT/NAME/{classes,splits}.csv, with the av-cil protocol. Class i is the class of code i; the "
-        "splits are the dictionaries' own; every id is looked up in the feature files. The .npy files "
-        "are read without running any code they might name. Then: avcl-bench check --benchmark "
-        "OUT/NAME.yaml; avcl-bench run --strategy S --benchmark OUT/NAME.yaml.",
-    )
-    p.add_argument("folder", help="the data folder, e.g. AV-CIL_ICCV2023/data/AVE")
-    p.add_argument("--name", required=True, help="the benchmark's name (NAME.yaml)")
-    p.add_argument("--out", default=None, help="where NAME.yaml and NAME/ go (default: the data folder)")
-    p.add_argument(
-        "--num-tasks",
-        type=int,
-        default=None,
-        help="tasks (default for the release's datasets, recognised by their classes: AVE 4, "
-        "Kinetics-Sounds 5, VGGSound100 10; required otherwise)",
-    )
-    p.add_argument(
-        "--memory",
-        type=int,
-        default=None,
-        help="exemplars kept in total (default for the release's datasets: AVE 340, Kinetics-Sounds 500, "
-        "VGGSound100 1500; required otherwise)",
-    )
-    p.add_argument("--visual-format", choices=["npy", "h5"], default=None, help="default: the file present")
-    p.add_argument(
-        "--visual-frames",
-        type=int,
-        default=None,
-        help="frames T of (T*P, D) visual tokens (default 8, as the release's model splits them)",
-    )
-    p.add_argument(
-        "--drop-missing", action="store_true", help="leave out ids without features (default: refuse, naming them)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.yaml and NAME/ CSVs")
-    p.add_argument("--quiet", action="store_true", help="print only the manifest's path")
-
-
 def _add_sweep_parser(sub) -> None:
     p = sub.add_parser(
         "sweep",
@@ -233,6 +189,50 @@ def _add_report_parser(sub) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="tables and leaderboard only")
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_import_avcil_parser(sub) -> None:
+    p = sub.add_parser(
+        "import-avcil",
+        help="write a manifest for a folder in the AV-CIL release's layout (split dictionaries + features)",
+        description="Turn a data folder laid out as the official AV-CIL release's data/<dataset>/ "
+        "(category_encode_dict.npy, all_id_category_dict.npy, all_classId_vid_dict.npy, "
+        "audio_pretrained_feature/audio_pretrained_feature_dict.npy and visual_pretrained_feature/"
+        "visual_pretrained_feature_dict.npy or visual_features.h5) into a manifest: OUT/NAME.yaml and "
+        "OUT/NAME/{classes,splits}.csv, with the av-cil protocol. Class i is the class of code i; the "
+        "splits are the dictionaries' own; every id is looked up in the feature files. The .npy files "
+        "are read without running any code they might name. Then: avcl-bench check --benchmark "
+        "OUT/NAME.yaml; avcl-bench run --strategy S --benchmark OUT/NAME.yaml.",
+    )
+    p.add_argument("folder", help="the data folder, e.g. AV-CIL_ICCV2023/data/AVE")
+    p.add_argument("--name", required=True, help="the benchmark's name (NAME.yaml)")
+    p.add_argument("--out", default=None, help="where NAME.yaml and NAME/ go (default: the data folder)")
+    p.add_argument(
+        "--num-tasks",
+        type=int,
+        default=None,
+        help="tasks (default for the release's datasets, recognised by their classes: AVE 4, "
+        "Kinetics-Sounds 5, VGGSound100 10; required otherwise)",
+    )
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        help="exemplars kept in total (default for the release's datasets: AVE 340, Kinetics-Sounds 500, "
+        "VGGSound100 1500; required otherwise)",
+    )
+    p.add_argument("--visual-format", choices=["npy", "h5"], default=None, help="default: the file present")
+    p.add_argument(
+        "--visual-frames",
+        type=int,
+        default=None,
+        help="frames T of (T*P, D) visual tokens (default 8, as the release's model splits them)",
+    )
+    p.add_argument(
+        "--drop-missing", action="store_true", help="leave out ids without features (default: refuse, naming them)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.yaml and NAME/ CSVs")
+    p.add_argument("--quiet", action="store_true", help="print only the manifest's path")
 
 
 def _overrides(args) -> dict:
