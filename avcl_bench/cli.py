@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate one strategy on one benchmark")
     _add_run_args(p)
     p = sub.add_parser("list", help="list strategies and benchmarks")
+    _add_config_parser(sub)
     p = sub.add_parser("check", help="validate a benchmark (counts, classes, tasks, missing clips) without training")
     p.add_argument("--benchmark", required=True, help="benchmark name or path/to/manifest.yaml")
     p.add_argument("--data-root", default=None, help="folder of the clips or feature files")
@@ -100,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_parser(sub)
     _add_import_avcil_parser(sub)
     return parser
+
+
+def _add_config_parser(sub) -> None:
+    p = sub.add_parser(
+        "config",
+        help="print a run's resolved configuration and the layer each value comes from",
+        description="Resolve the configuration of one run without running it and print every value with the "
+        "layer it comes from (schema default, manifest protocol, strategy defaults, the strategy's "
+        "protocol sections, QUICK_CONVERGENCE, profile, manifest config, --set).",
+    )
+    p.add_argument("--strategy", required=True, help="strategy name or spec (as for run)")
+    p.add_argument("--benchmark", default=None, help="benchmark name or path/to/manifest.yaml; default synth-av")
+    p.add_argument("--modality", default=None, help="audio | visual | audio-visual (default audio-visual)")
+    p.add_argument("--profile", default=None, help="size profile: quick | paper (default as for run)")
+    p.add_argument("--format", default="text", choices=("text", "yaml", "json"), help="output format (default text)")
+    _add_set_arg(p, "override any config key, as for run (repeatable)")
 
 
 def _add_sweep_parser(sub) -> None:
@@ -282,6 +299,34 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    import json
+
+    import yaml
+
+    from .config import parse_set, provenance_rows, shown
+    from .runner import build_config
+
+    over = parse_set(args.sets)
+    for key, val in (("modality", args.modality), ("profile", args.profile)):
+        if val is not None:
+            over[key] = val
+    provenance: dict = {}
+    cfg, _ = build_config(args.strategy, args.benchmark, over, provenance=provenance)
+    rows = provenance_rows(cfg, provenance)
+    if args.format == "text":
+        width = max(len(key) for key, _, _ in rows)
+        for key, value, layer in rows:
+            print(f"{key:<{width}} = {shown(value)}  [{layer}]")
+        return 0
+    table = {key: {"value": value, "layer": layer} for key, value, layer in rows}
+    if args.format == "json":
+        print(json.dumps(table, indent=1))
+    else:
+        print(yaml.safe_dump(table, sort_keys=False, width=1000), end="")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from pathlib import Path
 
@@ -397,7 +442,7 @@ def cmd_sweep(args) -> int:
     )
     if args.dry_run:
         for s in specs:
-            extra_info = s.existing or s.error or ""
+            extra_info = s.existing or s.error or s.settings
             print(f"{s.status:<15} {s.run_id}  {extra_info}")
         return 0
     name = args.name or args.preset or "custom"
@@ -484,6 +529,7 @@ COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
     "list": cmd_list,
+    "config": cmd_config,
     "generate": cmd_generate,
     "prepare": cmd_prepare,
     "sweep": cmd_sweep,

@@ -2,12 +2,18 @@
 
 Layers, lowest first (Mammoth style):
 
-1. :data:`BASE` — every key the suite knows, with neutral defaults;
-2. the benchmark manifest's protocol (tasks, memory) and its input settings (``clips:``, ``features:``);
+1. :data:`SCHEMA`'s defaults — every key the suite knows, with neutral defaults — and the defaults
+   of the strategy's declared hyperparameters (``params:``);
+2. the benchmark manifest's protocol (tasks, memory), its first input form and its input settings
+   (``clips:``, ``features:``);
 3. the strategy's ``defaults:`` section (``strategies/<name>.yaml``; the strategy's own
    hyperparameters, the ``strategy`` section, are declared with their defaults under ``params:``):
    the papers' settings;
-4. the strategy's ``benchmarks: <benchmark>:`` section (the official release's per-dataset settings);
+4. the strategy's ``protocols: <protocol>:`` section for the run's protocol (any benchmark whose
+   manifest runs that protocol gets it), then its ``modalities: <modality>:`` section, then its
+   ``settings: <name>:`` section named by the manifest's ``protocols.<protocol>.settings`` and that
+   one's ``modalities: <modality>:`` section (:func:`protocol_layers`): the official release's
+   per-dataset and per-modality settings;
 5. the size profile (``--profile quick|paper``): ``paper`` adds nothing; ``quick`` is
    :data:`QUICK_CONVERGENCE` (train until validation accuracy stops improving, within the epoch
    budget) under the strategy's ``profiles: quick:`` section (CPU-sized encoders, inputs, batch
@@ -16,6 +22,9 @@ Layers, lowest first (Mammoth style):
 6. the benchmark manifest's ``config:`` section: a user's dataset can set anything, above the
    strategy's defaults;
 7. ``--set key.sub=value`` (and ``--profile``, ``--seed``, ...) from the command line.
+
+:func:`resolve` records the layer every value came from (its ``provenance`` argument;
+``avcl-bench config`` prints them).
 
 Every key is declared once with its type, default and range: the shared sections in
 :data:`SCHEMA`, a strategy's hyperparameters in its document's ``params:`` (see
@@ -27,6 +36,7 @@ that set it. The fully resolved configuration is saved in every run directory.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -41,6 +51,8 @@ from .params import InvalidValue, Param, dataclass_params, declared_params, inva
 from .paths import STRATEGIES_DIR
 
 MODALITIES = ("audio", "visual", "audio-visual")
+#: the values of ``model.network`` (see :data:`SCHEMA`)
+NETWORKS = ("avnet", "avcil")
 
 #: Every configuration key of the suite outside ``strategy``: its type, default and allowed values
 #: (one place; :data:`BASE` is derived from it). Strategy hyperparameters live under ``strategy``
@@ -50,7 +62,7 @@ PROFILES = ("quick", "paper")
 #: the quick profile of a strategy whose document declares none (a method outside the package): the
 #: CPU sizes most built-in strategies declare (the fine-tuning baseline's)
 SHARED_QUICK = {
-    "train": {"epochs": 10, "batch_size": 32, "lr": 1.0e-3},
+    "train": {"epochs": 30, "batch_size": 32, "lr": 1.0e-3},  # a budget: QUICK_CONVERGENCE stops earlier
     "model": {"dim": 64, "encoder_width": 16, "fusion_depth": 1, "heads": 4},
 }
 
@@ -103,8 +115,16 @@ SCHEMA: dict[str, Any] = {
         "pin_memory": Param("bool", False),
         # read whole mini-batches by array row (data/loading.py); false = Avalanche's per-item path
         "batched_loading": Param("bool", True),
+        # whole training batches only: the last partial batch of an epoch is dropped and the batch
+        # is capped by the size of the data (also the exemplar batch replayed beside it); the AV-CIL
+        # release's training loaders (DataLoader(..., drop_last=True))
+        "drop_last": Param("bool", False),
     },
     "model": {
+        # the network of the shared baselines (strategies/base.py build_model): avnet = the suite's
+        # transformer (models/avnet.py), avcil = the AV-CIL release's network (models/avcil.py);
+        # None = the strategy's own network (a strategy that builds only one rejects the other)
+        "network": Param("str", None, nullable=True, choices=NETWORKS),
         "dim": Param("int", 512, min=1, source="CIGN Sec. 4.1: token dimension D = 512"),  # divisible by heads
         "encoder_width": Param("int", 64, min=1),  # ResNet18 base width; 64 = torchvision's ResNet18
         # local state dicts for the audio / visual ResNet18 (never downloaded)
@@ -140,9 +160,12 @@ def defaults_of(schema: dict) -> dict:
 BASE: dict[str, Any] = {**defaults_of(SCHEMA), "strategy": {"name": None}}
 
 
-def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = "") -> dict:
+def _apply_layer(
+    schema: dict, cfg: dict, layer: Any, where: str, prefix: str = "", provenance: dict | None = None
+) -> dict:
     """``cfg`` with one layer applied: every key of ``layer`` must be declared in ``schema`` and
-    its value is coerced to the declared type; a map parameter is updated key by key."""
+    its value is coerced to the declared type; a map parameter is updated key by key. Every key
+    set is recorded in ``provenance`` (dotted key -> ``where``)."""
     if not isinstance(layer, dict):
         if not prefix:
             raise ConfigError(f"{where} must be a mapping of config keys, got {layer!r}")
@@ -154,7 +177,7 @@ def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = 
         if spec is None:
             raise ConfigError(f"unknown config key '{path}' (in {where})")
         if isinstance(spec, dict):
-            out[key] = _apply_layer(spec, out[key], value, where, path + ".")
+            out[key] = _apply_layer(spec, out[key], value, where, path + ".", provenance)
             continue
         try:
             value = spec.coerce(value)
@@ -164,6 +187,16 @@ def _apply_layer(schema: dict, cfg: dict, layer: Any, where: str, prefix: str = 
             below = out[key] if out[key] is not None else dict.fromkeys(spec.keys if spec.values.nullable else ())
             value = {**below, **value}
         out[key] = value
+        if provenance is not None:
+            provenance[path] = where
+    return out
+
+
+def _leaf_keys(schema: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of every declared value of ``schema``."""
+    out = []
+    for key, spec in schema.items():
+        out += _leaf_keys(spec, f"{prefix}{key}.") if isinstance(spec, dict) else [f"{prefix}{key}"]
     return out
 
 
@@ -213,7 +246,7 @@ def strategy_names() -> list[str]:
 def load_strategy_yaml(name: str) -> dict:
     """The strategy document of ``name`` (``strategies/<name>.yaml``, or the ``doc`` of a class named
     by ``path.py:Class``, ``module:Class`` or an entry point), its keys checked."""
-    from .strategies import DOC_KEYS, external_document
+    from .strategies import DOC_KEYS, external_document, unknown_doc_key
 
     data = external_document(name)
     where = strategy_origin(name)
@@ -225,7 +258,7 @@ def load_strategy_yaml(name: str) -> dict:
         data = load_yaml(path, "strategy")
         for key in data:
             if key not in DOC_KEYS:
-                raise ConfigError(f"unknown top-level key '{key}' in {path}")
+                raise unknown_doc_key(key, str(path))
     if "strategy" in (data.get("defaults") or {}):
         raise ConfigError(f"{where}: strategy hyperparameters are declared under 'params:', not 'defaults: strategy:'")
     return data
@@ -243,6 +276,94 @@ def run_schema(params: dict[str, Param]) -> dict:
     return {**SCHEMA, "strategy": params}
 
 
+#: keys of a strategy document's ``protocols: <protocol>:`` section that are not config keys:
+#: ``settings`` (per-dataset sections, selected by the manifest's ``protocols.<protocol>.settings``)
+#: and ``modalities`` (per-modality sections, selected by the run's modality)
+PROTOCOL_SECTION_KEYS = ("settings", "modalities")
+#: config keys that select the layers themselves, so no protocol section may set them
+_SELECTING_KEYS = ("benchmark", "protocol", "modality", "profile")
+#: how provenance names the schema's defaults (configuration layer 1)
+DEFAULT_LAYER = "schema default"
+
+
+def _section(value: Any, where: str, what: str) -> dict:
+    """``value`` as a section mapping (None = empty), or a one-line error naming ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of {what}, got {value!r}")
+    return value
+
+
+def _config_part(section: dict, where: str, allowed: tuple[str, ...]) -> dict:
+    """The config keys of a protocol section (without its ``allowed`` sub-section keys)."""
+    for key in _SELECTING_KEYS:
+        if key in section:
+            raise ConfigError(f"config key '{key}' cannot be set in {where} (it selects the layers)")
+    return {k: v for k, v in section.items() if k not in allowed}
+
+
+def _modality_sections(section: dict, where: str) -> dict:
+    mods = _section(section.get("modalities"), f"{where}.modalities", "modality names to config sections")
+    for m in mods:
+        if m not in MODALITIES:
+            raise ConfigError(f"unknown modality '{m}' in {where}.modalities (known: {', '.join(MODALITIES)})")
+    return mods
+
+
+def protocol_layers(
+    sdoc: dict, origin: str, schema: dict, protocol: str | None, settings: str | None, modality: str, bench: str
+) -> list[tuple[dict, str]]:
+    """Configuration layer 4: the strategy document's sections for the run's protocol, lowest first.
+
+    ``protocols: <protocol>:`` holds config keys for every benchmark run under that protocol, plus
+    ``modalities: <modality>:`` (for runs of that modality) and ``settings: <name>:`` (for a
+    benchmark whose manifest names ``settings: <name>`` in its protocol; each again with
+    ``modalities:``). Applied in the order ``protocols.P``, ``protocols.P.modalities.M``,
+    ``protocols.P.settings.S``, ``protocols.P.settings.S.modalities.M``.
+
+    Every section of the document is checked (keys and values against ``schema``), not only the
+    ones this run applies, so a typo anywhere is an error on every run."""
+    table = _section(sdoc.get("protocols"), f"{origin}: 'protocols'", "protocol names to config sections")
+    selected: list[tuple[dict, str]] = []
+    scratch = defaults_of(schema)
+    for pname, psec in table.items():
+        where = f"{origin} protocols.{pname}"
+        psec = _section(psec, where, "config keys")
+        named = _section(psec.get("settings"), f"{where}.settings", "settings names to config sections")
+        chosen = pname == protocol
+        parts = [(_config_part(psec, where, PROTOCOL_SECTION_KEYS), where, chosen)]
+        for m, msec in _modality_sections(psec, where).items():
+            w = f"{where}.modalities.{m}"
+            parts.append((_config_part(_section(msec, w, "config keys"), w, ()), w, chosen and m == modality))
+        for sname, ssec in named.items():
+            w = f"{where}.settings.{sname}"
+            ssec = _section(ssec, w, "config keys")
+            parts.append((_config_part(ssec, w, ("modalities",)), w, chosen and sname == settings))
+            for m, msec in _modality_sections(ssec, w).items():
+                wm = f"{w}.modalities.{m}"
+                take = chosen and sname == settings and m == modality
+                parts.append((_config_part(_section(msec, wm, "config keys"), wm, ()), wm, take))
+        for layer, w, take in parts:
+            _apply_layer(schema, scratch, layer, w)  # checks keys and values
+            if take:
+                selected.append((layer, w))
+        if chosen and settings is not None and named and settings not in named:
+            raise ConfigError(
+                f"benchmark manifest '{bench}': protocols.{pname}.settings '{settings}' is not in {where}.settings "
+                f"(known: {', '.join(map(str, named))})"
+            )
+    return selected
+
+
+def _last_value(key: str, layers: list, default: Any) -> Any:
+    """The value the last of ``layers`` that sets top-level ``key`` gives it (``default`` if none)."""
+    for layer, _ in layers:
+        if isinstance(layer, dict) and key in layer:
+            default = layer[key]
+    return default
+
+
 def resolve(
     strategy: str,
     benchmark: str | None = None,
@@ -251,37 +372,126 @@ def resolve(
     benchmark_name: str | None = None,
     manifest_overrides: dict | None = None,
     default_profile: str = "paper",
+    protocol_settings: dict | None = None,
+    provenance: dict | None = None,
 ) -> dict:
     """Build the resolved config of one run from its layers (see module docstring); every layer is
-    checked against the declared types and ranges, so every key has its declared type."""
+    checked against the declared types and ranges, so every key has its declared type.
+
+    ``protocol_settings`` maps each protocol of the benchmark manifest to the settings name it
+    declares (``protocols.<p>.settings``; None where it names none). With ``provenance`` (a dict),
+    it is filled with the layer every value came from: dotted key -> the layer's name as error
+    messages give it (:func:`provenance_rows` pairs them with the values)."""
     sdoc = load_strategy_yaml(strategy)
     origin = strategy_origin(strategy)
-    schema = run_schema(declared_params(sdoc, origin))
+    params = declared_params(sdoc, origin)
+    schema = run_schema(params)
     cfg = defaults_of(schema)
+    prov = dict.fromkeys(_leaf_keys(SCHEMA), DEFAULT_LAYER)
+    prov.update(dict.fromkeys(_leaf_keys(params, "strategy."), f"{origin} params"))
     cfg["strategy"] = {"name": strategy, **cfg["strategy"]}
+    prov["strategy.name"] = "--strategy"
     bench = benchmark_name or benchmark or cfg["benchmark"]
-    cfg["benchmark"] = benchmark or cfg["benchmark"]
-    per_bench = (sdoc.get("benchmarks") or {}).get(bench) or {}
-    profile = (overrides or {}).get("profile") or (manifest_overrides or {}).get("profile") or default_profile
+    if benchmark:
+        cfg["benchmark"], prov["benchmark"] = benchmark, "--benchmark"
+    profile, profile_layer = default_profile, f"default profile of benchmark '{bench}'"
+    for layer, where in ((manifest_overrides, f"benchmark manifest '{bench}' config"), (overrides, "--set")):
+        if (layer or {}).get("profile"):
+            profile, profile_layer = layer["profile"], where
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     profiles = sdoc.get("profiles") or {}
     if not isinstance(profiles, dict) or set(profiles) - set(PROFILES):
         raise ConfigError(f"{origin}: 'profiles' must map {' or '.join(PROFILES)} to config sections")
     quick = profiles.get("quick", SHARED_QUICK)  # a method that declares no quick sizes gets the shared ones
-    for layer, where in (
+    below = [
         (manifest_config, f"benchmark manifest '{bench}' protocol"),
         (sdoc.get("defaults"), f"{origin} defaults"),
-        (per_bench, f"{origin} benchmarks.{bench}"),
+    ]
+    above = [
         (QUICK_CONVERGENCE if profile == "quick" else None, "QUICK_CONVERGENCE"),
         (quick if profile == "quick" else None, f"{origin} profiles.quick" if "quick" in profiles else "SHARED_QUICK"),
         (manifest_overrides, f"benchmark manifest '{bench}' config"),
         (overrides, "--set"),
-    ):
-        cfg = _apply_layer(schema, cfg, layer or {}, where)
-    cfg["profile"] = profile
+    ]
+    # the protocol and modality that select layer 4 are the values the run ends with
+    protocol = _last_value("protocol", below + above, cfg["protocol"])
+    modality = _last_value("modality", below + above, cfg["modality"])
+    settings = (protocol_settings or {}).get(protocol)
+    sections = protocol_layers(sdoc, origin, schema, protocol, settings, modality, bench)
+    for layer, where in below + sections + above:
+        cfg = _apply_layer(schema, cfg, layer or {}, where, provenance=prov)
+    cfg["profile"], prov["profile"] = profile, profile_layer
     validate(cfg)
+    if provenance is not None:
+        provenance.clear()
+        provenance.update(prov)
     return cfg
+
+
+def shown(value: Any) -> str:
+    """A resolved value as ``avcl-bench config`` prints it: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def provenance_rows(cfg: dict, provenance: dict, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value, layer) for every value of a resolved ``cfg``, in the config's order."""
+    rows = []
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if path not in provenance and isinstance(value, dict):
+            rows += provenance_rows(value, provenance, path + ".")
+        else:
+            rows.append((path, value, provenance.get(path, DEFAULT_LAYER)))
+    return rows
+
+
+#: the values :func:`settings_summary` shows for every run (besides the protocol sections' own)
+SUMMARY_KEYS = (
+    ("model.network", "network"),
+    ("train.batch_size", "batch"),
+    ("train.lr", "lr"),
+    ("train.weight_decay", "wd"),
+    ("train.optimizer", "opt"),
+    ("train.drop_last", "drop_last"),
+    ("train.select_best_on_val", "best_val"),
+    ("memory.total", "memory_total"),
+    ("memory.per_class", "memory_per_class"),
+)
+
+
+def settings_summary(cfg: dict, provenance: dict) -> str:
+    """One line of a run's training settings: the effective epochs (:func:`epochs_for_modality`),
+    :data:`SUMMARY_KEYS`, and every ``strategy.*`` value a protocol section set (the sweep's dry
+    run shows it per planned run)."""
+    values = {key: value for key, value, _ in provenance_rows(cfg, provenance)}
+    parts = [f"epochs={epochs_for_modality(cfg)}"]
+    parts += [f"{label}={_short(values[key])}" for key, label in SUMMARY_KEYS if values.get(key) is not None]
+    parts += [
+        f"{key}={_short(values[key])}"
+        for key, layer in provenance.items()
+        if key.startswith("strategy.") and " protocols." in layer
+    ]
+    return " ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def epochs_for_modality(cfg: dict) -> int:
+    """Epochs of a run: ``strategy.epochs_by_modality[modality]`` when the strategy declares that
+    map and it sets the run's modality, else ``train.epochs``.
+
+    The release's per-modality epochs of the AV-CIL benchmarks are ``train.epochs`` of the
+    strategies' ``protocols: av-cil: settings: <dataset>: modalities: <modality>:`` sections;
+    ``epochs_by_modality`` (AV-CIL, AFC) overrides them for one modality, e.g.
+    ``--set strategy.epochs_by_modality.audio=3``."""
+    table = cfg["strategy"].get("epochs_by_modality") or {}
+    value = table.get(cfg["modality"])
+    return cfg["train"]["epochs"] if value is None else value  # typed and checked by its declaration
 
 
 def validate(cfg: dict) -> None:

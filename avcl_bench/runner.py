@@ -41,11 +41,15 @@ from .rundir import (
 )
 
 
-def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple[dict, object]:
+def build_config(
+    strategy: str, benchmark: str | None, overrides: dict, provenance: dict | None = None
+) -> tuple[dict, object]:
     """Resolve the layered config of a run; returns (cfg, manifest).
 
     ``strategy`` is a built-in name or a spec of a method outside the package; the config records
-    its canonical form (``strategy.name``), by which ``--resume`` finds the class again."""
+    its canonical form (``strategy.name``), by which ``--resume`` finds the class again. With
+    ``provenance`` (a dict) it is filled with the layer every value came from
+    (:func:`avcl_bench.config.resolve`)."""
     from .strategies import canonical_spec
 
     bench = benchmark or overrides.get("benchmark") or "synth-av"
@@ -59,9 +63,13 @@ def build_config(strategy: str, benchmark: str | None, overrides: dict) -> tuple
         benchmark_name=manifest.name,
         manifest_overrides=manifest.doc.get("config"),
         default_profile="quick" if manifest.doc.get("generated") else "paper",  # embedded: CPU-sized
+        protocol_settings=manifest.protocol_settings(),
+        provenance=provenance,
     )
-    if cfg["input"] is None:
+    if cfg["input"] is None:  # a higher layer set it to null: the benchmark's first form
         cfg["input"] = manifest.inputs[0]
+        if provenance is not None:
+            provenance["input"] = f"benchmark manifest '{manifest.name}' inputs"
     if cfg["input"] not in manifest.inputs:
         raise ConfigError(
             f"benchmark '{manifest.name}' does not support input '{cfg['input']}' "
@@ -207,6 +215,7 @@ def run(
 
     quiet_third_party_warnings()
     strategy_cls = get_strategy(cfg["strategy"]["name"])
+    strategy_cls.check_network(cfg)  # before any data is read
     from .data.streams import check_divisible
 
     if manifest.doc.get("num_classes"):  # fail before any data is decoded

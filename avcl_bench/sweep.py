@@ -141,6 +141,7 @@ class RunSpec:
     existing: str | None = None  # path of the complete run that made it skip
     predicted: tuple[str, ...] = ()
     ran_as: str | None = None  # the run id it ran under, when the config changed after planning
+    settings: str = ""  # its training settings in one line (config.settings_summary; the dry run shows it)
 
     def to_json(self) -> dict:
         return {
@@ -256,6 +257,7 @@ def plan(
     ``protocol`` is used for a benchmark only if the benchmark has it and ``sets`` names none;
     ``extra`` are the sweep's own run options (device, data root), merged last.
     """
+    from .config import settings_summary
     from .data.manifest import load_manifest
     from .paths import default_results_dir, in_workdir
     from .rundir import config_hash
@@ -303,7 +305,9 @@ def plan(
                         over.update({"results_dir": str(results_dir), "progress": False})
                         bname = Path(bench).stem if bench.endswith((".yaml", ".yml")) else bench
                         try:
-                            cfg, manifest = build_config(strategy, bench, over)
+                            provenance: dict = {}
+                            cfg, manifest = build_config(strategy, bench, over, provenance=provenance)
+                            settings = settings_summary(cfg, provenance)
                             h = config_hash(cfg)
                             run_id = (
                                 "_".join(
@@ -314,7 +318,7 @@ def plan(
                             )
                             err = None
                         except UserError as exc:
-                            h, err = None, str(exc)
+                            h, err, settings = None, str(exc), ""
                             run_id = "_".join(
                                 _slug(p)
                                 for p in (
@@ -333,7 +337,17 @@ def plan(
                         seen.add(key)
                         over["run_id"] = run_id
                         spec = RunSpec(
-                            strategy, bench, modality, int(seed), vlabel, over, run_id, h, err, predicted=predicted
+                            strategy,
+                            bench,
+                            modality,
+                            int(seed),
+                            vlabel,
+                            over,
+                            run_id,
+                            h,
+                            err,
+                            predicted=predicted,
+                            settings=settings,
                         )
                         if err:
                             spec.status = "failed"

@@ -23,9 +23,10 @@ def test_parse_set_rejects_missing_equals():
 
 
 def test_layers_order():
-    # strategies/finetune.yaml: defaults epochs 100, quick profile epochs 10; --set wins over both.
+    # strategies/finetune.yaml: defaults epochs 100, the shared quick profile a 30-epoch budget;
+    # --set wins over both.
     cfg, _ = build_config("finetune", "synth-av", {})
-    assert cfg["train"]["epochs"] == 10
+    assert cfg["train"]["epochs"] == 30
     cfg, _ = build_config("finetune", "vggsound-instruments", {})
     assert cfg["train"]["epochs"] == 100 and cfg["train"]["lr"] == 1e-4
     assert cfg["memory"]["per_class"] == 50  # from the benchmark's CIGN protocol

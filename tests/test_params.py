@@ -227,7 +227,8 @@ def test_refused(spec, given):
 
 def test_map_parameter_updates_key_by_key():
     """A layer sets some keys of a map; the others keep the lower layer's values (null over a null map)."""
-    cfg, _ = build_config("av-cil", "ave-ci", parse_set(["strategy.epochs_by_modality.audio=3"]))
+    below = {"strategy": {"epochs_by_modality": {"audio-visual": 200}}}  # the manifest layer, below --set
+    cfg = config.resolve("av-cil", "synth-av", below, parse_set(["strategy.epochs_by_modality.audio=3"]))
     assert cfg["strategy"]["epochs_by_modality"] == {"audio": 3, "visual": None, "audio-visual": 200}
     cfg, _ = build_config("av-cil", "ave-ci", {"strategy": {"epochs_by_modality": None}})
     assert cfg["strategy"]["epochs_by_modality"] is None

@@ -43,7 +43,10 @@ MANIFEST_KEYS = {
     "test_annotated",
     "citation",
 }
-PROTOCOL_KEYS = {"num_tasks", "memory", "description"}
+#: ``settings``: which per-dataset settings of the protocol the strategies apply (their
+#: ``protocols.<protocol>.settings.<name>`` sections; for av-cil the release's dataset names AVE,
+#: ksounds, VGGSound_100)
+PROTOCOL_KEYS = {"num_tasks", "memory", "description", "settings"}
 
 
 def benchmark_names() -> list[str]:
@@ -78,7 +81,7 @@ class Manifest:
     def config_layer(self, protocol_name: str | None) -> dict:
         """The manifest's layer of the run configuration (see avcl_bench.config)."""
         pname, proto = self.protocol(protocol_name)
-        layer = {"protocol": pname}  # (the manifest's own config: section is a higher layer)
+        layer = {"protocol": pname, "input": self.inputs[0]}  # (its own config: section is a higher layer)
         layer["num_tasks"] = proto.get("num_tasks")
         mem = proto.get("memory") or {}
         layer["memory"] = {"per_class": mem.get("per_class"), "total": mem.get("total")}
@@ -87,6 +90,10 @@ class Manifest:
         if self.doc.get("features"):
             layer["features"] = self.doc["features"]
         return layer
+
+    def protocol_settings(self) -> dict:
+        """{protocol: the settings name it declares (``settings:``), None where it names none}."""
+        return {name: (proto or {}).get("settings") for name, proto in self.protocols.items()}
 
     def resolve_data_root(self, cli_root: str | None) -> Path | None:
         if cli_root:
@@ -230,4 +237,7 @@ def load_manifest(name_or_path: str) -> Manifest:
         bad = sorted(set(proto or {}) - PROTOCOL_KEYS)
         if bad:
             raise ConfigError(f"unknown key 'protocols.{pname}.{bad[0]}' in {path}")
+        settings = (proto or {}).get("settings")
+        if settings is not None and (not isinstance(settings, str) or not settings):
+            raise ConfigError(f"protocols.{pname}.settings in {path} must be a name (e.g. AVE), got {settings!r}")
     return Manifest(name=doc.get("name") or path.stem, path=path, doc=doc)

@@ -53,9 +53,23 @@ DOC_KEYS = (
     "deviations",
     "params",
     "defaults",
-    "benchmarks",
+    "protocols",
     "profiles",
 )
+#: top-level keys of earlier strategy documents, and what replaced them
+REPLACED_DOC_KEYS = {
+    "benchmarks": "'protocols: <protocol>:' sections, which apply by the benchmark manifest's protocol "
+    "(per dataset: 'settings: <name>:'; see CONTRIBUTING.md)",
+}
+
+
+def unknown_doc_key(key, where: str) -> ConfigError:
+    """The one-line error for an unknown top-level key of the strategy document ``where``."""
+    if key in REPLACED_DOC_KEYS:
+        return ConfigError(f"'{key}:' in {where} is replaced by {REPLACED_DOC_KEYS[key]}")
+    return ConfigError(f"unknown top-level key '{key}' in {where} (known: {', '.join(DOC_KEYS)})")
+
+
 #: The papers' row order of their tables (layout only: which methods belong to a table, and
 #: their names, come from the catalogue). A method not listed goes after these, before the
 #: upper bound. CIGN Sec. 4.2 (Tables 1-3); the AV-CIL release's baselines.
@@ -206,7 +220,7 @@ def check_document(doc, where: str) -> dict:
         raise ConfigError(f"strategy {where}: the document needs a 'name' (a non-empty string)")
     for key in doc:
         if key not in DOC_KEYS:
-            raise ConfigError(f"unknown top-level key '{key}' in strategy {where} (known: {', '.join(DOC_KEYS)})")
+            raise unknown_doc_key(key, f"strategy {where}")
     for key in ("tables", "modalities"):
         value = doc.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -217,8 +217,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 100, seed: int = 0) -> torch.Te
 class AFC(AVCLStrategy):
     """AFC with the LSC proxy classifier, NME or LSC prediction (``strategy.classifier``)."""
 
-    #: release: drop_last=True with the batch capped by the dataset size
-    whole_batches_only = True
+    #: the release's network with the LSC proxy classifier, always; the release's drop_last=True
+    #: is train.drop_last, set in strategies/afc.yaml
+    networks = ("avcil",)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

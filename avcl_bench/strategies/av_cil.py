@@ -22,8 +22,9 @@ Memory: :class:`ExemplarMemory` with a fixed total split equally over the classe
 (``memory.total``: AVE 340 -> 48/24/16 per class), **random** selection as the release
 (``ours/dataloader_ours.py``: ``random.sample`` per new class, old classes truncated to the new
 quota). Model selection: the epoch with the best validation accuracy over all seen classes
-(``train.select_best_on_val``). Epochs per modality: ``strategy.epochs_by_modality`` (see
-:func:`avcl_bench.strategies.base.epochs_for_modality`). Ablation switches: ``strategy.instance_contrastive``,
+(``train.select_best_on_val``). Epochs: ``train.epochs`` (the release's per-dataset values in
+``strategies/av-cil.yaml`` ``protocols: av-cil:``; ``strategy.epochs_by_modality`` overrides one
+modality, :func:`avcl_bench.config.epochs_for_modality`). Ablation switches: ``strategy.instance_contrastive``,
 ``strategy.class_contrastive``, ``strategy.attention_distillation``.
 
 The cross-modal terms (L_I, L_C, VAD) need both modalities: with ``--modality audio|visual``
@@ -110,9 +111,10 @@ def visual_attention_distillation(
 class AVCIL(AVCLStrategy):
     """AV-CIL: separated CE + task-wise KD + D-AVSC (L_I, L_C) + VAD, random exemplars."""
 
-    #: release: the training loader zipped with a cycled exemplar loader, both shuffled,
-    #: ``drop_last=True``, batch sizes capped by the dataset sizes
-    whole_batches_only = True
+    #: the release's network, always (models/avcil.py); its loaders' drop_last=True with the batch
+    #: capped by the data (the training loader zipped with a cycled exemplar loader) is
+    #: train.drop_last, set in strategies/av-cil.yaml
+    networks = ("avcil",)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
+from ..config import epochs_for_modality
 from ..data.loading import make_loader
 from ..errors import ConfigError, UserError
+from ..models.avcil import AVCILNet
 from ..models.avnet import AVNet
 from ..rundir import numpy_state_from_plain, numpy_state_to_plain
 
@@ -60,20 +62,6 @@ def frozen_copy(module):
     for p in old.parameters():
         p.requires_grad_(False)
     return old
-
-
-def epochs_for_modality(cfg: dict) -> int:
-    """Epochs of this run: ``strategy.epochs_by_modality[modality]`` when set (the release's
-    per-modality epochs of the AV-CIL benchmarks), else ``train.epochs``.
-
-    The config has one ``train.epochs``; the AV-CIL release trains each modality for a different
-    number of epochs, so the strategy YAMLs give ``epochs_by_modality`` per benchmark. To change the
-    epochs of such a run use ``--set strategy.epochs_by_modality.audio-visual=N`` (or
-    ``--set strategy.epochs_by_modality=null`` to fall back to ``train.epochs``).
-    """
-    table = cfg["strategy"].get("epochs_by_modality") or {}
-    value = table.get(cfg["modality"])
-    return cfg["train"]["epochs"] if value is None else value  # typed and checked by its declaration
 
 
 class Part:
@@ -142,6 +130,7 @@ class AVCLStrategy(SupervisedTemplate):
         self.epochs_trained: list[dict] = []
         #: name -> :class:`Part`, in declaration order (see :meth:`add_part`)
         self.parts: dict[str, Part] = {}
+        self.check_network(cfg)
         model = model if model is not None else self.build_model(cfg)
         train = cfg["train"]
         super().__init__(
@@ -160,9 +149,18 @@ class AVCLStrategy(SupervisedTemplate):
         #: runner sets it
         self.progress = None
 
-    #: the AV-CIL release's training loader: whole batches only (``drop_last``), the batch size
-    #: capped by the size of the data (and so the exemplar batch, when replayed separately)
-    whole_batches_only = False
+    @property
+    def whole_batches_only(self) -> bool:
+        """``train.drop_last``: whole training batches only, the batch size capped by the size of
+        the data (and so the exemplar batch, when replayed separately); the AV-CIL release's
+        training loaders."""
+        return self.cfg["train"]["drop_last"]
+
+    #: the values of ``model.network`` this strategy builds (:meth:`build_model`), the first when
+    #: it is null: the shared baselines run on the suite's transformer (``avnet``) or on the AV-CIL
+    #: release's network (``avcil``, the network of every baseline of that release); a strategy
+    #: with a network of its own narrows this (empty: its own network only, ``model.network`` null)
+    networks: tuple = ("avnet", "avcil")
 
     # ---- construction hooks ----------------------------------------------------------------
     def add_part(self, name: str, part: Part | None):
@@ -173,8 +171,23 @@ class AVCLStrategy(SupervisedTemplate):
         return part
 
     @classmethod
+    def check_network(cls, cfg: dict) -> None:
+        """``model.network`` must be null or one of :attr:`networks` (one line otherwise)."""
+        network = cfg["model"]["network"]
+        if network is not None and network not in cls.networks:
+            builds = f"builds only {', '.join(cls.networks)}" if cls.networks else "builds its own network"
+            raise ConfigError(
+                f"config key 'model.network' is {network!r}, but strategy '{cls.name}' {builds}; "
+                "leave model.network null for it"
+            )
+
+    @classmethod
     def build_model(cls, cfg: dict):
-        return AVNet(cfg)
+        """The network ``model.network`` names (null: the first of :attr:`networks`)."""
+        network = cfg["model"]["network"] or cls.networks[0]
+        # avcil: the AV-CIL release's IncreAudioVisualNet (model/audio_visual_model_incremental.py),
+        # which fine_tuning/, LwF/, iCaRL/, SSIL/ of the release train
+        return AVCILNet(cfg) if network == "avcil" else AVNet(cfg)
 
     def reported_modalities(self) -> list[str]:
         """The modalities whose accuracy matrix this strategy reports."""

@@ -80,6 +80,8 @@ class CIGN(AVCLStrategy):
 
     #: one audio-visual run reports the audio, visual and audio-visual accuracy matrices
     predicts_all_modalities = True
+    #: CIGN's own network (models/cign.py) only
+    networks = ()
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

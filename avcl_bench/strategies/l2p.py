@@ -37,6 +37,9 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
     Subclasses build ``model.prompt`` in :meth:`build_prompt` and implement
     :meth:`prompted_features` -> (classifier input, auxiliary loss)."""
 
+    #: the prompted AVNet (models/prompts.py) only
+    networks = ()
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.model.prompt = self.build_prompt()

@@ -183,6 +183,7 @@ def pod_forward(model, x, square: bool = True):
 
 @register("podnet")
 class PODNet(AVCLStrategy):
+    networks = ("avnet",)  # POD pools the outputs of AVNet's fusion blocks (pod_forward)
     checkpoint_attrs = ("_gen",)  # k-means initialisation of imprinted proxies, balanced fine-tuning order
 
     def __init__(self, **kwargs):
