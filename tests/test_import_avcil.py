@@ -21,10 +21,8 @@ import yaml
 from conftest import SMALL_FEATURE_RUN
 
 from avcl_bench.cli import main
-from avcl_bench.data.avcil_import import RELEASE_DATASETS
+from avcl_bench.data.avcil_import import RELEASE_DATASETS, release_classes
 from avcl_bench.data.features import write_avcil_features
-from avcl_bench.data.manifest import PROTOCOL_KEYS
-from avcl_bench.paths import DATASETS_DIR
 
 #: class names in code order; deliberately not alphabetical, so code order and sorted order differ
 CLASSES = ["Dog", "Cat", "Violin", "Airplane", "Bell", "Accordion", "Train horn", "Baby cry, infant"]
@@ -127,15 +125,18 @@ def test_an_imported_folder_runs(tmp_path, capsys):
 
 
 def test_release_classes_take_the_release_protocol(tmp_path, capsys):
-    ave = pd.read_csv(DATASETS_DIR / "ave-ci" / "classes.csv", dtype=str, keep_default_na=False)["name"].tolist()
     src = tmp_path / "AVE"
-    write_release_folder(src, classes=ave, per_class={"train": 1, "val": 1, "test": 1}, frames=8, patches=1)
+    write_release_folder(
+        src,
+        classes=release_classes(RELEASE_DATASETS[0]),
+        per_class={"train": 1, "val": 1, "test": 1},
+        frames=8,
+        patches=1,
+    )
     code, out, err = _import(src, capsys, "--out", str(tmp_path / "manifests"), "--quiet")
     assert code == 0 and not err, err
     doc = yaml.safe_load(Path(out.strip()).read_text())
-    expected = {"num_tasks": 4, "memory": {"total": 340}}
-    if "settings" in PROTOCOL_KEYS:  # once strategies carry the release's per-dataset settings by protocol
-        expected["settings"] = "AVE"
+    expected = {"num_tasks": 4, "memory": {"total": 340}, "settings": "AVE"}
     assert doc["protocols"] == {"av-cil": expected}
     assert "run_incremental_ours.sh lines 4-7" in doc["notes"] and doc["data_root"] == str(src.resolve())
     # an explicit value wins over the release's, and says so
@@ -151,10 +152,38 @@ def test_release_protocols_agree_with_the_suites_manifests():
     for ds in RELEASE_DATASETS:
         man = load_manifest(ds.benchmark)
         assert man.doc["num_classes"] == ds.num_classes
-        expected = {"num_tasks": ds.num_tasks, "memory": {"total": ds.memory_size}}
-        if "settings" in PROTOCOL_KEYS:  # the name of the strategies' per-dataset settings: the release's --dataset
-            expected["settings"] = ds.name
+        expected = {"num_tasks": ds.num_tasks, "memory": {"total": ds.memory_size}, "settings": ds.name}
         assert man.protocols["av-cil"] == expected
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+@pytest.mark.parametrize("ds", RELEASE_DATASETS, ids=lambda ds: ds.name)
+def test_an_imported_release_folder_runs_with_its_benchmarks_settings(ds, tmp_path, capsys):
+    """Under another name the release's classes get every setting the suite's own manifest gets
+    (per-dataset, per-modality: epochs, lr, network, ...), for every method of the AV-CIL tables."""
+    from avcl_bench.runner import build_config
+
+    src = tmp_path / ds.name
+    write_release_folder(src, classes=release_classes(ds), per_class={"train": 1, "test": 1}, frames=8, patches=1)
+    code, out, err = _import(src, capsys, "--quiet")
+    assert code == 0, err
+    for strategy in ("finetune", "joint", "lwf", "icarl", "ssil", "afc", "av-cil"):
+        for modality in ("audio", "visual", "audio-visual"):
+            mine = _flat(build_config(strategy, out.strip(), {"modality": modality})[0])
+            suites = _flat(build_config(strategy, ds.benchmark, {"modality": modality})[0])
+            differ = {k for k in mine.keys() | suites.keys() if mine.get(k) != suites.get(k)}
+            # the benchmark's name and its feature sizes (tiny here) are the folder's own
+            assert differ <= {"benchmark", "features.audio_dim", "features.visual_shape", "features.visual_format"}, (
+                strategy,
+                modality,
+                {k: (mine.get(k), suites.get(k)) for k in differ},
+            )
 
 
 def test_h5_features_and_an_output_folder_elsewhere(tmp_path, capsys):

@@ -316,20 +316,22 @@ def _h5_shapes(path: Path, ids: list[str]) -> dict[str, tuple]:
 # ----------------------------------------------------------------------------- the import
 
 
-def recognise(classes: list[str]) -> ReleaseDataset | None:
-    """The release dataset whose classes, in code order, are ``classes`` (via the suite's manifest)."""
+def release_classes(ds: ReleaseDataset) -> list[str]:
+    """The class names of the release dataset ``ds`` in code order: the suite's manifest's class list
+    (written from the release's category_encode_dict by scripts/convert_shared_metadata.py)."""
     import pandas as pd
 
-    for ds in RELEASE_DATASETS:
-        if ds.num_classes != len(classes):
-            continue
-        from .manifest import load_manifest
+    from .manifest import load_manifest
 
-        man = load_manifest(ds.benchmark)
-        known = pd.read_csv(DATASETS_DIR / man.doc["classes"], dtype=str, keep_default_na=False)["name"].tolist()
-        if known == classes:
-            return ds
-    return None
+    path = DATASETS_DIR / load_manifest(ds.benchmark).doc["classes"]
+    return pd.read_csv(path, dtype=str, keep_default_na=False)["name"].tolist()
+
+
+def recognise(classes: list[str]) -> ReleaseDataset | None:
+    """The release dataset whose classes, in code order, are ``classes``."""
+    return next(
+        (ds for ds in RELEASE_DATASETS if ds.num_classes == len(classes) and release_classes(ds) == classes), None
+    )
 
 
 def _positive(value, option: str) -> int:
@@ -376,8 +378,6 @@ def _write_all(files: dict[Path, str]) -> None:
 
 def _protocol(src: Path, classes: list[str], num_tasks, memory_total) -> tuple[dict, str, ReleaseDataset | None]:
     """``(protocols.av-cil section, where its values come from, the release dataset recognised)``."""
-    from .manifest import PROTOCOL_KEYS
-
     release = recognise(classes)
     if release is None:
         lacking = [opt for opt, v in (("--num-tasks", num_tasks), ("--memory", memory_total)) if v is None]
@@ -404,8 +404,8 @@ def _protocol(src: Path, classes: list[str], num_tasks, memory_total) -> tuple[d
     if len(classes) % num_tasks:
         raise ConfigError(f"{len(classes)} classes are not divisible into --num-tasks {num_tasks} equal tasks")
     section = {"num_tasks": num_tasks, "memory": {"total": memory_total}}
-    if release and "settings" in PROTOCOL_KEYS:
-        # the strategies' per-dataset sections of the release's settings (protocols.av-cil.settings.<name>)
+    if release:
+        # names the strategies' per-dataset sections of the release's settings (protocols.av-cil.settings.<name>)
         section["settings"] = release.name
     return section, origin, release
 
