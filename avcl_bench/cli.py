@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_sweep_parser(sub)
     _add_report_parser(sub)
+    _add_import_avcil_parser(sub)
     return parser
 
 
@@ -227,6 +228,50 @@ def _add_report_parser(sub) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="tables and leaderboard only")
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_import_avcil_parser(sub) -> None:
+    p = sub.add_parser(
+        "import-avcil",
+        help="write a manifest for a folder in the AV-CIL release's layout (split dictionaries + features)",
+        description="Turn a data folder laid out as the official AV-CIL release's data/<dataset>/ "
+        "(category_encode_dict.npy, all_id_category_dict.npy, all_classId_vid_dict.npy, "
+        "audio_pretrained_feature/audio_pretrained_feature_dict.npy and visual_pretrained_feature/"
+        "visual_pretrained_feature_dict.npy or visual_features.h5) into a manifest: OUT/NAME.yaml and "
+        "OUT/NAME/{classes,splits}.csv, with the av-cil protocol. Class i is the class of code i; the "
+        "splits are the dictionaries' own; every id is looked up in the feature files. The .npy files "
+        "are read without running any code they might name. Then: avcl-bench check --benchmark "
+        "OUT/NAME.yaml; avcl-bench run --strategy S --benchmark OUT/NAME.yaml.",
+    )
+    p.add_argument("folder", help="the data folder, e.g. AV-CIL_ICCV2023/data/AVE")
+    p.add_argument("--name", required=True, help="the benchmark's name (NAME.yaml)")
+    p.add_argument("--out", default=None, help="where NAME.yaml and NAME/ go (default: the data folder)")
+    p.add_argument(
+        "--num-tasks",
+        type=int,
+        default=None,
+        help="tasks (default for the release's datasets, recognised by their classes: AVE 4, "
+        "Kinetics-Sounds 5, VGGSound100 10; required otherwise)",
+    )
+    p.add_argument(
+        "--memory",
+        type=int,
+        default=None,
+        help="exemplars kept in total (default for the release's datasets: AVE 340, Kinetics-Sounds 500, "
+        "VGGSound100 1500; required otherwise)",
+    )
+    p.add_argument("--visual-format", choices=["npy", "h5"], default=None, help="default: the file present")
+    p.add_argument(
+        "--visual-frames",
+        type=int,
+        default=None,
+        help="frames T of (T*P, D) visual tokens (default 8, as the release's model splits them)",
+    )
+    p.add_argument(
+        "--drop-missing", action="store_true", help="leave out ids without features (default: refuse, naming them)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME.yaml and NAME/ CSVs")
+    p.add_argument("--quiet", action="store_true", help="print only the manifest's path")
 
 
 def _overrides(args) -> dict:
@@ -498,6 +543,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_import_avcil(args) -> int:
+    from .data.avcil_import import import_avcil
+
+    path = import_avcil(
+        args.folder,
+        args.name,
+        out=args.out,
+        num_tasks=args.num_tasks,
+        memory_total=args.memory,
+        visual_format=args.visual_format,
+        visual_frames=args.visual_frames,
+        drop_missing=args.drop_missing,
+        overwrite=args.overwrite,
+        log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)),
+    )
+    print(path)
+    return 0
+
+
 def cmd_check(args) -> int:
     from .check import check_benchmark
     from .config import parse_set
@@ -521,6 +585,7 @@ COMMANDS = {
     "prepare": cmd_prepare,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "import-avcil": cmd_import_avcil,
 }
 
 

@@ -102,15 +102,30 @@ _SAFE_PICKLE_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
-class _ArrayDictUnpickler(pickle.Unpickler):
-    """Unpickles ``{id: ndarray}`` and nothing else: no input file runs code (the release's ``.npy``
-    dictionaries are pickles by format, so ``np.load(allow_pickle=True)`` would run whatever a
-    crafted file names)."""
+class _ArrayDictUnpickler(pickle._Unpickler):
+    """Unpickles dicts, lists, strings, numbers and arrays and nothing else: no input file runs code
+    (the release's ``.npy`` dictionaries, features and split dictionaries alike, are pickles by
+    format, so ``np.load(allow_pickle=True)`` would run whatever a crafted file names).
+
+    It is Python's own pure-Python unpickler, not the C one: the C unpickler grows its memo as a
+    list up to the largest index a file names and zeroes it, so a forged index (LONG_BINPUT near
+    2**31) claims tens of GB; here the memo is a dict. The one opcode that allocates a size the file
+    states before reading it (BYTEARRAY8, pickle protocol 5, never in ``np.save``'s protocol-3
+    pickles) is refused. Costs ~2 s more per 60,000 entries than the C unpickler, once per file."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _refuse_bytearray8(self):
+        raise pickle.UnpicklingError("BYTEARRAY8 (pickle protocol 5) is not used by np.save")
+
+    dispatch[pickle.BYTEARRAY8[0]] = _refuse_bytearray8
 
     def find_class(self, module, name):
         if (module, name) in _SAFE_PICKLE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a feature dictionary holds only arrays")
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: an AV-CIL .npy dictionary holds only arrays, numbers and strings"
+        )
 
 
 def _read_npy_object(path: Path):
@@ -123,30 +138,31 @@ def _read_npy_object(path: Path):
             raise ValueError(f"unsupported .npy format version {version}")
         shape, _fortran, dtype = read_header[version](fh)
         if not dtype.hasobject:
+            stated, held = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, os.fstat(fh.fileno()).st_size
+            if stated > held - fh.tell():  # a damaged header must not make numpy allocate what is not there
+                raise ValueError(f"the header states {stated} bytes of data, the file holds {held - fh.tell()}")
             fh.seek(0)
             return np.load(fh, allow_pickle=False)
         return _ArrayDictUnpickler(fh).load()
 
 
-def _load_npy_dict(path: Path) -> dict:
-    """Load a pickled ``{vid: array}`` dict saved with ``np.save``; once per file, arrays only."""
+def load_npy_object(path: Path, kind: str = "feature file"):
+    """The object ``np.save`` stored in ``path`` (a 0-d object array is unwrapped), read through
+    :class:`_ArrayDictUnpickler`; a missing, corrupt or code-naming file is one-line FeatureError."""
     if not path.is_file():
-        raise FeatureError(f"feature file not found: {path}")
+        raise FeatureError(f"{kind} not found: {path}")
     try:
         obj = _read_npy_object(path)
-    except (
-        ValueError,
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-        MemoryError,
-        AttributeError,
-        TypeError,
-        IndexError,
-    ) as exc:
+    except Exception as exc:  # any failure to parse a damaged file (header tokens, pickle opcodes, sizes)
         raise FeatureError(f"cannot read {path}: {_short(exc)}") from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
+    return obj
+
+
+def _load_npy_dict(path: Path) -> dict:
+    """Load a pickled ``{vid: array}`` dict saved with ``np.save``; once per file, arrays only."""
+    obj = load_npy_object(path)
     if not isinstance(obj, dict):
         what = f"an array of shape {obj.shape}" if isinstance(obj, np.ndarray) else type(obj).__name__
         raise FeatureError(f"{path}: expected a pickled dict {{id: array}}, found {what}")
@@ -415,4 +431,4 @@ def _save_dict_atomic(path: Path, d: dict) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["FeatureArrays", "load_avcil_features", "write_avcil_features", "feature_paths"]
+__all__ = ["FeatureArrays", "load_avcil_features", "write_avcil_features", "feature_paths", "load_npy_object"]
