@@ -67,9 +67,11 @@ SHARED_QUICK = {
 }
 
 #: the quick profile's training rule, below each strategy's own quick sizes: train until the
-#: validation accuracy stops improving (3 epochs without a new best), within the epoch budget
-#: ``train.epochs``, and keep the best epoch's weights
-QUICK_CONVERGENCE = {"train": {"select_best_on_val": True, "early_stop_patience": 3}}
+#: validation accuracy stops improving (5 epochs without a new best, never before epoch 10),
+#: within the epoch budget ``train.epochs``, and keep the best epoch's weights. On digits-av
+#: (real recordings) patience 3 without a minimum stopped audio fine-tuning at chance after 4
+#: epochs on every task; with these values its first two tasks reached 72.5 and 87.5 %.
+QUICK_CONVERGENCE = {"train": {"select_best_on_val": True, "early_stop_patience": 5, "early_stop_min_epochs": 10}}
 
 SCHEMA: dict[str, Any] = {
     "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
@@ -111,6 +113,8 @@ SCHEMA: dict[str, Any] = {
         # stop a task's training after this many epochs without a new best val accuracy (needs
         # select_best_on_val and a val split; train.epochs is then the budget); None = all epochs
         "early_stop_patience": Param("int", None, nullable=True, min=1),
+        # ... and never before this many epochs (a model still at chance is not converged)
+        "early_stop_min_epochs": Param("int", 1, min=1),
         "amp": Param("bool", False),  # autocast (bf16 on CUDA) for the forward pass
         "pin_memory": Param("bool", False),
         # read whole mini-batches by array row (data/loading.py); false = Avalanche's per-item path

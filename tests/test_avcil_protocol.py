@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from avcl_bench.cli import main
-from avcl_bench.config import SHARED_QUICK, parse_set, provenance_rows, resolve, shown
+from avcl_bench.config import QUICK_CONVERGENCE, SHARED_QUICK, parse_set, provenance_rows, resolve, shown
 from avcl_bench.errors import ConfigError
 from avcl_bench.paths import STRATEGIES_DIR
 from avcl_bench.runner import build_config
@@ -291,7 +291,10 @@ def test_config_formats(capsys, fmt):
     table = json.loads(out) if fmt == "json" else yaml.safe_load(out)
     assert code == 0
     assert table["train.epochs"] == {"value": SHARED_QUICK["train"]["epochs"], "layer": "SHARED_QUICK"}
-    assert table["train.early_stop_patience"] == {"value": 3, "layer": "QUICK_CONVERGENCE"}
+    assert table["train.early_stop_patience"] == {
+        "value": QUICK_CONVERGENCE["train"]["early_stop_patience"],
+        "layer": "QUICK_CONVERGENCE",
+    }
     assert table["profile"] == {"value": "quick", "layer": "default profile of benchmark 'synth-av'"}
     assert table["model.network"] == {"value": None, "layer": "schema default"}
 

@@ -51,17 +51,20 @@ def test_quick_profile_trains_until_validation_stops_improving(feature_benchmark
     """quick: keep the best epoch by val accuracy, stop after `early_stop_patience` epochs without
     a new best, within the budget train.epochs; paper: every epoch, as the papers train."""
     cfg, _ = build_config("finetune", str(feature_benchmark), {"profile": "quick"})
-    assert cfg["train"]["select_best_on_val"] and cfg["train"]["early_stop_patience"] == 3
+    assert cfg["train"]["select_best_on_val"] and cfg["train"]["early_stop_patience"] == 5
+    assert cfg["train"]["early_stop_min_epochs"] == 10
     cfg, _ = build_config("finetune", str(feature_benchmark), {"profile": "paper"})
     assert not cfg["train"]["select_best_on_val"] and cfg["train"]["early_stop_patience"] is None
-    budget, patience = 30, 2
+    budget, patience, least = 30, 2, 4
     args = ["run", "--strategy", "finetune", "--benchmark", str(feature_benchmark), "--results-dir", str(tmp_path)]
     args += ["--profile", "quick", "--quiet", "--run-id", "q", "--set", f"train.epochs={budget}"]
-    args += ["--set", f"train.early_stop_patience={patience}", "--set", "model.dim=16"]
+    args += ["--set", f"train.early_stop_patience={patience}", "--set", f"train.early_stop_min_epochs={least}"]
+    args += ["--set", "model.dim=16"]
     assert main(args) == 0
     trained = json.loads((tmp_path / "q" / "metrics.json").read_text())["run"]["epochs_trained"]
     assert len(trained) == 4
     for task in trained:
-        # stopped exactly `patience` epochs after the kept one (or ran out of budget)
-        assert task["epochs"] == min(budget, task["kept_epoch"] + patience), trained
+        # stopped `patience` epochs after the kept one, not before epoch `least` (or at the budget)
+        assert task["epochs"] == min(budget, max(least, task["kept_epoch"] + patience)), trained
+        assert task["epochs"] >= least
     assert any(task["epochs"] < budget for task in trained), trained  # tiny data converges early

@@ -337,7 +337,13 @@ class AVCLStrategy(SupervisedTemplate):
             self._best_epoch = 0
         self._epoch = self.clock.train_exp_epochs + 1
         patience = self.cfg["train"]["early_stop_patience"]
-        if patience and self._best_epoch and self._epoch - 1 - self._best_epoch >= patience:
+        done = self._epoch - 1
+        if (
+            patience
+            and self._best_epoch
+            and done >= self.cfg["train"]["early_stop_min_epochs"]
+            and done - self._best_epoch >= patience
+        ):
             # converged: `patience` epochs without a new best val accuracy (the best one is kept)
             self.stop_training()
             return
