@@ -53,10 +53,13 @@ def test_pod_spatial_zero_for_identical_maps_and_hand_value():
 
 
 def test_pod_flat_hand_value():
-    old = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
-    new = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
-    assert pod_flat_loss(old, new).item() == pytest.approx(2.5)  # (5 + 0) / 2
-    assert pod_flat_loss(new, new).item() == 0.0
+    # the release's cosine embedding loss: mean of 1 - cos over the batch
+    old = torch.tensor([[3.0, 4.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    new = torch.tensor([[6.0, 8.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    # cos = 1, 0, -1, 1/sqrt(2) -> (0 + 1 + 2 + 1 - 1/sqrt(2)) / 4
+    assert pod_flat_loss(old, new).item() == pytest.approx((4 - 1 / math.sqrt(2)) / 4, rel=1e-6)
+    # the norm does not count: a scaled embedding is not a drift (the L2 form would give 5)
+    assert pod_flat_loss(old[:1], new[:1]).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_lsc_several_proxies_hand_value():
@@ -124,7 +127,7 @@ def test_token_layout_matches_model_and_identical_models_do_not_distil(feature_b
     assert torch.allclose(feat, model.forward_features(x))
     old_feat, old_stages = pod_forward(model, x)
     assert pod_spatial_loss(old_stages, stages).item() == pytest.approx(0.0, abs=1e-6)
-    assert pod_flat_loss(old_feat, feat).item() == 0.0
+    assert pod_flat_loss(old_feat, feat).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])

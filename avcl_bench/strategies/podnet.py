@@ -24,12 +24,17 @@ Mechanism (PODNet, method section), on the shared AVNet of the run's modality:
   Each modality's pooled vector is normalised and compared on its own (so a modality with large
   activations does not hide the other); a stage's loss is the mean over the modalities present.
 
-- **POD-flat**: ||h^{t-1} - h^t||_2 between the final embeddings (the CLS feature).
+- **POD-flat**: 1 - cos(h^{t-1}, h^t) between the final embeddings (the CLS feature), the release's
+  cosine embedding loss (``inclearn/lib/losses/base.py`` ``embeddings_similarity``); the paper
+  writes a Euclidean distance, whose scale on unnormalised embeddings does not fit the release's
+  weight ``lambda_flat``.
 - **LSC**: a local similarity classifier with K proxies per class; the class score is the
   softmax(over the class's proxies)-weighted cosine similarity
   y_c = sum_k softmax_k(<theta_ck, h>) <theta_ck, h> (normalised theta and h).
-- **NCA loss with margin**: L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+
-  with a learned scale eta and margin delta.
+- **NCA loss with margin** (paper Eq. 8): L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+
+  with a learned scale eta and margin delta on the target similarity only, clamped at 0. The
+  release's ``nca()`` (``inclearn/lib/losses/base.py``) subtracts delta from every similarity, where
+  it cancels, and does not clamp (``hinge_proxynca`` False): see the YAML's deviations.
 - Total: L_LSC + lambda_c * L_spatial + lambda_f * L_flat, both lambdas scaled by
   sqrt(#seen classes / #new classes) (the adaptive factor PODNet takes from LUCIR).
 - New-class proxies imprinted from k-means centroids of the new classes' normalised features
@@ -90,8 +95,11 @@ def pod_spatial_loss(old_stages: list[dict], new_stages: list[dict]) -> torch.Te
 
 
 def pod_flat_loss(old_feat: torch.Tensor, new_feat: torch.Tensor) -> torch.Tensor:
-    """PODNet POD-flat: batch mean of ||h^{t-1} - h^t||_2 on the final embedding."""
-    return torch.linalg.vector_norm(old_feat.float() - new_feat.float(), dim=1).mean()
+    """PODNet POD-flat as the release computes it: batch mean of 1 - cos(h^{t-1}, h^t) on the final
+    embedding (a cosine embedding loss with target +1, i.e. a distance between the normalised
+    embeddings; inclearn/lib/losses/base.py embeddings_similarity, called on the raw features in
+    inclearn/models/podnet.py _compute_loss)."""
+    return (1.0 - F.cosine_similarity(old_feat.float(), new_feat.float(), dim=1)).mean()  # PODNet release
 
 
 # ---- LSC: local similarity classifier ---------------------------------------------------------------
