@@ -18,8 +18,13 @@ import numpy as np
 DEFINITIONS = {
     "avg_acc": "Average accuracy after the last task: mean over tasks j of R[T-1][j] "
     "(CIGN Sec. 4.1, following L2P/DualPrompt).",
-    "forgetting": "Forgetting, max-minus-last: mean over tasks j < T-1 of "
-    "max_{i<T-1} R[i][j] - R[T-1][j] (CIGN Sec. 4.1, L2P definition).",
+    "forgetting": "Forgetting, max-before-last minus last: mean over tasks j < T-1 of "
+    "max_{j<=i<T-1} R[i][j] - R[T-1][j]; the maximum excludes the last step, so a task that improved "
+    "at the last step counts negative (Chaudhry et al., ECCV 2018 'forgetting measure'; the column "
+    "of the suite's CIGN tables, CIGN Sec. 4.1 names no formula).",
+    "forgetting_l2p": "Forgetting as the L2P/DualPrompt release computes it: mean over tasks j < T-1 of "
+    "max_{j<=i<=T-1} R[i][j] - R[T-1][j]; the maximum includes the last step, so every task's "
+    "forgetting is >= 0 (google-research/l2p train_continual.py, 'forgetting' of acc_matrix).",
     "step_acc": "Step accuracy at step i: accuracy over the test clips of all classes seen so far, "
     "i.e. R[i][0..i] weighted by each task's number of test clips (AV-CIL code).",
     "mean_inc_acc": "Mean incremental accuracy: mean over steps of step_acc (AV-CIL's reported 'mean accuracy').",
@@ -54,18 +59,28 @@ def average_accuracy(R) -> float:
     return float(np.mean(m[-1, :]))
 
 
-def forgetting_max(R) -> float:
-    """Max-minus-last forgetting (L2P / CIGN): mean_j<T-1 [max_{i<T-1} R[i][j] - R[T-1][j]].
-
-    Only rows ``i >= j`` enter the maximum (a task cannot be forgotten before it is learnt).
-    Defined as 0.0 for a single task.
-    """
+def _max_minus_last(R, include_last: bool) -> float:
+    """mean_j<T-1 [max_i R[i][j] - R[T-1][j]], the maximum over rows j <= i < T-1, or j <= i <= T-1
+    with ``include_last`` (a task cannot be forgotten before it is learnt). 0.0 for a single task."""
     m = _as_matrix(R)
     T = m.shape[0]
     if T == 1:
         return 0.0
-    drops = [np.max(m[j : T - 1, j]) - m[T - 1, j] for j in range(T - 1)]
-    return float(np.mean(drops))
+    end = T if include_last else T - 1
+    return float(np.mean([np.max(m[j:end, j]) - m[T - 1, j] for j in range(T - 1)]))
+
+
+def forgetting_max(R) -> float:
+    """Forgetting, max-before-last minus last (Chaudhry et al., ECCV 2018):
+    mean_j<T-1 [max_{j<=i<T-1} R[i][j] - R[T-1][j]]; can be negative (``forgetting``)."""
+    return _max_minus_last(R, include_last=False)
+
+
+def forgetting_l2p(R) -> float:
+    """Forgetting as the L2P release computes it (google-research/l2p train_continual.py: the row
+    maximum of its acc_matrix includes the current step): mean_j<T-1 [max_{j<=i<=T-1} R[i][j] -
+    R[T-1][j]]; every term is >= 0 (``forgetting_l2p``)."""
+    return _max_minus_last(R, include_last=True)
 
 
 def forgetting_first_last(R) -> float:
@@ -140,6 +155,7 @@ def all_metrics(R, task_sizes: Sequence[int] | None = None, classes_per_task: in
     return extra | {
         "avg_acc": average_accuracy(R),
         "forgetting": forgetting_max(R),
+        "forgetting_l2p": forgetting_l2p(R),
         "step_acc": step_accuracies(R, task_sizes),
         "mean_inc_acc": mean_incremental_accuracy(R, task_sizes),
         "avcil_forgetting": avcil_forgetting(R),

@@ -612,12 +612,18 @@ def _buffer_size(strategy) -> int:
 
 
 def summary_table(out: dict) -> str:
-    lines = [f"{'modality':<14}{'avg acc %':>10}{'forgetting':>12}{'mean inc acc':>14}{'AV-CIL forg.':>14}"]
+    lines = [
+        f"{'modality':<14}{'avg acc %':>10}{'forgetting':>12}{'forg. (L2P)':>13}{'mean inc acc':>14}"
+        f"{'AV-CIL forg.':>14}"
+    ]
     for m, v in out["modalities"].items():
         lines.append(
-            f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['mean_inc_acc']:>14.2f}"
-            f"{v['avcil_forgetting']:>14.2f}"
+            f"{m:<14}{v['avg_acc']:>10.2f}{v['forgetting']:>12.2f}{v['forgetting_l2p']:>13.2f}"
+            f"{v['mean_inc_acc']:>14.2f}{v['avcil_forgetting']:>14.2f}"
             + (f"  did not learn task {', '.join(map(str, v['unlearned_tasks']))}" if v.get("unlearned_tasks") else "")
         )
-    lines.append("avg acc and forgetting (max-minus-last) as in CIGN/L2P; definitions in metrics.json")
+    lines.append(
+        "forgetting: best accuracy before the last step minus the last (Chaudhry et al. 2018, can be negative); "
+        "forg. (L2P): the L2P release's, maximum including the last step (>= 0); definitions in metrics.json"
+    )
     return "\n".join(lines)

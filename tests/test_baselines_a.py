@@ -65,7 +65,7 @@ def first_batch(scenario, t=0, n=8):
 # ---- EWC -----------------------------------------------------------------------------------------
 def test_ewc_penalty_zero_at_anchor_grows_with_fisher_weighted_distance(feature_setup):
     make, scenario = feature_setup
-    s = train_steps(make("ewc", **{"strategy.lambda": 10.0}), scenario, 1)
+    s = train_steps(make("ewc", **{"strategy.lambda": 10.0, "strategy.old_heads": "penalised"}), scenario, 1)
     assert len(s.penalties) == 1
     assert s.ewc_penalty().item() == pytest.approx(0.0, abs=1e-12)
     fisher, anchor = s.penalties[0]
@@ -92,13 +92,8 @@ def test_ewc_penalty_zero_at_anchor_grows_with_fisher_weighted_distance(feature_
     assert s.criterion().item() == pytest.approx(ce.item() + 4 * expected, rel=1e-5)
 
 
-def test_ewc_fisher_of_classifier_bias_hand_computed(feature_setup):
-    """d log softmax(z)_y / d b_k = 1[k=y] - p_k, so the empirical Fisher of the classifier bias
-    is the mean over clips of (onehot(y) - p)^2."""
-    make, scenario = feature_setup
-    s = train_steps(make("ewc", **{"strategy.fisher_target": "label"}), scenario, 1)
-    ds = list(scenario.train_stream)[0].dataset
-    fisher = s.compute_fisher(ds)
+def _bias_gradients(s, ds, target: str):
+    """Per-clip d log p(target|x) / d b = onehot(target) - p (the classifier bias), in loader order."""
     s.model.eval()
     logits, ys = [], []
     with torch.no_grad():
@@ -106,30 +101,85 @@ def test_ewc_fisher_of_classifier_bias_hand_computed(feature_setup):
             logits.append(s.model(batch[0])[:, : s.num_seen])
             ys.append(batch[1])
     p = torch.cat(logits).softmax(1)
-    expected = (F.one_hot(torch.cat(ys), s.num_seen).float() - p).pow(2).mean(0)
+    t = torch.cat(ys) if target == "label" else p.argmax(1)
+    return F.one_hot(t, s.num_seen).float() - p
+
+
+def test_ewc_fisher_of_classifier_bias_hand_computed(feature_setup):
+    """Per-sample form: d log softmax(z)_y / d b_k = 1[k=y] - p_k, so the empirical Fisher of the
+    classifier bias is the mean over clips of (onehot(y) - p)^2."""
+    make, scenario = feature_setup
+    overrides = {"strategy.fisher_target": "label", "strategy.fisher_form": "sample", "strategy.old_heads": "penalised"}
+    s = train_steps(make("ewc", **overrides), scenario, 1)
+    ds = list(scenario.train_stream)[0].dataset
+    fisher = s.compute_fisher(ds)
+    expected = _bias_gradients(s, ds, "label").pow(2).mean(0)
     assert torch.allclose(fisher["classifier.bias"], expected, rtol=1e-4, atol=1e-7)
     assert fisher["classifier.bias"].sum() > 0
+
+
+def test_ewc_batch_fisher_is_facils_batch_mean_form(feature_setup):
+    """FACIL ewc.py l.88-97: per batch the squared gradient of the batch-MEAN loss times the batch
+    size, divided by the number of clips: sum_b B_b * (mean_{i in b} g_i)^2 / N. With batches of 5
+    over the first experience's clips (the last batch partial, weighted by its size)."""
+    make, scenario = feature_setup
+    s = train_steps(make("ewc", **{"strategy.old_heads": "penalised", "strategy.fisher_batch_size": 5}), scenario, 1)
+    ds = list(scenario.train_stream)[0].dataset
+    g = _bias_gradients(s, ds, "max_pred")  # FACIL's default target: the arg-max prediction
+    n = g.shape[0]
+    assert n % 5 != 0  # the partial last batch is exercised
+    expected = sum(len(b) * b.mean(0).pow(2) for b in g.split(5)) / n
+    fisher = s.compute_fisher(ds)
+    assert torch.allclose(fisher["classifier.bias"], expected, rtol=1e-4, atol=1e-7)
+    s.scfg["fisher_form"] = "sample"
+    # the batch-mean gradient averages before squaring: never more than the per-sample Fisher
+    assert (fisher["classifier.bias"] <= s.compute_fisher(ds)["classifier.bias"] + 1e-7).all()
+
+
+def test_ewc_frozen_heads_leave_the_classifier_out(feature_setup):
+    """FACIL without exemplars: the classifier is outside the Fisher, and the cross-entropy runs
+    over the current experience's classes only, so the old classes' rows get no gradient."""
+    make, scenario = feature_setup
+    s = train_steps(make("ewc"), scenario, 2)
+    fisher, anchor = s.penalties[0]
+    assert fisher and not any(n.startswith("classifier.") for n in fisher)
+    assert s.num_old == 2 and s.num_seen == 4
+    x, y = first_batch(scenario, t=1)
+    s.model.zero_grad()
+    s.mb_output, s.mbatch = s.model(x), [x, y, torch.zeros_like(y)]
+    logits = s.mb_output[:, :4].detach()
+    # hand value: -log softmax over classes 2..3 of the target, averaged
+    ce = torch.stack([torch.logsumexp(row[2:4], 0) - row[int(t)] for row, t in zip(logits, y)]).mean()
+    loss = s.criterion()
+    assert loss.item() == pytest.approx(ce.item() + s.ewc_penalty().item(), rel=1e-5)
+    loss.backward()
+    grad = s.model.classifier.weight.grad
+    assert torch.count_nonzero(grad[:2]) == 0 and torch.count_nonzero(grad[2:4]) > 0
 
 
 def test_ewc_separate_keeps_one_penalty_per_task_online_merges(feature_setup):
     make, _ = feature_setup
     f1 = {"classifier.bias": torch.tensor([1.0, 2.0])}
     f2 = {"classifier.bias": torch.tensor([3.0, 4.0, 5.0, 6.0])}
-    for mode in ("separate", "online"):
-        s = make("ewc", **{"strategy.mode": mode, "strategy.gamma": 0.5})
+    for mode in ("separate", "online", "merged"):
+        s = make("ewc", **{"strategy.mode": mode, "strategy.gamma": 0.5, "strategy.alpha": 0.5})
         s.model.grow(2)
         s.consolidate(f1)
         s.model.grow(4)
         s.consolidate(f2)
         if mode == "separate":
             assert [p[0]["classifier.bias"].tolist() for p in s.penalties] == [[1.0, 2.0], [3.0, 4.0, 5.0, 6.0]]
-        else:
+        elif mode == "online":
             assert len(s.penalties) == 1
             assert s.penalties[0][0]["classifier.bias"].tolist() == [3.5, 5.0, 5.0, 6.0]  # 0.5 * F1 + F2
+        else:  # FACIL: F = 0.5 * (0.5 * F1) + 0.5 * F2 (the first merge is with F = 0)
+            assert len(s.penalties) == 1
+            assert s.penalties[0][0]["classifier.bias"].tolist() == [1.75, 2.5, 2.5, 3.0]
         with torch.no_grad():
             s.model.classifier.bias[1] += 2.0
         lam = s.ewc_lambda
-        expected = 0.5 * lam * ((2.0 + 4.0) * 4.0 if mode == "separate" else 5.0 * 4.0)
+        f_bias1 = {"separate": 2.0 + 4.0, "online": 5.0, "merged": 2.5}[mode]
+        expected = 0.5 * lam * f_bias1 * 4.0
         assert s.ewc_penalty().item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from avcl_bench.errors import ConfigError
-from avcl_bench.models.prompts import PromptPool
+from avcl_bench.models.prompts import PromptPool, batch_majority
 
 #: the paper-level model (D = 512) is not needed to exercise the feature path
 SMALL_FEATURES = ["--set", "model.dim=32", "--set", "model.heads=4"]
@@ -44,6 +44,39 @@ def test_prompt_pool_picks_top_n_keys_by_cosine():
     assert pool.keys.grad[1].abs().sum() == 0 and pool.keys.grad[2].abs().sum() == 0
     with pytest.raises(ConfigError):
         PromptPool(pool_size=3, length=1, dim=2, top_n=4)
+
+
+def test_batch_majority_hand_value():
+    # per-sample top-2 ids; counts: id 0 -> 2, id 1 -> 3, id 2 -> 2, id 3 -> 1, id 4 -> 0
+    idx = torch.tensor([[0, 1], [1, 2], [1, 3], [2, 0]])
+    # the most frequent first (1), then the tie between 0 and 2 goes to the lower id (the release's
+    # jax.lax.top_k over jnp.unique's sorted ids)
+    assert batch_majority(idx, pool_size=5).tolist() == [[1, 0]] * 4
+
+
+def test_prompt_pool_batchwise_selects_one_set_for_the_batch():
+    pool = PromptPool(pool_size=4, length=2, dim=2, top_n=2, batchwise=True)
+    keys = torch.tensor([[10.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7]])
+    with torch.no_grad():
+        pool.keys.copy_(keys)
+    query = torch.tensor([[1.0, 0.1], [-1.0, 0.2], [0.9, 0.5]])
+    # per sample: [0, 3], [2, 1], [3, 0] (third: cos = 0.874, 0.486, -0.874, 0.960) -> 0 and 3 twice
+    tokens, idx, surrogate = pool(query)
+    assert idx.tolist() == [[0, 3]] * 3
+    assert all(torch.equal(t, torch.cat([pool.prompts[0], pool.prompts[3]]).detach()) for t in tokens)
+    cos = lambda q, k: float((q @ k) / (q.norm() * k.norm()))  # noqa: E731
+    hand = sum((1 - cos(q, keys[0])) + (1 - cos(q, keys[3])) for q in query) / 3
+    assert surrogate.item() == pytest.approx(hand, rel=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["l2p", "dualprompt"])
+def test_learning_rate_scaled_by_batch_over_256(build_strategy, strategy):
+    over = {"model": {"dim": 16, "heads": 2}, "train": {"batch_size": 32, "lr": 0.01}}
+    s = build_strategy(strategy, over, seed=0)
+    assert s.learning_rate() == pytest.approx(0.01 * 32 / 256)  # release train_continual.py
+    assert all(g["lr"] == pytest.approx(0.00125) for g in s.optimizer.param_groups)
+    s = build_strategy(strategy, {**over, "strategy": {"lr_batch_scaling": False}}, seed=0)
+    assert all(g["lr"] == pytest.approx(0.01) for g in s.optimizer.param_groups)
 
 
 @pytest.fixture

@@ -23,6 +23,18 @@ def test_average_accuracy_is_mean_of_last_row():
 def test_forgetting_max_minus_last():
     # task0: max(90, 60) - 70 = 20; task1: max(80) - 50 = 30 -> 25
     assert metrics.forgetting_max(R3) == pytest.approx(25.0)
+    # the L2P release's maximum also takes the last row: max(90, 60, 70) - 70, max(80, 50) - 50 -> same here
+    assert metrics.forgetting_l2p(R3) == pytest.approx(25.0)
+
+
+def test_forgetting_l2p_counts_last_step_improvement_as_zero():
+    R = [[40.0, NAN, NAN], [30.0, 60.0, NAN], [50.0, 55.0, 90.0]]
+    # before-last maximum: task0 max(40, 30) - 50 = -10, task1 max(60) - 55 = 5 -> -2.5
+    assert metrics.forgetting_max(R) == pytest.approx(-2.5)
+    # L2P release: task0 max(40, 30, 50) - 50 = 0, task1 max(60, 55) - 55 = 5 -> 2.5
+    assert metrics.forgetting_l2p(R) == pytest.approx(2.5)
+    out = metrics.all_metrics(R)
+    assert out["forgetting"] == pytest.approx(-2.5) and out["forgetting_l2p"] == pytest.approx(2.5)
 
 
 def test_forgetting_max_uses_best_not_first():
@@ -57,13 +69,16 @@ def test_avcil_forgetting_updates_best_after_computing():
 def test_avcil_forgetting_can_be_negative():
     R = [[50.0, NAN], [60.0, 70.0]]
     assert metrics.avcil_forgetting(R) == pytest.approx(-10.0)
-    # the L2P definition never rewards improvement above the best earlier value
+    # the maximum before the last step: improvement at the last step counts negative ...
     assert metrics.forgetting_max(R) == pytest.approx(-10.0)
+    # ... the L2P release's maximum includes it: task 0, max(50, 60) - 60 = 0
+    assert metrics.forgetting_l2p(R) == pytest.approx(0.0)
 
 
 def test_single_task_has_zero_forgetting():
     R = [[42.0]]
     assert metrics.forgetting_max(R) == 0.0
+    assert metrics.forgetting_l2p(R) == 0.0
     assert metrics.avcil_forgetting(R) == 0.0
     assert metrics.average_accuracy(R) == 42.0
 

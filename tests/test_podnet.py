@@ -12,6 +12,7 @@ from avcl_bench.strategies.podnet import (
     pod_forward,
     pod_pool,
     pod_spatial_loss,
+    podnet_nca,
     spherical_kmeans,
     split_stage,
     tokens_and_layout,
@@ -53,10 +54,13 @@ def test_pod_spatial_zero_for_identical_maps_and_hand_value():
 
 
 def test_pod_flat_hand_value():
-    old = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
-    new = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
-    assert pod_flat_loss(old, new).item() == pytest.approx(2.5)  # (5 + 0) / 2
-    assert pod_flat_loss(new, new).item() == 0.0
+    # the release's cosine embedding loss: mean of 1 - cos over the batch
+    old = torch.tensor([[3.0, 4.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    new = torch.tensor([[6.0, 8.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    # cos = 1, 0, -1, 1/sqrt(2) -> (0 + 1 + 2 + 1 - 1/sqrt(2)) / 4
+    assert pod_flat_loss(old, new).item() == pytest.approx((4 - 1 / math.sqrt(2)) / 4, rel=1e-6)
+    # the norm does not count: a scaled embedding is not a drift (the L2 form would give 5)
+    assert pod_flat_loss(old[:1], new[:1]).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_lsc_several_proxies_hand_value():
@@ -96,6 +100,28 @@ def test_nca_loss_with_margin_hand_value():
     assert nca_loss(sims, y, eta, delta, hinge=True).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
 
 
+def test_podnet_nca_release_and_paper_forms_hand_values():
+    sims = torch.tensor([[0.5, 0.1, -0.2], [0.9, -1.0, -1.0]])
+    y = torch.tensor([0, 0])
+    eta, delta = 2.0, 0.6
+    # release nca(): margin on every similarity cancels, no clamp:
+    # sample 1: log(exp(0.2) + exp(-0.4)) - 1.0; sample 2: log(2 exp(-2)) - 1.8 = -3.107 (kept negative)
+    r1 = math.log(math.exp(0.2) + math.exp(-0.4)) - 1.0
+    r2 = math.log(2 * math.exp(-2.0)) - 1.8
+    assert r2 < 0
+    assert podnet_nca(sims, y, eta, delta, "release").item() == pytest.approx((r1 + r2) / 2, rel=1e-6)
+    # paper Eq. 8: the margin on the target, clamped: sample 1 + 2 * 0.6, sample 2 -> 0
+    p1 = r1 + 2 * 0.6
+    assert podnet_nca(sims, y, eta, delta, "paper").item() == pytest.approx((p1 + 0.0) / 2, rel=1e-6)
+    # the learned scale: d/d eta = -(s_y - delta) + E_softmax[s_neg] (paper) vs -s_y + E_softmax[s_neg] (release)
+    for form, shift in (("release", 0.0), ("paper", delta)):
+        e = torch.tensor(eta, requires_grad=True)
+        podnet_nca(sims[:1], y[:1], e, delta, form).backward()
+        w = torch.softmax(torch.tensor([0.2, -0.4]), 0)
+        expected = -(0.5 - shift) + float(w[0] * 0.1 + w[1] * -0.2)
+        assert e.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_spherical_kmeans_returns_unit_centroids():
     x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     c = spherical_kmeans(x, 2, generator=torch.Generator().manual_seed(0))
@@ -124,7 +150,7 @@ def test_token_layout_matches_model_and_identical_models_do_not_distil(feature_b
     assert torch.allclose(feat, model.forward_features(x))
     old_feat, old_stages = pod_forward(model, x)
     assert pod_spatial_loss(old_stages, stages).item() == pytest.approx(0.0, abs=1e-6)
-    assert pod_flat_loss(old_feat, feat).item() == 0.0
+    assert pod_flat_loss(old_feat, feat).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("input", [pytest.param("clips", marks=pytest.mark.slow), "features"])
@@ -183,7 +209,7 @@ def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark
     w = before["classifier.weight"].clone().requires_grad_(True)
     clf = LSCClassifier(16, s.model.classifier.proxies)
     clf.weight = torch.nn.Parameter(w)
-    loss = nca_loss(clf(feats)[:, :4], y, s.model.classifier.eta.detach(), 0.6, hinge=True)
+    loss = podnet_nca(clf(feats)[:, :4], y, s.model.classifier.eta.detach(), 0.6, s.scfg["nca_form"])
     (grad,) = torch.autograd.grad(loss, clf.weight)
     s.scfg.update(balanced_finetune_epochs=1, balanced_finetune_lr=0.05)
     s.balanced_finetune()
@@ -203,7 +229,7 @@ def test_balanced_finetune_lowers_the_loss_on_the_balanced_memory(feature_benchm
 
     def loss():
         with torch.no_grad():
-            return nca_loss(s.model.classifier(feats)[:, :4], y, eta, 0.6, hinge=True).item()
+            return podnet_nca(s.model.classifier(feats)[:, :4], y, eta, 0.6, s.scfg["nca_form"]).item()
 
     start = loss()
     s.scfg.update(balanced_finetune_epochs=20)

@@ -190,12 +190,14 @@ def test_leaderboard_rows_metrics_recomputed(report):
     full = [[np.nan if v is None else v for v in r] for r in R]
     assert row["avg_acc"] == pytest.approx(metrics.average_accuracy(full), abs=1e-3)  # not metrics.json's 99.0
     assert row["forgetting"] == pytest.approx(metrics.forgetting_max(full), abs=1e-3)
+    assert row["forgetting_l2p"] == pytest.approx(metrics.forgetting_l2p(full), abs=1e-3)
     assert row["parameters"] == 1234 and row["buffer_size"] == 40 and row["train_s"] == 10.0
     assert row["peak_rss_mb"] == 321.0
     assert set(df[df.strategy == "cign"]["modality"]) == set(MODS)
     assert set(df[df.strategy == "cign"]["trained_modality"]) == {"audio-visual"}
     cols = pd.read_csv(report["lb"].with_name("leaderboard_columns.csv"))
-    assert {"avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting", "bwt"} <= set(cols["column"])
+    assert {"avg_acc", "forgetting", "forgetting_l2p", "mean_inc_acc", "avcil_forgetting", "bwt"} <= set(cols["column"])
+    assert "| forgetting | forgetting (L2P code) |" in (report["out"] / "leaderboard.md").read_text()
     inc = pd.read_csv(report["lb"].with_name("leaderboard_incomplete.csv"))
     assert list(inc["state"]) == ["failed"] and "boom" in inc["error"][0]
     warnings = report["summary"]["collection"].warnings

@@ -39,15 +39,26 @@ def cosine_matrix(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return F.normalize(query.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).t()
 
 
+def batch_majority(idx: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """L2P's batchwise selection (google-research/l2p models/prompt.py, ``batchwise_prompt``): the N
+    prompt ids chosen most often over the batch's per-sample top-N ``idx`` (B, N), most frequent
+    first, ties to the lower id; every sample gets them -> (B, N)."""
+    counts = torch.bincount(idx.flatten(), minlength=pool_size)
+    order = torch.sort(counts, descending=True, stable=True).indices  # stable: equal counts keep id order
+    return order[: idx.shape[1]].expand(idx.shape[0], -1)
+
+
 class PromptPool(nn.Module):
     """L2P prompt pool: ``prompts`` (M, Lp, D) and ``keys`` (M, D), uniform(-1, 1) initialised
-    (the L2P release's default initialisation)."""
+    (the L2P release's default initialisation). ``batchwise``: one prompt set per batch
+    (:func:`batch_majority`) instead of one per sample."""
 
-    def __init__(self, pool_size: int, length: int, dim: int, top_n: int):
+    def __init__(self, pool_size: int, length: int, dim: int, top_n: int, batchwise: bool = False):
         super().__init__()
         if not 1 <= top_n <= pool_size:
             raise ConfigError(f"L2P needs 1 <= top_n <= pool_size, got top_n={top_n}, pool_size={pool_size}")
         self.top_n = top_n
+        self.batchwise = batchwise
         self.prompts = nn.Parameter(torch.empty(pool_size, length, dim).uniform_(-1, 1))
         self.keys = nn.Parameter(torch.empty(pool_size, dim).uniform_(-1, 1))
 
@@ -56,9 +67,12 @@ class PromptPool(nn.Module):
         return self.keys.shape[0]
 
     def select(self, query: torch.Tensor):
-        """Top-N keys by cosine similarity to each query: (idx (B, N), similarities (B, M))."""
+        """Top-N keys by cosine similarity to each query, or the batch's most chosen N
+        (``batchwise``): (idx (B, N), similarities (B, M))."""
         sim = cosine_matrix(query, self.keys)
         idx = sim.topk(self.top_n, dim=1).indices
+        if self.batchwise:
+            idx = batch_majority(idx, self.pool_size)
         return idx, sim
 
     def forward(self, query: torch.Tensor):

@@ -29,7 +29,15 @@ from ..rundir import COMPLETE, config_hash, read_matrix
 #: Config keys that do not distinguish a configuration (seed is what groups average over).
 NOT_CONFIG = ("seed", "run_id", "results_dir", "progress", "device")
 #: Scalar metrics (all keys of metrics.all_metrics except the per-step list).
-SCALAR_METRICS = ("avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting", "forgetting_first_last", "bwt")
+SCALAR_METRICS = (
+    "avg_acc",
+    "forgetting",
+    "forgetting_l2p",
+    "mean_inc_acc",
+    "avcil_forgetting",
+    "forgetting_first_last",
+    "bwt",
+)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

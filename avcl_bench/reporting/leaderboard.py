@@ -187,12 +187,13 @@ def leaderboard_markdown(col: Collection) -> str:
 
     lines = [
         "| method | benchmark | protocol | modality | trained | variant | n | avg acc | forgetting | "
-        "mean inc. acc | AV-CIL forgetting |",
-        "|" + "---|" * 11,
+        "forgetting (L2P code) | mean inc. acc | AV-CIL forgetting |",
+        "|" + "---|" * 12,
     ]
     groups = sorted(col.groups, key=lambda g: (g.benchmark, g.protocol, g.strategy, g.variant, g.modality))
+    shown = ("avg_acc", "forgetting", "forgetting_l2p", "mean_inc_acc", "avcil_forgetting")
     for g in groups:
-        cells = [fmt_stat(g.stat(m)) for m in ("avg_acc", "forgetting", "mean_inc_acc", "avcil_forgetting")]
+        cells = [fmt_stat(g.stat(m)) for m in shown]
         lines.append(
             f"| {g.display_name} | {g.benchmark} | {g.protocol} | {g.modality} | {g.trained_modality} | "
             f"{g.variant or ''} | {g.n} | " + " | ".join(cells) + " |"

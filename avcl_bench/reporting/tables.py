@@ -328,7 +328,7 @@ def to_frame(t: Table) -> pd.DataFrame:
 
 #: metrics that measure forgetting: the upper bound retrains on everything seen, so it has none to
 #: report; its cells print "—", as CIGN's tables do (its runs stay in the leaderboard)
-FORGETTING_METRICS = ("forgetting", "avcil_forgetting", "forgetting_first_last", "bwt")
+FORGETTING_METRICS = ("forgetting", "forgetting_l2p", "avcil_forgetting", "forgetting_first_last", "bwt")
 
 
 def _cell(g: Group | None, alt: int, metric: str, step: int | None = None) -> Cell:
@@ -392,8 +392,10 @@ def _common_notes(t: Table, metric_note: str) -> None:
 
 
 CIGN_METRIC_NOTE = (
-    "Avg Acc = mean accuracy over all tasks after the last one, Forgetting = max-minus-last "
-    "(CIGN Sec. 4.1, L2P definition; avcl_bench.metrics)."
+    "Avg Acc = mean accuracy over all tasks after the last one, Forgetting = best accuracy before the "
+    "last step minus the last (Chaudhry et al. 2018; can be negative; CIGN Sec. 4.1 gives no formula); "
+    "the L2P release's variant, whose maximum includes the last step (>= 0), is forgetting_l2p in "
+    "results/leaderboard.csv (avcl_bench.metrics)."
 )
 AVCIL_METRIC_NOTE = (
     "Step k = accuracy over the test clips of all classes seen after step k; Mean Acc = mean of the "

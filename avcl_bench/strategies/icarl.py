@@ -9,7 +9,9 @@
   is binary cross-entropy on sigmoid outputs over every seen class, with one-hot targets for the
   new classes and the previous model's sigmoid outputs as targets for the old classes
   (``loss: bce``, the paper). ``loss: ce_bce`` is the AV-CIL release's form: cross-entropy over all
-  seen logits plus the BCE distillation term on the old logits.
+  seen logits plus the BCE distillation term on the old logits, with ONE sigmoid; the release
+  (``iCaRL/train_incremental_icarl.py`` l.60) passes ``sigmoid(logits)`` to
+  ``binary_cross_entropy_with_logits``, which applies a second one (a bug there, not reproduced).
 - Classification (Alg. 1): nearest-mean-of-exemplars (``classifier: nme``): the class means are
   the renormalised means of the normalised exemplar features, a sample goes to the class whose
   mean is nearest to its normalised feature; ``classifier: fc`` keeps the trained linear head
@@ -49,6 +51,7 @@ def icarl_loss(
         return F.binary_cross_entropy_with_logits(logits, targets)
     loss = F.cross_entropy(logits, y)
     if distill:
+        # AV-CIL release iCaRL/train_incremental_icarl.py l.55-61, with one sigmoid (the release's l.60 applies two)
         loss = loss + F.binary_cross_entropy_with_logits(
             logits[:, :num_old], torch.sigmoid(old_logits[:, :num_old].float())
         )

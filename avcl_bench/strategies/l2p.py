@@ -12,6 +12,10 @@ Mechanism (L2P, method section):
   selected keys to the query); only prompts, keys and the classifier are trained.
 - As the L2P release, the training CE masks the logits of classes outside the current task
   (``strategy.train_mask``); prediction is over all classes seen so far. Rehearsal-free.
+- As the L2P release (``batchwise_prompt=True`` in its configs), the prompts are selected per
+  batch (``strategy.batchwise_prompt``): the N ids most often among the samples' top-N, in
+  training and at test time; and the learning rate is train.lr * batch / 256
+  (``strategy.lr_batch_scaling``, both shared with DualPrompt).
 
 Pretrained backbone (deviation, nothing can be downloaded): ``strategy.backbone_checkpoint`` may
 name a local AVNet state dict (the run's model settings); by default the backbone (encoders,
@@ -49,7 +53,18 @@ class FrozenBackbonePromptStrategy(AVCLStrategy):
         if ckpt:
             load_backbone_checkpoint(self.model, ckpt)
             self.model.freeze_backbone()
-        self.optimizer = make_optimizer(self.model.parameters(), self.cfg["train"])
+        self.make_optimizer()
+
+    def make_optimizer(self, **kwargs):
+        """The trainable parameters' optimizer at the learning rate :meth:`learning_rate` gives."""
+        self.optimizer = make_optimizer(self.model.parameters(), {**self.cfg["train"], "lr": self.learning_rate()})
+
+    def learning_rate(self) -> float:
+        """train.lr, or with ``strategy.lr_batch_scaling`` train.lr * batch / 256: the releases take the
+        configured rate as the one for batch 256 (google-research/l2p train_continual.py l.637-639)."""
+        train = self.cfg["train"]
+        scale = train["batch_size"] / 256.0 if self.scfg["lr_batch_scaling"] else 1.0
+        return train["lr"] * scale
 
     @classmethod
     def build_model(cls, cfg: dict):
@@ -145,7 +160,8 @@ class L2P(FrozenBackbonePromptStrategy):
 
     def build_prompt(self):
         s = self.scfg
-        return PromptPool(s["pool_size"], s["prompt_length"], self.model.dim, s["top_n"]).to(self.device)
+        pool = PromptPool(s["pool_size"], s["prompt_length"], self.model.dim, s["top_n"], s["batchwise_prompt"])
+        return pool.to(self.device)
 
     def prompted_features(self, x, task=None):
         model = self.model

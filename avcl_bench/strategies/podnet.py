@@ -24,12 +24,21 @@ Mechanism (PODNet, method section), on the shared AVNet of the run's modality:
   Each modality's pooled vector is normalised and compared on its own (so a modality with large
   activations does not hide the other); a stage's loss is the mean over the modalities present.
 
-- **POD-flat**: ||h^{t-1} - h^t||_2 between the final embeddings (the CLS feature).
+- **POD-flat**: 1 - cos(h^{t-1}, h^t) between the final embeddings (the CLS feature), the release's
+  cosine embedding loss (``inclearn/lib/losses/base.py`` ``embeddings_similarity``); the paper
+  writes a Euclidean distance, whose scale on unnormalised embeddings does not fit the release's
+  weight ``lambda_flat``.
 - **LSC**: a local similarity classifier with K proxies per class; the class score is the
   softmax(over the class's proxies)-weighted cosine similarity
   y_c = sum_k softmax_k(<theta_ck, h>) <theta_ck, h> (normalised theta and h).
-- **NCA loss with margin**: L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+
-  with a learned scale eta and margin delta.
+- **NCA loss** (:func:`podnet_nca`, ``strategy.nca_form``) with a learned scale eta:
+  ``release`` (default) L = -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta (y_i - delta)) ),
+  the release's ``nca()`` (``inclearn/lib/losses/base.py``), where delta cancels and nothing is
+  clamped; ``paper``: Eq. 8, L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+.
+  The two have the same gradient in the similarities wherever Eq. 8 is not clamped; the learned
+  eta's differs: dL/deta = -(y_y - delta) + sum_{i != y} softmax_i(eta y) y_i under Eq. 8, so gradient
+  descent shrinks eta while y_y - delta is below that weighted mean (early in every task), and every
+  NCA gradient scales with eta; under the release form the delta drops out of it.
 - Total: L_LSC + lambda_c * L_spatial + lambda_f * L_flat, both lambdas scaled by
   sqrt(#seen classes / #new classes) (the adaptive factor PODNet takes from LUCIR).
 - New-class proxies imprinted from k-means centroids of the new classes' normalised features
@@ -90,8 +99,23 @@ def pod_spatial_loss(old_stages: list[dict], new_stages: list[dict]) -> torch.Te
 
 
 def pod_flat_loss(old_feat: torch.Tensor, new_feat: torch.Tensor) -> torch.Tensor:
-    """PODNet POD-flat: batch mean of ||h^{t-1} - h^t||_2 on the final embedding."""
-    return torch.linalg.vector_norm(old_feat.float() - new_feat.float(), dim=1).mean()
+    """PODNet POD-flat as the release computes it: batch mean of 1 - cos(h^{t-1}, h^t) on the final
+    embedding (a cosine embedding loss with target +1, i.e. a distance between the normalised
+    embeddings; inclearn/lib/losses/base.py embeddings_similarity, called on the raw features in
+    inclearn/models/podnet.py _compute_loss)."""
+    return (1.0 - F.cosine_similarity(old_feat.float(), new_feat.float(), dim=1)).mean()  # PODNet release
+
+
+def podnet_nca(sims: torch.Tensor, y: torch.Tensor, eta, margin: float, form: str = "release") -> torch.Tensor:
+    """PODNet's NCA classification loss over class similarities ``sims`` with scale ``eta``.
+
+    ``release``: the release's ``nca()`` as its CIFAR-100 config calls it (inclearn/lib/losses/base.py
+    l.43-97; options/podnet/podnet_cnn_cifar100.yaml l.24-27): the margin is subtracted from every
+    similarity, where it cancels between numerator and denominator, and the loss is not clamped
+    (``hinge_proxynca`` False). ``paper``: Eq. 8, the margin on the target similarity and [.]_+."""
+    if form == "release":
+        return nca_loss(sims, y, eta, margin, margin_mode="all", hinge=False)  # PODNet release nca()
+    return nca_loss(sims, y, eta, margin, margin_mode="target", hinge=True)  # PODNet Eq. 8
 
 
 # ---- LSC: local similarity classifier ---------------------------------------------------------------
@@ -233,7 +257,7 @@ class PODNet(AVCLStrategy):
     def criterion(self):
         s = self.scfg
         sims = self.mb_output[:, : self.num_seen].float()
-        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, s["nca_margin"], hinge=True)  # PODNet Eq. 8
+        loss = podnet_nca(sims, self.mb_y, self.model.classifier.eta, s["nca_margin"], s["nca_form"])
         if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
                 old_feat, old_stages = pod_forward(self.previous.model, self.mb_x, s["pod_square"])
@@ -273,9 +297,7 @@ class PODNet(AVCLStrategy):
             order = torch.randperm(len(targets), generator=self._gen).to(self.device)
             for i in range(0, len(order), bs):
                 idx = order[i : i + bs]
-                loss = nca_loss(
-                    clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, hinge=True
-                )  # PODNet Eq. 8
+                loss = podnet_nca(clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, s["nca_form"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
