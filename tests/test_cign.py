@@ -295,6 +295,14 @@ def test_buffer_form(cfg, build_strategy):
     assert build_strategy("cign", {**SMALL, "memory": {"per_class": 0, "total": None}}).memory is None
 
 
+def test_replay_form(cfg, build_strategy):
+    assert build_strategy("cign", SMALL).memory.replay == "concat"  # the default: exemplars merged into the data
+    paired = build_strategy("cign", {**SMALL, "strategy": {"depth": 1, "replay": "paired"}}).memory
+    assert paired.replay == "paired" and paired.batch_size == cfg["train"]["batch_size"]  # null -> train.batch_size
+    sized = build_strategy("cign", {**SMALL, "strategy": {"depth": 1, "replay": "paired", "replay_batch_size": 5}})
+    assert sized.memory.batch_size == 5
+
+
 def test_unknown_negatives_form_is_a_config_error(build_strategy):
     from avcl_bench.errors import ConfigError
 
