@@ -123,6 +123,12 @@ SCHEMA: dict[str, Any] = {
         # is capped by the size of the data (also the exemplar batch replayed beside it); the AV-CIL
         # release's training loaders (DataLoader(..., drop_last=True))
         "drop_last": Param("bool", False),
+        # the frozen previous model's outputs computed once per experience for every training
+        # sample, not once per batch and epoch (strategies/base.py PreviousModel; the same values)
+        "cache_previous_outputs": Param("bool", True),
+        # keep freed memory on the heap instead of returning each large tensor's pages to the
+        # system (avcl_bench/allocator.py; glibc only): fewer page faults, higher peak memory
+        "retain_freed_memory": Param("bool", True),
     },
     "model": {
         # the network of the shared baselines (strategies/base.py build_model): avnet = the suite's

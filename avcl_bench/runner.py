@@ -241,6 +241,10 @@ def _run_locked(cfg, manifest, strategy_cls, rd: RunDir, quiet, resume, after_ta
         rd.write_config(cfg)
     rd.write_status("running")
     t_start = time.time()
+    if cfg["train"]["retain_freed_memory"]:
+        from .allocator import retain_freed_memory
+
+        retain_freed_memory()
     previous = signal.signal(signal.SIGTERM, _on_signal) if _main_thread() else None
     try:
         return _execute(cfg, manifest, strategy_cls, rd, t_start, quiet, resume=bool(resume), after_task=after_task)

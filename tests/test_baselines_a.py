@@ -534,3 +534,45 @@ def test_smoke_total_memory_form(run_tiny, strategy):
     extra = SMALL_ARGS + ["--set", "memory.per_class=null", "--set", "memory.total=20"]
     m = run_tiny(strategy, "audio", "features", extra)
     assert m["run"]["buffer_size"] == 16  # 20 // 8 = 2 per class after the last task
+
+
+# ---- the previous model's outputs, computed once per experience ----------------------------------
+@pytest.mark.parametrize("name", ["av-cil", "lwf", "ssil", "icarl"])
+def test_cached_previous_outputs_equal_the_per_batch_forward(feature_setup, name):
+    """Every training batch of the second experience reads from the cache what one forward of the
+    frozen model on that batch gives (AV-CIL's attention maps for the exemplars only, NaN for the
+    new samples, which its exemplar term never reads)."""
+    make, scenario = feature_setup
+    s = make(name, **{"train.epochs": 2, "memory.per_class": "null", "memory.total": 12})
+    cached = s.previous.outputs
+    seen = []
+
+    def checked(strategy):
+        got = cached(strategy)
+        with torch.no_grad():
+            want = strategy.previous.outputs_fn(strategy.previous.model, strategy.mb_x)
+        exemplar = strategy.mb_y < strategy.num_old
+        from_cache = strategy.cfg["train"]["cache_previous_outputs"]
+        if from_cache:  # every item of the batch is in the cache
+            assert strategy.previous._cache.lookup(strategy.mb_keys) is not None
+        for key, value in want.items():
+            if key in strategy.previous.exemplar_only and from_cache:
+                torch.testing.assert_close(got[key][exemplar], value[exemplar], rtol=1e-5, atol=1e-6)
+                assert torch.isnan(got[key][~exemplar]).all()
+            else:
+                torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+        seen.append((int(exemplar.sum()), int((~exemplar).sum()), sorted(got)))
+        return got
+
+    s.previous.outputs = checked
+    train_steps(s, scenario, 2)
+    assert s.previous._cache is not None and s.previous._cache.available
+    assert seen and all(new > 0 for _, new, _ in seen)
+    if name != "lwf":  # the exemplars are read from the cache too
+        assert sum(old for old, _, _ in seen) > 0
+    assert seen[0][2] == (["alpha", "beta", "logits"] if name == "av-cil" else ["logits"])
+    # without the cache, the same outputs come from one forward per batch
+    s.cfg["train"]["cache_previous_outputs"] = False
+    s.previous._cache, n = None, len(seen)
+    train_steps_from(s, scenario, 1)
+    assert s.previous._cache is None and len(seen) > n

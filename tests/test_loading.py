@@ -47,9 +47,13 @@ def test_batched_view_reads_the_items_of_every_derived_dataset(tmp_path, memmap)
         for i in range(len(ds)):
             _same_item(ds[i], view[i])
         positions = [len(ds) - 1, 0, 2, 2]  # unsorted, repeated
-        (a, v), y, t = view.__getitems__(positions)
+        (a, v), y, keys, t = view.__getitems__(positions)
         for k, i in enumerate(positions):
             assert torch.equal(a[k], ds[i][0][0]) and torch.equal(v[k], ds[i][0][1]) and int(y[k]) == ds[i][1]
+        # one key per sample: the repeated position repeats it, the others differ (across splits too)
+        assert keys[2] == keys[3] and len(set(keys[:3].tolist())) == 3
+    all_keys = [int(k) for ds in (exp, memory_like) for k in batched_view(ds).keys]
+    assert len(set(all_keys)) == len(exp) + 3  # memory_like = exp + 3 test rows
 
 
 def test_make_loader_batches_like_the_per_item_loader(tmp_path):
@@ -74,7 +78,7 @@ def test_make_loader_batches_like_the_per_item_loader(tmp_path):
     assert len(got) == len(want) == 3
     for g, w in zip(got, want):
         assert torch.equal(g[0][0], w[0][0]) and torch.equal(g[0][1], w[0][1])
-        assert torch.equal(g[1], w[1]) and torch.equal(g[2], w[2])
+        assert torch.equal(g[1], w[1]) and torch.equal(g[-1], w[-1])  # labels, task labels
 
 
 def test_an_unshuffled_pass_leaves_the_training_random_stream_alone(tmp_path):

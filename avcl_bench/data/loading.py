@@ -9,7 +9,10 @@ loader can read a whole mini-batch with one sorted fancy index instead of one Av
 ``__getitem__`` per item: the per-item lookup was the suite's largest overhead against a plain
 PyTorch loop (perf/README.md). Datasets without these attributes fall back to the per-item path.
 
-A batch is ``[(audio, visual), labels, task_labels]``, the layout Avalanche's collate gives.
+A batch is ``[(audio, visual), labels, keys, task_labels]``: the layout Avalanche's collate gives
+plus each item's ``array_rows`` value, a key unique to the sample, by which a strategy looks up
+what it computed once per sample (``PreviousModel``); the strategy takes the keys out of the batch
+before Avalanche's template reads it. The per-item path gives no keys.
 """
 
 from __future__ import annotations
@@ -56,20 +59,22 @@ class RowBatches(Dataset):
     """A batched view of an Avalanche dataset built by :func:`as_avalanche` (or a subset or
     concatenation of such): ``__getitems__(positions)`` returns the collated batch."""
 
-    def __init__(self, source: AVArrayDataset, rows: np.ndarray, targets: np.ndarray, tasks: np.ndarray):
-        self.source, self.rows, self.targets, self.tasks = source, rows, targets, tasks
+    def __init__(self, source: AVArrayDataset, coded: np.ndarray, targets: np.ndarray, tasks: np.ndarray):
+        self.source, self.keys, self.targets, self.tasks = source, coded, targets, tasks
+        self.rows = coded >> SOURCE_BITS
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int):
-        (a, v), y, t = self.__getitems__([i])
+        (a, v), y, _, t = self.__getitems__([i])
         return (a[0], v[0]), int(y[0]), int(t[0])
 
     def __getitems__(self, positions):
         pos = np.asarray(positions, dtype=np.int64)
         audio, visual = read_rows(self.source, self.rows[pos])
-        return [(audio, visual), torch.from_numpy(self.targets[pos]), torch.from_numpy(self.tasks[pos])]
+        keys = torch.from_numpy(self.keys[pos])
+        return [(audio, visual), torch.from_numpy(self.targets[pos]), keys, torch.from_numpy(self.tasks[pos])]
 
 
 def read_rows(source: AVArrayDataset, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +103,7 @@ def batched_view(dataset) -> RowBatches | None:
         return None
     targets = np.fromiter(dataset.targets, dtype=np.int64, count=len(dataset))
     # task labels are 0 throughout: as_avalanche builds class-incremental streams only
-    return RowBatches(first, coded >> SOURCE_BITS, targets, np.zeros(len(coded), dtype=np.int64))
+    return RowBatches(first, coded, targets, np.zeros(len(coded), dtype=np.int64))
 
 
 def _has_transforms(dataset) -> bool:

@@ -107,6 +107,12 @@ def visual_attention_distillation(
 # ----------------------------------------------------------------------------- strategy
 
 
+def previous_outputs(model, x) -> dict:
+    """What AV-CIL reads from the previous model: logits (KD) and the attention maps (VAD)."""
+    out = model.forward_all(x)
+    return {k: out[k] for k in ("logits", "alpha", "beta") if out[k] is not None}
+
+
 @register("av-cil")
 class AVCIL(AVCLStrategy):
     """AV-CIL: separated CE + task-wise KD + D-AVSC (L_I, L_C) + VAD, random exemplars."""
@@ -124,7 +130,10 @@ class AVCIL(AVCLStrategy):
             "memory",
             ExemplarMemory.from_config(self.cfg, "selection", replay="paired", batch_size=s["exemplar_batch_size"]),
         )
-        self.previous = self.add_part("previous", PreviousModel())
+        # its logits on every sample, its attention maps on the exemplars (read by VAD only)
+        self.previous = self.add_part(
+            "previous", PreviousModel(previous_outputs, exemplar_only=("alpha", "beta"), memory=self.memory)
+        )
 
     @classmethod
     def build_model(cls, cfg: dict):
@@ -166,6 +175,4 @@ class AVCIL(AVCLStrategy):
         y = self.mb_y
         if self.previous.model is None or self.num_old == 0:
             return F.cross_entropy(self.mb_output[:, : self.num_seen].float(), y)
-        with torch.no_grad(), self.autocast():
-            old = self.previous.model.forward_all(self.mb_x)
-        return sum(self.loss_terms(self._out, old, y).values())
+        return sum(self.loss_terms(self._out, self.previous.outputs(self), y).values())

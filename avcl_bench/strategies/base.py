@@ -92,21 +92,126 @@ class Part:
         """Inverse of :meth:`state_dict`; ``train_experiences`` re-link stored rows to their data."""
 
 
+def previous_logits(model, x) -> dict:
+    """The outputs a distillation method reads from the previous model by default: its logits."""
+    return {"logits": model(x)}
+
+
 class PreviousModel(Part):
     """The frozen model as it ended the previous experience, the distillation target (``model``;
-    None during the first experience).
+    None during the first experience), and its outputs on each training mini-batch
+    (:meth:`outputs`).
 
     It is copied when the next experience starts, before the classifier grows: the model then is
     the previous experience's final one (best-on-validation weights restored, any stage after
     training done), and after ``--resume`` it is exactly the restored model, so the copy itself
-    never goes into a checkpoint."""
+    never goes into a checkpoint.
 
-    def __init__(self):
+    ``outputs_fn(model, x) -> {name: (B, ...) tensor}`` says what a method reads (default: the
+    logits). The frozen model and the training samples do not change during an experience and the
+    suite's inputs carry no augmentation, so with ``train.cache_previous_outputs`` the outputs are
+    computed once per experience for every training sample (the new data and, when ``memory`` is
+    given, the exemplars) and each mini-batch looks its own up by the items' array keys
+    (``data/loading.py``), instead of one forward of the frozen model per batch and epoch (AV-CIL:
+    10 epochs per step computed the same outputs 10 times). Outputs named in ``exemplar_only``
+    are kept for the exemplars only (AV-CIL's attention maps, which only its exemplar term reads:
+    a whole experience's maps would not fit in memory); the other items of a batch get NaN there.
+    A batch without keys (the per-item loading path) is computed directly."""
+
+    def __init__(self, outputs_fn=previous_logits, exemplar_only=(), memory=None):
         self.model = None
+        self.outputs_fn, self.exemplar_only, self.memory = outputs_fn, tuple(exemplar_only), memory
+        self._cache: PreviousOutputCache | None = None
 
     def before_training_exp(self, strategy) -> None:
+        self._cache = None
         if strategy.experience.current_experience > 0:
             self.model = frozen_copy(strategy.model)
+
+    def outputs(self, strategy) -> dict:
+        """The previous model's outputs (``outputs_fn``) on the current training mini-batch."""
+        if strategy.cfg["train"]["cache_previous_outputs"] and strategy.mb_keys is not None:
+            if self._cache is None:
+                self._cache = self._build_cache(strategy)
+            found = self._cache.lookup(strategy.mb_keys)
+            if found is not None:
+                return found
+        with torch.no_grad(), strategy.autocast():
+            return self.outputs_fn(self.model, strategy.mb_x)
+
+    @torch.no_grad()
+    def _build_cache(self, strategy) -> "PreviousOutputCache":
+        sources = [(strategy.adapted_dataset, False)]
+        exemplars = self.memory.dataset() if self.memory is not None else None
+        if exemplars is not None:
+            sources.append((exemplars, True))
+        cache = PreviousOutputCache(self.exemplar_only)
+        for dataset, is_memory in sources:
+            for batch in strategy._loader(dataset.eval()):
+                if len(batch) != 4:  # no array keys: this data is read item by item
+                    return PreviousOutputCache.unavailable()
+                with strategy.autocast():
+                    out = self.outputs_fn(self.model, to_device(batch[0], strategy.device))
+                cache.add(batch[2], out, is_memory)
+        return cache.finish()
+
+
+class PreviousOutputCache:
+    """Per-sample outputs of the frozen previous model, looked up by array key (see
+    :meth:`PreviousModel.outputs`)."""
+
+    def __init__(self, exemplar_only=()):
+        self.exemplar_only = set(exemplar_only)
+        self._keys, self._outs, self._memory = [], {}, []
+        self.available = True
+
+    @classmethod
+    def unavailable(cls) -> "PreviousOutputCache":
+        cache = cls()
+        cache.available = False
+        return cache
+
+    def add(self, keys: torch.Tensor, out: dict, is_memory: bool) -> None:
+        self._keys.append(keys.cpu())
+        self._memory.append(torch.full((len(keys),), is_memory))
+        for name, value in out.items():
+            if value is not None and (is_memory or name not in self.exemplar_only):
+                self._outs.setdefault(name, []).append(value.detach())
+
+    def finish(self) -> "PreviousOutputCache":
+        keys, is_memory = torch.cat(self._keys), torch.cat(self._memory)
+        # a sample may come twice (exemplars concatenated into the data and in the memory): keep one
+        self.sorted_keys, first = np.unique(keys.numpy(), return_index=True)
+        self.sorted_keys = torch.from_numpy(self.sorted_keys)
+        first = torch.from_numpy(first)
+        # row of each key in the exemplar-only tables (memory items were added after the data, in
+        # order), or the last row, NaN, for items outside the memory
+        memory_rank = torch.cumsum(is_memory.long(), 0) - 1
+        n_memory = int(is_memory.sum())
+        self.memory_row = torch.where(is_memory[first], memory_rank[first], torch.full_like(first, n_memory))
+        self.tables = {}
+        for name, parts in self._outs.items():
+            table = torch.cat(parts)
+            if name in self.exemplar_only:
+                nan = torch.full((1, *table.shape[1:]), float("nan"), dtype=table.dtype, device=table.device)
+                self.tables[name] = torch.cat([table, nan])
+            else:
+                self.tables[name] = table[first.to(table.device)]
+        del self._keys, self._outs, self._memory
+        return self
+
+    def lookup(self, keys: torch.Tensor) -> dict | None:
+        """{name: outputs of the batch's items} or None when an item is not in the cache."""
+        if not self.available or not len(self.sorted_keys):
+            return None
+        pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(len(self.sorted_keys) - 1)
+        if not bool((self.sorted_keys[pos] == keys).all()):
+            return None
+        found = {}
+        for name, table in self.tables.items():
+            index = self.memory_row[pos] if name in self.exemplar_only else pos
+            found[name] = table[index.to(table.device)]
+        return found
 
 
 class AVCLStrategy(SupervisedTemplate):
@@ -126,6 +231,7 @@ class AVCLStrategy(SupervisedTemplate):
         self.num_old = 0  # classes of earlier experiences
         self.task_id = -1
         self.val_experiences = []
+        self._mb_keys = (None, None)  # (the batch, its array keys): see mb_keys
         #: per trained task: epochs run, and the epoch whose weights were kept (by validation) or None
         self.epochs_trained: list[dict] = []
         #: name -> :class:`Part`, in declaration order (see :meth:`add_part`)
@@ -195,7 +301,18 @@ class AVCLStrategy(SupervisedTemplate):
 
     # ---- Avalanche template overrides -----------------------------------------------------
     def _unpack_minibatch(self):
-        self.mbatch = to_device(list(self.mbatch), self.device)
+        batch = list(self.mbatch)
+        # the batched loader puts each item's array key before the task labels (data/loading.py)
+        keys = batch.pop(2) if len(batch) == 4 else None
+        self.mbatch = to_device(batch, self.device)
+        self._mb_keys = (self.mbatch, keys)
+
+    @property
+    def mb_keys(self) -> torch.Tensor | None:
+        """The array keys of the current training batch's items (on the CPU), None when the batch
+        came without them or ``mbatch`` was set by other means than the training loop."""
+        batch, keys = self._mb_keys
+        return keys if batch is self.mbatch else None
 
     def model_adaptation(self, model=None):
         model = self.model if model is None else model

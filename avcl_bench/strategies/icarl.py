@@ -72,13 +72,12 @@ class ICaRL(AVCLStrategy):
         self.memory = self.add_part("memory", ExemplarMemory.from_config(self.cfg, "selection", required_by=self.name))
         #: (num_classes, D) renormalised exemplar means, recomputed after each experience
         self.class_means = self.add_part("class_means", ClassMeans(self.memory))
-        self.previous = self.add_part("previous", PreviousModel())
+        self.previous = self.add_part("previous", PreviousModel(memory=self.memory))
 
     def criterion(self):
         old = None
         if self.previous.model is not None and self.num_old > 0:
-            with torch.no_grad(), self.autocast():
-                old = self.previous.model(self.mb_x)
+            old = self.previous.outputs(self)["logits"]
         return icarl_loss(self.mb_output, self.mb_y, old, self.num_old, self.num_seen, self.scfg["loss"])
 
     def predict(self, x) -> dict:

@@ -66,8 +66,7 @@ class LwF(AVCLStrategy):
     def old_logits(self):
         if self.previous.model is None or self.num_old == 0:
             return None
-        with torch.no_grad(), self.autocast():
-            return self.previous.model(self.mb_x)
+        return self.previous.outputs(self)["logits"]
 
     def criterion(self):
         s = self.scfg

@@ -20,8 +20,6 @@ The first task is plain cross-entropy over its classes (separated CE with no old
 
 from __future__ import annotations
 
-import torch
-
 from . import register
 from .base import AVCLStrategy, PreviousModel
 from .losses import separated_ce, taskwise_kd
@@ -35,14 +33,13 @@ class SSIL(AVCLStrategy):
         self.memory = self.add_part(
             "memory", ExemplarMemory.from_config(self.cfg, replay="paired", batch_size=self.scfg["replay_batch_size"])
         )
-        self.previous = self.add_part("previous", PreviousModel())
+        self.previous = self.add_part("previous", PreviousModel(memory=self.memory))
 
     def criterion(self):
         logits = self.mb_output.float()
         loss = separated_ce(logits, self.mb_y, self.num_old, self.num_seen)
         if self.previous.model is not None and self.num_old > 0:
-            with torch.no_grad(), self.autocast():
-                old_logits = self.previous.model(self.mb_x)
+            old_logits = self.previous.outputs(self)["logits"]
             kd = taskwise_kd(
                 logits[:, : self.num_old],
                 old_logits[:, : self.num_old].float(),

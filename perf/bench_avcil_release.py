@@ -1,0 +1,188 @@
+"""The suite against the official AV-CIL release on the same files: accuracy, forgetting, wall and
+CPU time and peak memory, the two taking turns (issue #12, points 4 and 6).
+
+    python perf/bench_avcil_release.py --release /path/to/AV-CIL_ICCV2023 \
+        --manifest /path/to/AVE/manifest.yaml --methods ours,ft --seeds 42,43,44 --epochs 10 \
+        --out perf/results/avcil_release.json
+
+``--release``: a checkout of weiguoPian/AV-CIL_ICCV2023 whose ``data/AVE`` folder holds the files
+(split dictionaries and feature dictionaries, the release's layout), patched to run on a CPU with a
+current torch: ``torch.load(..., weights_only=False)`` on its model loads, the LwF ``CE_loss``
+rename, the unused ``librosa`` import (``perf/notes/avcil-release.md``). ``--manifest``: the suite's
+manifest over the same folder (``avcl-bench import-avcil``). Nothing of the release is copied or
+imported here: it runs as its own process, with the command line of its ``run_incremental_*.sh``
+for AVE and the epochs, batch and lr given below.
+
+For every seed and method the release runs, then the suite, one process at a time with one torch
+thread each (``OMP_NUM_THREADS=1``); per process the wall time, the CPU time (user + system, from
+``wait4``) and the peak resident size. Accuracy: the mean over steps of the accuracy on all classes
+seen (the release prints each step's; the suite's ``mean_inc_acc``) and AV-CIL's forgetting (the
+release's printed "Average Forgetting", the suite's ``avcil_forgetting``, the same definition).
+Run it on an otherwise idle machine: the ratio of the two wall times is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: the release's per-method folder, script and arguments (run_incremental_ours.sh and
+#: run_incremental_fine_tuning.sh for AVE; epochs, lr, batch from the command line here)
+RELEASE = {
+    "ours": (
+        "ours",
+        "train_incremental_ours.py",
+        "--memory_size 340 --instance_contrastive --class_contrastive --attn_score_distil "
+        "--instance_contrastive_temperature 0.05 --class_contrastive_temperature 0.05 --lam 0.5 "
+        "--lam_I 0.5 --lam_C 1.0 --exemplar_batch_size 128",
+    ),
+    "ft": ("fine_tuning", "train_incremental_fine_tuning.py", "--modality audio-visual"),
+}
+#: the suite's strategy for each release method
+SUITE = {"ours": "av-cil", "ft": "finetune"}
+
+
+def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
+    """Run ``cmd``; wall s, CPU s (user + system) and peak RSS GB of that process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        sys.exit(f"bench_avcil_release: {' '.join(cmd[:3])} ... exited {proc.returncode}; see {log}")
+    return {
+        "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+    }
+
+
+def release_run(root: Path, method: str, seed: int, epochs: int, work: Path) -> dict:
+    folder, script, extra = RELEASE[method]
+    cwd = root / folder
+    shutil.rmtree(cwd / "save" / "AVE", ignore_errors=True)
+    cmd = (
+        f"{sys.executable} -u {script} --dataset AVE --num_classes 28 --class_num_per_step 7 "
+        f"--max_epoches {epochs} --num_workers 0 --lr 1e-3 --lr_decay False --milestones 100 "
+        f"--weight_decay 1e-4 --train_batch_size 256 --infer_batch_size 128 --seed {seed} {extra}"
+    ).split()
+    log = work / f"release_{method}_s{seed}.log"
+    cost = run_measured(cmd, cwd, log)
+    text = log.read_text()
+    steps = [100 * float(x) for x in re.findall(r"Incremental step \d+ Testing res: ([0-9.]+)", text)]
+    forgetting = [100 * float(x) for x in re.findall(r"^forgetting: ([-0-9.]+)", text, re.M)]
+    if len(steps) != 4:
+        sys.exit(f"bench_avcil_release: the release printed {len(steps)} step accuracies, not 4; see {log}")
+    return {
+        **cost,
+        "step_acc": [round(a, 2) for a in steps],
+        "mean_acc": statistics.fmean(steps),
+        "avcil_forgetting": statistics.fmean(forgetting),
+    }
+
+
+def suite_run(manifest: Path, method: str, seed: int, epochs: int, work: Path, sets: list[str]) -> dict:
+    run_id = f"{method}_s{seed}"
+    cmd = [sys.executable, "-m", "avcl_bench.cli", "run", "--strategy", SUITE[method], "--benchmark", str(manifest)]
+    cmd += ["--results-dir", str(work / "suite"), "--run-id", run_id, "--overwrite"]
+    settings = [
+        f"seed={seed}",
+        f"train.epochs={epochs}",
+        "train.batch_size=256",
+        "train.eval_batch_size=128",
+        "train.lr=1e-3",
+        "train.weight_decay=1e-4",
+        "train.select_best_on_val=true",
+        "device=cpu",
+        "progress=false",
+        *sets,
+    ]
+    for s in settings:
+        cmd += ["--set", s]
+    cost = run_measured(cmd, Path.cwd(), work / f"suite_{method}_s{seed}.log")
+    metrics = json.loads((work / "suite" / run_id / "metrics.json").read_text())["modalities"]["audio-visual"]
+    return {
+        **cost,
+        "step_acc": [round(a, 2) for a in metrics["step_acc"]],
+        "mean_acc": metrics["mean_inc_acc"],
+        "avcil_forgetting": metrics["avcil_forgetting"],
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--release", required=True, type=Path, help="AV-CIL release checkout, files in data/AVE")
+    ap.add_argument("--manifest", required=True, type=Path, help="the suite's manifest over the same files")
+    ap.add_argument("--methods", default="ours,ft", help="comma-separated: ours (AV-CIL), ft (fine-tuning)")
+    ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--sides", default="release,suite", help="which sides to run (release,suite)")
+    ap.add_argument("--set", action="append", default=[], help="extra suite --set key=value")
+    ap.add_argument("--out", type=Path, help="write every run's figures here (JSON)")
+    args = ap.parse_args(argv)
+    for name, path in (("--release", args.release / "ours"), ("--manifest", args.manifest)):
+        if not path.exists():
+            sys.exit(f"bench_avcil_release: {name}: {path} not found")
+    methods = args.methods.split(",")
+    if unknown := [m for m in methods if m not in RELEASE]:
+        sys.exit(f"bench_avcil_release: unknown method(s) {unknown}; choose from {sorted(RELEASE)}")
+    sides = args.sides.split(",")
+    work = Path(tempfile.mkdtemp(prefix="avcil_release_"))
+    runs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for method in methods:
+            for side in sides:
+                if side == "release":
+                    r = release_run(args.release, method, seed, args.epochs, work)
+                else:
+                    r = suite_run(args.manifest.resolve(), method, seed, args.epochs, work, args.set)
+                runs.append({"side": side, "method": method, "seed": seed, **r})
+                print(json.dumps(runs[-1]), flush=True)
+                if args.out:
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps({"epochs": args.epochs, "runs": runs}, indent=1))
+    print(f"\nlogs: {work}\n")
+    print("| method | side | mean acc | AV-CIL forgetting | wall s | CPU s | peak RSS GB |")
+    print("|---|---|---|---|---|---|---|")
+    for method in methods:
+        for side in sides:
+            rs = [r for r in runs if r["method"] == method and r["side"] == side]
+            print(
+                f"| {method} | {side} | {mean_std([r['mean_acc'] for r in rs])} | "
+                f"{mean_std([r['avcil_forgetting'] for r in rs])} | {mean_std([r['wall_s'] for r in rs])} | "
+                f"{mean_std([r['cpu_s'] for r in rs])} | {max(r['peak_rss_gb'] for r in rs):.2f} |"
+            )
+        if set(sides) == {"release", "suite"}:
+            pairs = [
+                (s["wall_s"] / r["wall_s"], s["cpu_s"] / r["cpu_s"])
+                for r in runs
+                for s in runs
+                if r["method"] == s["method"] == method and r["seed"] == s["seed"]
+                if (r["side"], s["side"]) == ("release", "suite")
+            ]
+            print(
+                f"| {method} | suite / release | | | {mean_std([p[0] for p in pairs])} x | "
+                f"{mean_std([p[1] for p in pairs])} x | |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
