@@ -378,9 +378,11 @@ def test_two_runs_of_one_run_id_at_once(feature_benchmark, tmp_path, capsys):
     from avcl_bench.rundir import LOCK
 
     run_dir = tmp_path / "shared"
+    # long enough that the first run still holds the folder when the other two try it, even on a
+    # loaded machine where this process starts late
     args = run_args(feature_benchmark, tmp_path, "shared") + [
         "--set",
-        "train.epochs=12",
+        "train.epochs=40",
         "--set",
         "train.batch_size=8",
         "--quiet",
