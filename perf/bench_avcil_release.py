@@ -121,9 +121,9 @@ def suite_run(manifest: Path, method: str, seed: int, epochs: int, work: Path, s
     }
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 1) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def main(argv=None) -> int:
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             ]
             print(
                 f"| {method} | suite / release | | | {mean_std([p[0] for p in pairs])} x | "
-                f"{mean_std([p[1] for p in pairs])} x | |"
+                f"{mean_std([p[1] for p in pairs], 3)} x | |"
             )
     return 0
 

@@ -182,17 +182,21 @@ def _fake_outputs(seed):
 
 
 def test_total_loss_is_the_sum_of_the_terms_and_switches_remove_them():
-    out, old = _fake_outputs(0), _fake_outputs(1)
+    out, old_all = _fake_outputs(0), _fake_outputs(1)
     y = torch.tensor([0, 3, 4, 5, 5])  # two exemplars (classes 0, 3), three new samples
+    ex = y < 4
+    # the previous model's attention maps come for the exemplars only (PreviousModel.outputs)
+    old = {**old_all, "alpha": old_all["alpha"][ex], "beta": old_all["beta"][ex]}
     terms = AVCIL.loss_terms(_fake_strategy(), out, old, y)
     za, zv = F.normalize(out["f_a"], dim=1), F.normalize(out["f_v"], dim=1)
-    ex = y < 4
     expected = {
         "ce": separated_ce(out["logits"], y, 4, 6),
         "kd": taskwise_kd(out["logits"], old["logits"][:, :4], 2, 4, 2.0),
         "instance": 0.5 * instance_contrastive(za, zv, 0.05),
         "class": 1.0 * class_contrastive(za, zv, y, 0.05),
-        "vad": visual_attention_distillation(out["alpha"][ex], old["alpha"][ex], out["beta"][ex], old["beta"][ex], 0.5),
+        "vad": visual_attention_distillation(
+            out["alpha"][ex], old_all["alpha"][ex], out["beta"][ex], old_all["beta"][ex], 0.5
+        ),
     }
     assert set(terms) == set(expected)
     for k in expected:

@@ -146,8 +146,9 @@ class AVCIL(AVCLStrategy):
         return self._out["logits"]
 
     def loss_terms(self, out: dict, old: dict, y: torch.Tensor) -> dict:
-        """Every term of the step >= 1 loss, already weighted; ``out`` / ``old``: forward_all of the
-        current / previous model on the same batch."""
+        """Every term of the step >= 1 loss, already weighted; ``out``: forward_all of the current
+        model on the batch; ``old``: the previous model's logits on the batch and attention maps on
+        its exemplars (the items of old classes), :meth:`PreviousModel.outputs`."""
         s = self.scfg
         logits = out["logits"][:, : self.num_seen].float()
         is_old = y < self.num_old  # exemplars (new data holds new classes only)
@@ -166,8 +167,8 @@ class AVCIL(AVCLStrategy):
                     za, zv, y, s["tau_C"], s["class_contrastive_per_positive"]
                 )
             if s["attention_distillation"]:
-                terms["vad"] = visual_attention_distillation(
-                    out["alpha"][is_old], old["alpha"][is_old], out["beta"][is_old], old["beta"][is_old], s["lam"]
+                terms["vad"] = visual_attention_distillation(  # old: the exemplars' maps only
+                    out["alpha"][is_old], old["alpha"], out["beta"][is_old], old["beta"], s["lam"]
                 )
         return terms
 

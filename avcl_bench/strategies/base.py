@@ -1,7 +1,8 @@
 """The strategy base: Avalanche's SupervisedTemplate made audio-visual.
 
 What it adds to the stock template (the training loop itself is Avalanche's, written once):
-- multimodal minibatches ``[[audio, visual], y, task]`` moved to the device (the stock
+- multimodal minibatches ``[[audio, visual], y, task]`` moved to the device (the array keys the
+  batched loader adds are taken out first, :attr:`AVCLStrategy.mb_keys`; the stock
   ``_unpack_minibatch`` calls ``.to`` on the list and fails);
 - modality selection (audio / visual / audio-visual) through the model;
 - a growing classifier (``model.grow``) at each experience, and a fresh optimizer per experience
@@ -114,9 +115,10 @@ class PreviousModel(Part):
     given, the exemplars) and each mini-batch looks its own up by the items' array keys
     (``data/loading.py``), instead of one forward of the frozen model per batch and epoch (AV-CIL:
     10 epochs per step computed the same outputs 10 times). Outputs named in ``exemplar_only``
-    are kept for the exemplars only (AV-CIL's attention maps, which only its exemplar term reads:
-    a whole experience's maps would not fit in memory); the other items of a batch get NaN there.
-    A batch without keys (the per-item loading path) is computed directly."""
+    are given for the batch's exemplars only, in batch order (AV-CIL's attention maps, which only
+    its exemplar term reads: a whole experience's maps would not fit in memory); the exemplars are
+    the items of old classes (class-incremental streams: the new data holds new classes only). A
+    batch without keys (the per-item loading path) is computed directly."""
 
     def __init__(self, outputs_fn=previous_logits, exemplar_only=(), memory=None):
         self.model = None
@@ -130,14 +132,16 @@ class PreviousModel(Part):
 
     def outputs(self, strategy) -> dict:
         """The previous model's outputs (``outputs_fn``) on the current training mini-batch."""
+        exemplar = strategy.mb_y < strategy.num_old
         if strategy.cfg["train"]["cache_previous_outputs"] and strategy.mb_keys is not None:
             if self._cache is None:
                 self._cache = self._build_cache(strategy)
-            found = self._cache.lookup(strategy.mb_keys)
+            found = self._cache.lookup(strategy.mb_keys, exemplar.cpu())
             if found is not None:
                 return found
         with torch.no_grad(), strategy.autocast():
-            return self.outputs_fn(self.model, strategy.mb_x)
+            out = self.outputs_fn(self.model, strategy.mb_x)
+        return {k: v[exemplar] if k in self.exemplar_only else v for k, v in out.items()}
 
     @torch.no_grad()
     def _build_cache(self, strategy) -> "PreviousOutputCache":
@@ -185,31 +189,30 @@ class PreviousOutputCache:
         self.sorted_keys = torch.from_numpy(self.sorted_keys)
         first = torch.from_numpy(first)
         # row of each key in the exemplar-only tables (memory items were added after the data, in
-        # order), or the last row, NaN, for items outside the memory
+        # order), -1 for items outside the memory
         memory_rank = torch.cumsum(is_memory.long(), 0) - 1
-        n_memory = int(is_memory.sum())
-        self.memory_row = torch.where(is_memory[first], memory_rank[first], torch.full_like(first, n_memory))
+        self.memory_row = torch.where(is_memory[first], memory_rank[first], torch.full_like(first, -1))
         self.tables = {}
         for name, parts in self._outs.items():
             table = torch.cat(parts)
-            if name in self.exemplar_only:
-                nan = torch.full((1, *table.shape[1:]), float("nan"), dtype=table.dtype, device=table.device)
-                self.tables[name] = torch.cat([table, nan])
-            else:
-                self.tables[name] = table[first.to(table.device)]
+            self.tables[name] = table if name in self.exemplar_only else table[first.to(table.device)]
         del self._keys, self._outs, self._memory
         return self
 
-    def lookup(self, keys: torch.Tensor) -> dict | None:
-        """{name: outputs of the batch's items} or None when an item is not in the cache."""
+    def lookup(self, keys: torch.Tensor, exemplar: torch.Tensor) -> dict | None:
+        """{name: outputs of the batch's items (of its ``exemplar`` items for the exemplar-only
+        names)}, or None when an item is not in the cache."""
         if not self.available or not len(self.sorted_keys):
             return None
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(len(self.sorted_keys) - 1)
         if not bool((self.sorted_keys[pos] == keys).all()):
             return None
+        memory_rows = self.memory_row[pos[exemplar]]
+        if self.exemplar_only and bool((memory_rows < 0).any()):
+            return None
         found = {}
         for name, table in self.tables.items():
-            index = self.memory_row[pos] if name in self.exemplar_only else pos
+            index = memory_rows if name in self.exemplar_only else pos
             found[name] = table[index.to(table.device)]
         return found
 
