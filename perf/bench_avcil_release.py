@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                 if (r["side"], s["side"]) == ("release", "suite")
             ]
             print(
-                f"| {method} | suite / release | | | {mean_std([p[0] for p in pairs])} x | "
+                f"| {method} | suite / release | | | {mean_std([p[0] for p in pairs], 3)} x | "
                 f"{mean_std([p[1] for p in pairs], 3)} x | |"
             )
     return 0
