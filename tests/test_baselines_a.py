@@ -537,13 +537,14 @@ def test_smoke_total_memory_form(run_tiny, strategy):
 
 
 # ---- the previous model's outputs, computed once per experience ----------------------------------
-@pytest.mark.parametrize("name", ["av-cil", "lwf", "ssil", "icarl"])
+@pytest.mark.parametrize("name", ["av-cil", "lwf", "ssil", "icarl", "cign"])
 def test_cached_previous_outputs_equal_the_per_batch_forward(feature_setup, name):
     """Every training batch of the second experience reads from the cache what one forward of the
     frozen model on that batch gives (AV-CIL's attention maps for the batch's exemplars only, the
-    only items its exemplar term reads)."""
+    only items its exemplar term reads; CIGN's per-branch logits with old_class_targets: previous)."""
     make, scenario = feature_setup
-    s = make(name, **{"train.epochs": 2, "memory.per_class": "null", "memory.total": 12})
+    extra = {"strategy.old_class_targets": "previous"} if name == "cign" else {}
+    s = make(name, **{"train.epochs": 2, "memory.per_class": "null", "memory.total": 12, **extra})
     cached = s.previous.outputs
     seen = []
 
@@ -568,7 +569,8 @@ def test_cached_previous_outputs_equal_the_per_batch_forward(feature_setup, name
     assert seen and all(new > 0 for _, new, _ in seen)
     if name != "lwf":  # the exemplars are read from the cache too
         assert sum(old for old, _, _ in seen) > 0
-    assert seen[0][2] == (["alpha", "beta", "logits"] if name == "av-cil" else ["logits"])
+    keys = {"av-cil": ["alpha", "beta", "logits"], "cign": ["audio", "visual"]}
+    assert seen[0][2] == keys.get(name, ["logits"])
     # without the cache, the same outputs come from one forward per batch
     s.cfg["train"]["cache_previous_outputs"] = False
     s.previous._cache, n = None, len(seen)

@@ -145,6 +145,19 @@ def test_bce_heads_hand_computed():
     assert bce_heads(logits, y, 2).item() == pytest.approx(math.log(2) + math.log(4), rel=1e-5)
 
 
+def test_bce_heads_with_previous_model_targets_hand_computed():
+    # old_class_targets: previous -- class 0 is old; its target is sigmoid(previous logit) (iCaRL Alg. 3)
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
+    old = torch.tensor([[math.log(3.0)], [0.0]])  # targets 3/4 and 1/2 for class 0
+    y = torch.tensor([1, 1])
+    # sample 1: class 0 p = 1/2, q = 3/4: -(3/4 ln 1/2 + 1/4 ln 1/2) = ln 2; class 1 target 1, p = 3/4: ln 4/3
+    # sample 2: class 0 p = 3/4, q = 1/2: -(1/2 ln 3/4 + 1/2 ln 1/4) = ln 4 - 1/2 ln 3; class 1: ln 2
+    expected = (math.log(2) + math.log(4 / 3) + math.log(4) - 0.5 * math.log(3) + math.log(2)) / 2
+    assert bce_heads(logits, y, 2, old).item() == pytest.approx(expected, rel=1e-5)
+    # the one-hot form would use target 0 for class 0 on both samples
+    assert bce_heads(logits, y, 2).item() != pytest.approx(expected, rel=1e-3)
+
+
 def test_continual_grouping_loss_hand_computed():
     anchor = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     positive = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # cos 1 and 1/sqrt(2)

@@ -78,6 +78,12 @@ from .losses import cign_loss_terms
 from .memory import ExemplarMemory
 
 
+def branch_logits(model, x) -> dict:
+    """The previous model's per-branch logits (``strategy.old_class_targets: previous``)."""
+    out = model(x)
+    return {b: out[b] for b in model.branches}
+
+
 # ---------------------------------------------------------------- the strategy
 @register("cign")
 class CIGN(AVCLStrategy):
@@ -100,7 +106,8 @@ class CIGN(AVCLStrategy):
             "memory",
             ExemplarMemory.from_config(self.cfg, fallback_per_class=self.scfg.get("memory_per_class"), **replay),
         )
-        self.previous = self.add_part("previous", PreviousModel())  # the model of task t-1
+        # the model of task t-1; its per-branch logits are read with old_class_targets: previous
+        self.previous = self.add_part("previous", PreviousModel(outputs_fn=branch_logits, memory=self.memory))
 
     @classmethod
     def build_model(cls, cfg: dict):
@@ -113,6 +120,9 @@ class CIGN(AVCLStrategy):
 
     # ---- loss ----------------------------------------------------------------------------------
     def criterion(self):
+        prev_logits = None
+        if self.scfg["old_class_targets"] == "previous" and self.previous.model is not None and self.num_old:
+            prev_logits = self.previous.outputs(self)
         terms = cign_loss_terms(
             self.model,
             self.previous.model,
@@ -122,6 +132,7 @@ class CIGN(AVCLStrategy):
             self.num_old,
             self.num_seen,
             self.scfg,
+            prev_logits,
         )
         return sum(terms.values())  # CIGN Eq. 10: L = L_ctl + L_group
 

@@ -106,10 +106,19 @@ def proxy_attention_pool(sims: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- CIGN (Mo, Pian, Tian 2023)
 
 
-def bce_heads(logits: torch.Tensor, y: torch.Tensor, num_seen: int) -> torch.Tensor:
-    """CIGN Eq. 8 (third sum): sum_i BCE(y_i, sigmoid(logit_i)) over the seen classes, mean over the batch."""
+def bce_heads(
+    logits: torch.Tensor, y: torch.Tensor, num_seen: int, old_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CIGN Eq. 8 (third sum): sum_i BCE(y_i, sigmoid(logit_i)) over the seen classes, mean over the batch.
+
+    With ``old_logits`` (the previous model's logits of this head, (B, >= num_old)), the targets of
+    the old classes are the previous model's sigmoid outputs instead of 0/1 (iCaRL Alg. 3's
+    distillation; a deviation, ``strategy.old_class_targets: previous``)."""
     logits = logits[:, :num_seen].float()
     target = F.one_hot(y, num_seen).to(logits.dtype)
+    if old_logits is not None:
+        num_old = old_logits.shape[1]
+        target[:, :num_old] = torch.sigmoid(old_logits.float())  # iCaRL Alg. 3: q_i^y = sigmoid(previous logit)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / max(1, logits.shape[0])
 
 
@@ -164,16 +173,27 @@ def _rows(x, mask):
 
 
 def cign_loss_terms(
-    model: CIGNNet, prev_model: CIGNNet | None, x, y: torch.Tensor, out: dict, num_old: int, num_seen: int, scfg: dict
+    model: CIGNNet,
+    prev_model: CIGNNet | None,
+    x,
+    y: torch.Tensor,
+    out: dict,
+    num_old: int,
+    num_seen: int,
+    scfg: dict,
+    prev_logits: dict | None = None,
 ) -> dict:
     """Every term of CIGN Eq. 10 for one batch, by name (see the module docstring).
 
     ``out`` is ``model(x)``; ``prev_model`` the frozen model of task t-1 (None at the first task).
+    ``prev_logits``: the previous model's per-branch logits on the batch, given with
+    ``strategy.old_class_targets: previous`` (they become the old classes' BCE targets).
     A term switched off (``scfg['avctd']``, ``scfg['avcg']``) or without data is absent.
     """
     terms = {}
     for b in model.branches:  # CIGN Eq. 8: BCE over all seen classes, audio and visual
-        terms["bce_" + b] = bce_heads(out[b], y, num_seen)
+        old_logits = prev_logits[b][:, :num_old] if prev_logits is not None and num_old else None
+        terms["bce_" + b] = bce_heads(out[b], y, num_seen, old_logits)
     tokens = model.class_tokens()
     if scfg["avctd"]:
         if num_old and prev_model is not None:  # CIGN Eq. 8: KL(c_i^t || c_i^{t-1}), old tokens
