@@ -445,6 +445,7 @@ def cmd_sweep(args) -> int:
                 f"{'  protocol: ' + pre.protocol if pre.protocol else ''}\n{'':<14} strategies: "
                 f"{', '.join(pre.strategies)}\n{'':<14} modalities: {', '.join(pre.modalities)}"
                 f"{chr(10) + ' ' * 15 + 'variants: ' + variants if variants else ''}"
+                f"{chr(10) + ' ' * 15 + 'settings: ' + str(pre.sets) if pre.sets else ''}"
             )
         return 0
     pre = None
@@ -475,7 +476,7 @@ def cmd_sweep(args) -> int:
         benchmarks,
         modalities,
         seeds,
-        sets=parse_set(args.sets),
+        sets=sw.deep_merge(pre.sets, parse_set(args.sets)) if pre else parse_set(args.sets),
         variants=pre.variants if pre else None,
         protocol=pre.protocol if pre else None,
         results_dir=results_dir,

@@ -541,9 +541,9 @@ def test_smoke_total_memory_form(run_tiny, strategy):
 def test_cached_previous_outputs_equal_the_per_batch_forward(feature_setup, name):
     """Every training batch of the second experience reads from the cache what one forward of the
     frozen model on that batch gives (AV-CIL's attention maps for the batch's exemplars only, the
-    only items its exemplar term reads; CIGN's per-branch logits with old_class_targets: previous)."""
+    only items its exemplar term reads; CIGN's per-branch logits with old_class_distillation)."""
     make, scenario = feature_setup
-    extra = {"strategy.old_class_targets": "previous"} if name == "cign" else {}
+    extra = {"strategy.old_class_distillation": "kd"} if name == "cign" else {}
     s = make(name, **{"train.epochs": 2, "memory.per_class": "null", "memory.total": 12, **extra})
     cached = s.previous.outputs
     seen = []

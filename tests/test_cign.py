@@ -146,7 +146,7 @@ def test_bce_heads_hand_computed():
 
 
 def test_bce_heads_with_previous_model_targets_hand_computed():
-    # old_class_targets: previous -- class 0 is old; its target is sigmoid(previous logit) (iCaRL Alg. 3)
+    # old_class_distillation: bce -- class 0 is old; its target is sigmoid(previous logit) (iCaRL Alg. 3)
     logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])
     old = torch.tensor([[math.log(3.0)], [0.0]])  # targets 3/4 and 1/2 for class 0
     y = torch.tensor([1, 1])
@@ -248,6 +248,31 @@ def test_ablation_switch_removes_exactly_its_terms(cfg, switch, removed):
     for k, v in off.items():
         assert v.item() == pytest.approx(full[k].item(), rel=1e-6)
         assert v.item() > 0
+
+
+@pytest.mark.parametrize("form", ["none", "bce", "kd"])
+def test_old_class_distillation_forms(cfg, form):
+    """none: the paper's terms; bce: the old classes' BCE targets are the previous model's sigmoid
+    outputs; kd: one added LwF term per branch on the old classes' logits, T = kd_T."""
+    model, prev, x, y = _task2_state(cfg)
+    out = model(x)
+    with torch.no_grad():
+        prev_out = prev(x)
+    prev_logits = {b: prev_out[b] for b in model.branches}
+    scfg = dict(cfg["strategy"], old_class_distillation=form, kd_T=2.0)
+    paper = cign_loss_terms(model, prev, x, y, out, 2, 4, cfg["strategy"])
+    terms = cign_loss_terms(model, prev, x, y, out, 2, 4, scfg, prev_logits)
+    for b in model.branches:
+        want = bce_heads(out[b], y, 4, prev_out[b][:, :2] if form == "bce" else None)
+        assert terms["bce_" + b].item() == pytest.approx(want.item(), rel=1e-6)
+        if form == "kd":  # sum_i p_old log(p_old / p_new) over the 2 old classes at T = 2, times T^2
+            p_old = torch.softmax(prev_out[b][:, :2].double() / 2, 1)
+            p_new = torch.softmax(out[b][:, :2].detach().double() / 2, 1)
+            kd = (p_old * (p_old / p_new).log()).sum(1).mean() * 4
+            assert kd.item() > 0 and terms["kd_" + b].item() == pytest.approx(kd.item(), rel=1e-3, abs=1e-7)
+    assert set(terms) - set(paper) == ({"kd_audio", "kd_visual"} if form == "kd" else set())
+    if form != "bce":
+        assert terms["bce_audio"].item() == pytest.approx(paper["bce_audio"].item(), rel=1e-6)
 
 
 def test_ten_task_protocol_resolves():

@@ -139,3 +139,39 @@ def test_bad_options(args, message, tmp_path, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert main(["generate", "digits-av"]) == 2 and "needs --out" in capsys.readouterr().err
+
+
+def test_readme_table_sweep_plans_every_method_on_the_quick_profile(tiny, tmp_path, monkeypatch, capsys):
+    """`avcl-bench sweep --preset digits-av` (the README's table) from the folder holding the set:
+    nine methods x audio / visual / audio-visual x 3 seeds, CIGN once per seed (one audio-visual run
+    reports all three), every run on the quick profile."""
+    (tmp_path / "digits-av").symlink_to(tiny, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "--preset", "digits-av", "--dry-run"]) == 0
+    plan = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert len(plan) == 8 * 3 * 3 + 3 and all(p[0] == "pending" for p in plan)
+    cign = sorted(p[1].split("_")[3:5] for p in plan if p[1].startswith("cign_"))
+    assert cign == [["audio-visual", f"s{s}"] for s in (0, 1, 2)]
+    # the quick profile's sizes: batch 32, a 30-epoch budget (with early stopping on validation)
+    assert all("epochs=30" in " ".join(p) and "batch=32" in " ".join(p) for p in plan)
+    # a --set still wins over the preset's own settings
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "digits-av",
+                "--strategies",
+                "finetune",
+                "--seeds",
+                "0",
+                "--modalities",
+                "audio",
+                "--set",
+                "train.epochs=2",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    assert "epochs=2 " in capsys.readouterr().out

@@ -79,7 +79,7 @@ from .memory import ExemplarMemory
 
 
 def branch_logits(model, x) -> dict:
-    """The previous model's per-branch logits (``strategy.old_class_targets: previous``)."""
+    """The previous model's per-branch logits (``strategy.old_class_distillation``)."""
     out = model(x)
     return {b: out[b] for b in model.branches}
 
@@ -106,7 +106,7 @@ class CIGN(AVCLStrategy):
             "memory",
             ExemplarMemory.from_config(self.cfg, fallback_per_class=self.scfg.get("memory_per_class"), **replay),
         )
-        # the model of task t-1; its per-branch logits are read with old_class_targets: previous
+        # the model of task t-1; its per-branch logits are read with old_class_distillation bce | kd
         self.previous = self.add_part("previous", PreviousModel(outputs_fn=branch_logits, memory=self.memory))
 
     @classmethod
@@ -121,7 +121,7 @@ class CIGN(AVCLStrategy):
     # ---- loss ----------------------------------------------------------------------------------
     def criterion(self):
         prev_logits = None
-        if self.scfg["old_class_targets"] == "previous" and self.previous.model is not None and self.num_old:
+        if self.scfg["old_class_distillation"] != "none" and self.previous.model is not None and self.num_old:
             prev_logits = self.previous.outputs(self)
         terms = cign_loss_terms(
             self.model,

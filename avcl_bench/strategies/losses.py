@@ -111,9 +111,9 @@ def bce_heads(
 ) -> torch.Tensor:
     """CIGN Eq. 8 (third sum): sum_i BCE(y_i, sigmoid(logit_i)) over the seen classes, mean over the batch.
 
-    With ``old_logits`` (the previous model's logits of this head, (B, >= num_old)), the targets of
+    With ``old_logits`` (the previous model's logits of this head, (B, num_old)), the targets of
     the old classes are the previous model's sigmoid outputs instead of 0/1 (iCaRL Alg. 3's
-    distillation; a deviation, ``strategy.old_class_targets: previous``)."""
+    distillation; a deviation, ``strategy.old_class_distillation: bce``)."""
     logits = logits[:, :num_seen].float()
     target = F.one_hot(y, num_seen).to(logits.dtype)
     if old_logits is not None:
@@ -187,13 +187,17 @@ def cign_loss_terms(
 
     ``out`` is ``model(x)``; ``prev_model`` the frozen model of task t-1 (None at the first task).
     ``prev_logits``: the previous model's per-branch logits on the batch, given with
-    ``strategy.old_class_targets: previous`` (they become the old classes' BCE targets).
+    ``strategy.old_class_distillation`` ``bce`` (they become the old classes' BCE targets) or
+    ``kd`` (a distillation term ``kd_<branch>`` on the old classes' logits).
     A term switched off (``scfg['avctd']``, ``scfg['avcg']``) or without data is absent.
     """
     terms = {}
+    distill = scfg.get("old_class_distillation", "none") if prev_logits is not None and num_old else "none"
     for b in model.branches:  # CIGN Eq. 8: BCE over all seen classes, audio and visual
-        old_logits = prev_logits[b][:, :num_old] if prev_logits is not None and num_old else None
-        terms["bce_" + b] = bce_heads(out[b], y, num_seen, old_logits)
+        old_logits = prev_logits[b][:, :num_old] if distill != "none" else None
+        terms["bce_" + b] = bce_heads(out[b], y, num_seen, old_logits if distill == "bce" else None)
+        if distill == "kd":  # LwF (Li & Hoiem 2016) Eq. 2 on the old classes' logits, not in CIGN
+            terms["kd_" + b] = kd_loss(out[b][:, :num_old], old_logits, scfg["kd_T"])
     tokens = model.class_tokens()
     if scfg["avctd"]:
         if num_old and prev_model is not None:  # CIGN Eq. 8: KL(c_i^t || c_i^{t-1}), old tokens
