@@ -275,6 +275,19 @@ def test_old_class_distillation_forms(cfg, form):
         assert terms["bce_audio"].item() == pytest.approx(paper["bce_audio"].item(), rel=1e-6)
 
 
+def test_old_class_distillation_by_profile():
+    """The quick profile adds the old-class BCE distillation (a deviation); the paper profile keeps
+    the loss as printed; --set chooses either."""
+    from avcl_bench.runner import build_config
+
+    quick, _ = build_config("cign", "synth-av", {})  # synth-av runs the quick profile by default
+    paper, _ = build_config("cign", "vggsound-100", {})
+    assert quick["strategy"]["old_class_distillation"] == "bce"
+    assert paper["strategy"]["old_class_distillation"] == "none"
+    printed, _ = build_config("cign", "synth-av", {"strategy": {"old_class_distillation": "none"}})
+    assert printed["strategy"]["old_class_distillation"] == "none"
+
+
 def test_ten_task_protocol_resolves():
     """The 10-task VGGSound-100 run: --benchmark vggsound-100 --set protocol=cign-10."""
     from avcl_bench.runner import build_config
