@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from . import register
 from .base import AVCLStrategy, PreviousModel
+from .losses import bce_targets
 from .memory import ClassMeans, ExemplarMemory
 
 
@@ -45,9 +46,7 @@ def icarl_loss(
     logits = logits[:, :num_seen].float()
     distill = old_logits is not None and num_old > 0
     if variant == "bce":
-        targets = F.one_hot(y, num_seen).float()
-        if distill:
-            targets[:, :num_old] = torch.sigmoid(old_logits[:, :num_old].float())
+        targets = bce_targets(y, num_seen, old_logits[:, :num_old] if distill else None)  # iCaRL Alg. 3
         return F.binary_cross_entropy_with_logits(logits, targets)
     loss = F.cross_entropy(logits, y)
     if distill:

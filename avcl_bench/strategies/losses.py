@@ -106,6 +106,15 @@ def proxy_attention_pool(sims: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- CIGN (Mo, Pian, Tian 2023)
 
 
+def bce_targets(y: torch.Tensor, num_seen: int, old_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """One-hot targets over the seen classes; with ``old_logits`` (B, num_old), the old classes'
+    targets are the previous model's sigmoid outputs (iCaRL Alg. 3: q_i^y = sigmoid(previous logit))."""
+    target = F.one_hot(y, num_seen).float()
+    if old_logits is not None:
+        target[:, : old_logits.shape[1]] = torch.sigmoid(old_logits.float())
+    return target
+
+
 def bce_heads(
     logits: torch.Tensor, y: torch.Tensor, num_seen: int, old_logits: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -115,10 +124,7 @@ def bce_heads(
     the old classes are the previous model's sigmoid outputs instead of 0/1 (iCaRL Alg. 3's
     distillation; a deviation, ``strategy.old_class_distillation: bce``)."""
     logits = logits[:, :num_seen].float()
-    target = F.one_hot(y, num_seen).to(logits.dtype)
-    if old_logits is not None:
-        num_old = old_logits.shape[1]
-        target[:, :num_old] = torch.sigmoid(old_logits.float())  # iCaRL Alg. 3: q_i^y = sigmoid(previous logit)
+    target = bce_targets(y, num_seen, old_logits)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / max(1, logits.shape[0])
 
 
