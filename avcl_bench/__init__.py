@@ -5,3 +5,7 @@ modules that need them, so that ``avcl-bench --help`` stays fast.
 """
 
 __version__ = "0.1.0"
+
+from .cpu_isa import apply_pin as _apply_cpu_pin
+
+_apply_cpu_pin()  # AVCL_BENCH_CPU_ISA: before torch loads (avcl_bench/cpu_isa.py)

@@ -327,16 +327,18 @@ def cmd_config(args) -> int:
     import yaml
 
     from .config import parse_set, provenance_rows, shown
-    from .runner import build_config
+    from .runner import build_config, describe_method
 
     over = parse_set(args.sets)
     for key, val in (("modality", args.modality), ("profile", args.profile)):
         if val is not None:
             over[key] = val
     provenance: dict = {}
-    cfg, _ = build_config(args.strategy, args.benchmark, over, provenance=provenance)
+    cfg, manifest = build_config(args.strategy, args.benchmark, over, provenance=provenance)
     rows = provenance_rows(cfg, provenance)
     if args.format == "text":
+        method = describe_method(cfg, manifest)
+        print(f"# method: {method['method']} ({method['variant_note']})")
         width = max(len(key) for key, _, _ in rows)
         for key, value, layer in rows:
             print(f"{key:<{width}} = {shown(value)}  [{layer}]")

@@ -73,6 +73,12 @@ SHARED_QUICK = {
 #: epochs on every task; with these values its first two tasks reached 72.5 and 87.5 %.
 QUICK_CONVERGENCE = {"train": {"select_best_on_val": True, "early_stop_patience": 5, "early_stop_min_epochs": 10}}
 
+#: ``train.select_on``: the validation clips that select the kept epoch (and stop training)
+SELECTION_SETS = ("current", "seen")
+#: the protocol under which selecting on every seen task's validation clips is the method's own
+#: (the AV-CIL release validates on all classes seen so far, e.g. ours/train_incremental_ours.py)
+SEEN_SELECTION_PROTOCOL = "av-cil"
+
 SCHEMA: dict[str, Any] = {
     "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
     # size profile (layer 5): quick | paper; None = quick on the embedded benchmark, paper elsewhere
@@ -110,6 +116,10 @@ SCHEMA: dict[str, Any] = {
         "num_workers": Param("int", 0, min=0),
         # keep the epoch with the best val accuracy (AV-CIL release)
         "select_best_on_val": Param("bool", False),
+        # which validation clips select the kept epoch and stop training: the current task's
+        # (all that a method holds of its validation data) or every seen task's (the AV-CIL
+        # release's selection, allowed under the av-cil protocol only: validate())
+        "select_on": Param("str", "current", choices=SELECTION_SETS),
         # stop a task's training after this many epochs without a new best val accuracy (needs
         # select_best_on_val and a val split; train.epochs is then the budget); None = all epochs
         "early_stop_patience": Param("int", None, nullable=True, min=1),
@@ -429,6 +439,7 @@ def resolve(
     modality = _last_value("modality", below + above, cfg["modality"])
     settings = (protocol_settings or {}).get(protocol)
     sections = protocol_layers(sdoc, origin, schema, protocol, settings, modality, bench)
+    _check_profile_keeps_method(quick if profile == "quick" else None, params, above[1][1])
     for layer, where in below + sections + above:
         cfg = _apply_layer(schema, cfg, layer or {}, where, provenance=prov)
     cfg["profile"], prov["profile"] = profile, profile_layer
@@ -437,6 +448,64 @@ def resolve(
         provenance.clear()
         provenance.update(prov)
     return cfg
+
+
+def _check_profile_keeps_method(layer: dict | None, params: dict, where: str) -> None:
+    """A size profile changes sizes and schedules, never the method: it may not set a parameter
+    that declares ``variants`` (that is a named variant, chosen with --set or a manifest's config)."""
+    for key in ((layer or {}).get("strategy") or {}) if isinstance(layer, dict) else ():
+        if key in params and params[key].variants:
+            raise ConfigError(
+                f"{where} sets strategy.{key}, which changes the method (a named variant): a profile may "
+                "change sizes only; choose the variant with --set instead"
+            )
+
+
+def method_reference(cfg: dict, protocol_settings: dict | None = None, bench: str = "") -> dict:
+    """The ``strategy`` section the method has by its document alone under this run's protocol:
+    the declared defaults < the document's ``defaults:`` < its ``protocols:`` sections (the paper's
+    method, or the official release's where the protocol follows one). No profile, manifest
+    ``config:`` or ``--set`` value enters it."""
+    name = cfg["strategy"]["name"]
+    sdoc, origin = load_strategy_yaml(name), strategy_origin(name)
+    schema = run_schema(declared_params(sdoc, origin))
+    ref = defaults_of(schema)
+    settings = (protocol_settings or {}).get(cfg["protocol"])
+    layers = [(sdoc.get("defaults"), f"{origin} defaults")]
+    layers += protocol_layers(sdoc, origin, schema, cfg["protocol"], settings, cfg["modality"], bench or cfg["benchmark"])
+    for layer, where in layers:
+        ref = _apply_layer(schema, ref, layer or {}, where)
+    return ref["strategy"]
+
+
+def method_variant(cfg: dict, protocol_settings: dict | None = None, bench: str = "") -> dict[str, Any]:
+    """{strategy key: value} of the declared variant parameters (``variants:`` in ``params:``)
+    whose value differs from the method's own (:func:`method_reference`): empty for the method as
+    its paper (or release) defines it."""
+    name = cfg["strategy"]["name"]
+    sdoc, origin = load_strategy_yaml(name), strategy_origin(name)
+    params = declared_params(sdoc, origin)
+    if not any(p.variants for p in params.values()):
+        return {}
+    ref = method_reference(cfg, protocol_settings, bench)
+    own = cfg["strategy"]
+    return {k: own[k] for k, p in params.items() if p.variants and k in own and own[k] != ref.get(k)}
+
+
+def variant_label(cfg: dict, variant: dict[str, Any]) -> str:
+    """The names of a variant's values, as its parameters declare them ("+ old-class BCE", "w/o
+    AVCTD"), joined; a value without a declared name shows as key=value."""
+    if not variant:
+        return ""
+    name = cfg["strategy"]["name"]
+    sdoc, origin = load_strategy_yaml(name), strategy_origin(name)
+    params = declared_params(sdoc, origin)
+    return ", ".join((params[k].variant_name(v) if k in params else None) or f"{k}={v}" for k, v in variant.items())
+
+
+def method_name(display_name: str, label: str) -> str:
+    """The name of what ran: the method's display name and its variant's label."""
+    return f"{display_name} {label}" if label else display_name
 
 
 def shown(value: Any) -> str:
@@ -465,6 +534,7 @@ SUMMARY_KEYS = (
     ("train.optimizer", "opt"),
     ("train.drop_last", "drop_last"),
     ("train.select_best_on_val", "best_val"),
+    ("train.select_on", "select_on"),
     ("memory.total", "memory_total"),
     ("memory.per_class", "memory_per_class"),
 )
@@ -509,6 +579,15 @@ def validate(cfg: dict) -> None:
     device = cfg["device"]
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise ConfigError(f"unknown device '{device}' (known: auto, cpu, cuda, cuda:N)")
+    tr = cfg["train"]
+    if tr["select_on"] == "seen" and cfg["protocol"] != SEEN_SELECTION_PROTOCOL and (
+        tr["select_best_on_val"] or tr["early_stop_patience"]
+    ):
+        raise ConfigError(
+            f"config key 'train.select_on' is 'seen' under protocol {cfg['protocol']!r}: selecting the kept "
+            "epoch on old tasks' validation clips uses data the method does not hold (only the "
+            f"{SEEN_SELECTION_PROTOCOL} protocol does, as its release); use 'current'"
+        )
     model = cfg["model"]
     if model["dim"] % model["heads"]:
         raise ConfigError(

@@ -12,7 +12,10 @@ section of its document (``strategies/<name>.yaml``), read by :func:`declared_pa
 Types: ``int``, ``float``, ``bool``, ``str``; ``list`` (``items:`` the element's declaration) and
 ``map`` (``keys:`` the allowed keys, ``values:`` the value's declaration). Constraints:
 ``nullable: true`` (null allowed), ``choices``, ``min`` / ``max`` (inclusive), ``exclusive_min`` /
-``exclusive_max``. :meth:`Param.coerce` turns a value of any configuration layer into the declared
+``exclusive_max``. ``variants:`` (scalar types) names the values that change a strategy's method away
+from its paper (or the official release its protocol follows): ``{bce: "+ old-class BCE"}``; a run
+whose value differs from the method's own (:func:`avcl_bench.config.method_variant`) carries that
+name in every output. :meth:`Param.coerce` turns a value of any configuration layer into the declared
 type (YAML reads ``1e-4`` as a string, so strings are parsed for numbers and booleans) or raises
 a one-line :class:`ConfigError` naming the key and what it accepts.
 """
@@ -41,6 +44,7 @@ DECLARATION_KEYS = (
     "items",
     "keys",
     "values",
+    "variants",
     "source",
 )
 _NO_DEFAULT = object()
@@ -69,6 +73,12 @@ class Param:
     keys: tuple | None = None  # map: the allowed keys (None = any)
     values: Param | None = None  # map: the values' declaration
     source: str = ""
+    #: (value, name) pairs: values that make the run a named variant of the method (scalar types)
+    variants: tuple | None = None
+
+    def variant_name(self, value: Any) -> str | None:
+        """The declared name of ``value`` as a variant of the method (None: not declared)."""
+        return dict(self.variants or ()).get(value)
 
     # ---- description -------------------------------------------------------------------------
     def describe(self) -> str:
@@ -253,6 +263,18 @@ def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param
             choices = tuple(Param(kind).coerce(c) for c in choices)
         except InvalidValue:
             raise ConfigError(f"{where}: choices {decl['choices']} are not all of type {kind}") from None
+    variants = decl.get("variants")
+    if variants is not None:
+        if kind not in SCALAR_TYPES or not isinstance(variants, dict) or not variants:
+            raise ConfigError(f"{where}: 'variants' needs a scalar type and a mapping of values to names")
+        if not all(isinstance(n, str) and n.strip() for n in variants.values()):
+            raise ConfigError(f"{where}: 'variants' names must be non-empty strings")
+        try:
+            variants = tuple(
+                (Param(kind, choices=choices).coerce(v), n.strip()) for v, n in variants.items()
+            )
+        except InvalidValue:
+            raise ConfigError(f"{where}: 'variants' values {list(decl['variants'])} are not all allowed values") from None
     spec = Param(
         type=kind,
         nullable=decl.get("nullable", False),
@@ -262,6 +284,7 @@ def parse_declaration(decl: Any, where: str, with_default: bool = True) -> Param
         keys=tuple(decl["keys"]) if "keys" in decl else None,
         values=parse_declaration(decl["values"], f"{where}.values", with_default=False) if kind == "map" else None,
         source=str(decl.get("source", "")).strip(),
+        variants=variants,
     )
     if not with_default:
         return spec

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import metrics
+from . import cpu_isa, metrics
 from .config import resolve
 from .data.manifest import load_manifest
 from .errors import NO_SPACE, ConfigError, UserError
@@ -141,6 +141,7 @@ def environment_info(device) -> dict:
     import torch
 
     info["torch_threads"] = torch.get_num_threads()
+    info.update(cpu_isa.recorded())  # the kernels' instruction set and any pin (AVCL_BENCH_CPU_ISA)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -438,8 +439,10 @@ def _execute(
     scenario = make_streams(data, num_tasks, manifest.name)
     t_data = time.time() - t0
     C = len(data.classes)
+    method = describe_method(cfg, manifest)
     _log(
-        f"[avcl-bench] {cfg['strategy']['name']} on {manifest.name} ({cfg['input']}, {cfg['modality']}): "
+        f"[avcl-bench] {method['method']} ({cfg['strategy']['name']}) on {manifest.name} ({cfg['input']}, "
+        f"{cfg['modality']}): "
         f"{C} classes, {num_tasks} tasks, train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}"
         f", device {device}, run {rd.path.name}",
         quiet,
@@ -498,6 +501,10 @@ def _execute(
     out["run"] = {
         "strategy": cfg["strategy"]["name"],
         "display_name": catalogue["display_name"],
+        # what ran: the display name plus the named variant (empty: the paper's / release's method)
+        "method": method["method"],
+        "variant": method["variant"],
+        "variant_name": method["variant_name"],
         "catalogue": catalogue,
         "benchmark": manifest.name,
         "protocol": cfg["protocol"],
@@ -533,6 +540,7 @@ def _execute(
     ckpt_path = rd.path / CHECKPOINT
     if ckpt_path.exists():
         ckpt_path.unlink()  # the complete result supersedes it
+    _log(f"[avcl-bench] {method['method']}: {method['variant_note']}", quiet)
     _log(summary_table(out), quiet)
     _log(f"[avcl-bench] results: {rd.path}", quiet)
     return rd
@@ -591,6 +599,24 @@ def export_run_embeddings(strategy, first_task_test, rd: RunDir, class_names, cf
     export_embeddings(
         strategy, first_task_test, rd.path, class_names=class_names, batch_size=cfg["train"]["eval_batch_size"]
     )
+
+
+def describe_method(cfg: dict, manifest) -> dict:
+    """What a run's method is: ``method`` (the display name with the variant's name), ``variant``
+    ({strategy key: value} of the declared variant parameters that differ from the method's own,
+    :func:`avcl_bench.config.method_variant`), ``variant_name`` and a one-line ``variant_note``."""
+    from .config import method_name, method_variant, variant_label
+    from .strategies import strategy_catalogue
+
+    variant = method_variant(cfg, manifest.protocol_settings(), manifest.name)
+    label = variant_label(cfg, variant)
+    display = strategy_catalogue(cfg["strategy"]["name"])["display_name"]
+    if variant:
+        keys = ", ".join(f"strategy.{k}={v}" for k, v in variant.items())
+        note = f"a named variant of {display} ({keys}), not the method as its paper defines it"
+    else:
+        note = "the method as its strategy document defines it from its paper or release (no variant parameter changed)"
+    return {"method": method_name(display, label), "variant": variant, "variant_name": label, "variant_note": note}
 
 
 def _catalogue_of_run(cfg: dict, reported: list[str]) -> dict:

@@ -270,7 +270,7 @@ def plan(
     from .data.manifest import load_manifest
     from .paths import default_results_dir, in_workdir
     from .rundir import config_hash
-    from .runner import build_config
+    from .runner import build_config, describe_method
 
     results_dir = in_workdir(results_dir) if results_dir else default_results_dir()
     complete = index_complete_runs([results_dir])
@@ -316,7 +316,8 @@ def plan(
                         try:
                             provenance: dict = {}
                             cfg, manifest = build_config(strategy, bench, over, provenance=provenance)
-                            settings = settings_summary(cfg, provenance)
+                            # what will run, by name (a named variant carries it), then its settings
+                            settings = f"[{describe_method(cfg, manifest)['method']}] " + settings_summary(cfg, provenance)
                             h = config_hash(cfg)
                             run_id = (
                                 "_".join(

@@ -1,9 +1,13 @@
 """The suite against the official AV-CIL release on the same files: accuracy, forgetting, wall and
-CPU time and peak memory, the two taking turns (issue #12, points 4 and 6).
+CPU time and peak memory, the two taking turns (issue #12, points 4 and 6; issue #21, point 4).
 
     python perf/bench_avcil_release.py --release /path/to/AV-CIL_ICCV2023 \
-        --manifest /path/to/AVE/manifest.yaml --methods ours,ft --seeds 42,43,44 --epochs 10 \
-        --out perf/results/avcil_release.json
+        --manifest /path/to/AVE/manifest.yaml --methods ours,ft,lwf,icarl,ssil,afc --seeds 42,43,44 \
+        --epochs 10 --out perf/results/avcil_release.json
+
+Methods (release folder -> suite strategy): ``ft`` fine_tuning -> finetune, ``lwf`` LwF -> lwf,
+``icarl`` iCaRL (NME classifier) -> icarl, ``ssil`` SSIL -> ssil, ``afc`` AFC (NME classifier, the
+suite's ``afc`` default) -> afc, ``ours`` (AV-CIL) -> av-cil; all audio-visual.
 
 ``--release``: a checkout of weiguoPian/AV-CIL_ICCV2023 whose ``data/AVE`` folder holds the files
 (split dictionaries and feature dictionaries, the release's layout), patched to run on a CPU with a
@@ -17,7 +21,9 @@ For every seed and method the release runs, then the suite, one process at a tim
 thread each (``OMP_NUM_THREADS=1``); per process the wall time, the CPU time (user + system, from
 ``wait4``) and the peak resident size. Accuracy: the mean over steps of the accuracy on all classes
 seen (the release prints each step's; the suite's ``mean_inc_acc``) and AV-CIL's forgetting (the
-release's printed "Average Forgetting", the suite's ``avcil_forgetting``, the same definition).
+release's per-step "forgetting", averaged = its "Average Forgetting"; the suite's ``avcil_forgetting``,
+the same definition). Every release script prints both in the same format (fractions; iCaRL and
+AFC with NME give the nearest-mean accuracy there).
 Run it on an otherwise idle machine: the ratio of the two wall times is the figure.
 """
 
@@ -35,8 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-#: the release's per-method folder, script and arguments (run_incremental_ours.sh and
-#: run_incremental_fine_tuning.sh for AVE; epochs, lr, batch from the command line here)
+#: the release's per-method folder, script and arguments (run_incremental_<method>.sh for AVE,
+#: audio-visual; epochs, lr, batch from the command line here). iCaRL and AFC: the NME classifier
+#: (``run_incremental_icarl.sh AVE audio-visual NME``, ``run_incremental_afc.sh ... NME``; the suite's
+#: ``strategy.classifier`` default for both is nme too).
 RELEASE = {
     "ours": (
         "ours",
@@ -46,9 +54,21 @@ RELEASE = {
         "--lam_I 0.5 --lam_C 1.0 --exemplar_batch_size 128",
     ),
     "ft": ("fine_tuning", "train_incremental_fine_tuning.py", "--modality audio-visual"),
+    "lwf": ("LwF", "train_incremental_lwf.py", "--modality audio-visual"),
+    "icarl": (
+        "iCaRL",
+        "train_incremental_icarl.py",
+        "--modality audio-visual --classifier NME --memory_size 340 --gen_exem_batch_size 256",
+    ),
+    "ssil": ("SSIL", "train_incremental_ssil.py", "--modality audio-visual --memory_size 340 --exemplar_batch_size 128"),
+    "afc": (
+        "AFC",
+        "train_incremental_afc.py",
+        "--modality audio-visual --classify NME --memory_size 340 --lam_disc 0.5 --gen_exem_batch_size 256",
+    ),
 }
 #: the suite's strategy for each release method
-SUITE = {"ours": "av-cil", "ft": "finetune"}
+SUITE = {"ours": "av-cil", "ft": "finetune", "lwf": "lwf", "icarl": "icarl", "ssil": "ssil", "afc": "afc"}
 
 
 def run_measured(cmd: list[str], cwd: Path, log: Path) -> dict:
@@ -83,8 +103,11 @@ def release_run(root: Path, method: str, seed: int, epochs: int, work: Path) -> 
     text = log.read_text()
     steps = [100 * float(x) for x in re.findall(r"Incremental step \d+ Testing res: ([0-9.]+)", text)]
     forgetting = [100 * float(x) for x in re.findall(r"^forgetting: ([-0-9.]+)", text, re.M)]
-    if len(steps) != 4:
-        sys.exit(f"bench_avcil_release: the release printed {len(steps)} step accuracies, not 4; see {log}")
+    if len(steps) != 4 or len(forgetting) != 3:
+        sys.exit(
+            f"bench_avcil_release: the release ({method}) printed {len(steps)} step accuracies and "
+            f"{len(forgetting)} forgettings, not 4 and 3; see {log}"
+        )
     return {
         **cost,
         "step_acc": [round(a, 2) for a in steps],
@@ -130,7 +153,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--release", required=True, type=Path, help="AV-CIL release checkout, files in data/AVE")
     ap.add_argument("--manifest", required=True, type=Path, help="the suite's manifest over the same files")
-    ap.add_argument("--methods", default="ours,ft", help="comma-separated: ours (AV-CIL), ft (fine-tuning)")
+    ap.add_argument("--methods", default="ours,ft", help="comma-separated: ours (AV-CIL), ft, lwf, icarl, ssil, afc")
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--sides", default="release,suite", help="which sides to run (release,suite)")

@@ -2,7 +2,15 @@
 
 import os
 
-import pytest
+# Every test runs with the CPU kernels pinned to AVX2 (avcl_bench/cpu_isa.py), set before torch
+# loads: the golden matrices then hold on any x86-64 CPU with AVX2 or better. Child processes
+# (the CLI runs of the safety tests) inherit it.
+os.environ["AVCL_BENCH_CPU_ISA"] = "avx2"
+from avcl_bench.cpu_isa import apply_pin  # noqa: E402  (imports no torch)
+
+apply_pin()
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

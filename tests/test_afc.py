@@ -19,6 +19,7 @@ from avcl_bench.strategies.afc import (
     feature_gradients,
     importance_weights,
     kmeans,
+    sample_importance_weights,
 )
 from avcl_bench.strategies.losses import nca_loss
 
@@ -32,22 +33,27 @@ def tiny_cfg(modality="audio-visual", audio_dim=4, visual_shape=(2, 3, 4)):
     }
 
 
-def test_nca_loss_hand_computed():
-    s = torch.tensor([[0.5, 0.1, -0.2]])
-    y = torch.tensor([0])
-    # target margin: -log( exp(2 (0.5 - 0.6)) / (exp(2 * 0.1) + exp(2 * -0.2)) )
-    expected = -(2 * (0.5 - 0.6)) + math.log(math.exp(0.2) + math.exp(-0.4))
-    assert nca_loss(s, y, scale=2.0, margin=0.6).item() == pytest.approx(expected, rel=1e-6)
-    # the release's form subtracts the margin from every similarity: it cancels
-    no_margin = -(2 * 0.5) + math.log(math.exp(0.2) + math.exp(-0.4))
-    assert nca_loss(s, y, 2.0, 0.6, margin_mode="all").item() == pytest.approx(no_margin, rel=1e-6)
-    assert nca_loss(s, y, 2.0, 0.0).item() == pytest.approx(no_margin, rel=1e-6)
-    # the learnable scale receives a gradient; the positive is not in the denominator
-    scale = torch.tensor(2.0, requires_grad=True)
-    nca_loss(s, y, scale).backward()
-    assert scale.grad is not None and scale.grad.item() != 0
+def test_nca_loss_release_form_hand_computed():
+    """AFC's loss is the AV-CIL release's nca() (AFC/train_incremental_afc.py): z = scale (s - 0.6) - max,
+    l = -z_y + log(exp(0) [target slot] + sum_{j != y} exp(z_j)), >= 0; on LSC similarities in [-4, 0]."""
+    s = torch.tensor([[-0.5, -1.5, -3.0], [-2.0, -0.4, -3.0]])
+    y = torch.tensor([0, 0])
+    # row 1, scale 1: z = s + 0.5 = (0, -1, -2.5); l = log(1 + e^-1 + e^-2.5) = log(1.449964) = 0.371539
+    assert nca_loss(s[:1], y[:1], scale=1.0, margin=0.6).item() == pytest.approx(0.371539, abs=1e-6)
+    # row 2 (target behind), scale 1.5: z = 1.5 (s + 0.4) = (-2.4, 0, -3.9);
+    # l = 2.4 + log(1 + 1 + e^-3.9) = 2.4 + log(2.020242) = 3.103217
+    assert nca_loss(s[1:], y[1:], scale=1.5, margin=0.6).item() == pytest.approx(3.103217, abs=1e-6)
+    # the margin cancels; for row 1 the old target-margin form gave log(e^-1.5 + e^-3.0) + 1.1 = -0.199
+    # and the old 'all' form log(e^-1.5 + e^-3.0) + 0.5 = -0.799 (both unbounded below)
+    assert nca_loss(s[:1], y[:1], 1.0, 0.0).item() == pytest.approx(0.371539, abs=1e-6)
+    # the learnable scale receives a gradient: row 1, l(eta) = log(1 + e^-eta + e^-2.5 eta),
+    # dl/d eta at 1 = (-e^-1 - 2.5 e^-2.5) / 1.449964 = (-0.367879 - 0.205212) / 1.449964 = -0.395245
+    scale = torch.tensor(1.0, requires_grad=True)
+    nca_loss(s[:1], y[:1], scale).backward()
+    assert scale.grad.item() == pytest.approx(-0.395245, abs=1e-6)
     two = torch.tensor([[0.5, 0.1, -0.2], [0.0, 0.3, 0.1]])
     per = nca_loss(two, torch.tensor([0, 1]), 2.0, reduction="none")
+    assert (per >= 0).all()
     assert nca_loss(two, torch.tensor([0, 1]), 2.0).item() == pytest.approx(per.mean().item())
     assert nca_loss(two, torch.tensor([0, 1]), 2.0, reduction="sum").item() == pytest.approx(per.sum().item())
 
@@ -83,6 +89,22 @@ def test_channel_importance_and_weights_hand_computed():
     assert w["f_a"][1].tolist() == pytest.approx([2.0, 0.0]) and w["v"][1].tolist() == pytest.approx([0.0, 2.0])
     uniform = importance_weights(None, {"a": None, "b": None, "c": None})
     assert all(g == pytest.approx(1 / 3) and c is None for g, c in uniform.values())
+
+
+def test_sample_importance_weights_hand_computed():
+    """strategy.importance release: per sample, each group's gradient norm over their sum."""
+    grads = {"f_a": torch.tensor([[3.0, 4.0], [0.0, 1.0]]), "f_v": torch.tensor([[0.0, 5.0], [0.0, 3.0]])}
+    w = sample_importance_weights(grads)
+    # sample 1: norms 5 and 5 -> 0.5, 0.5; sample 2: norms 1 and 3 -> 0.25, 0.75
+    assert w["f_a"][0].tolist() == pytest.approx([0.5, 0.25]) and w["f_v"][0].tolist() == pytest.approx([0.5, 0.75])
+    assert w["f_a"][1] is None and w["f_v"][1] is None
+    # one group (audio or visual only): weight 1 for every sample
+    assert sample_importance_weights({"f_a": grads["f_a"]})["f_a"][0].tolist() == [1.0, 1.0]
+    # per-sample weights in the distance: mean over samples of w(x) ||n(x) - o(x)||
+    new = {"f_a": torch.tensor([[1.0, 0.0], [1.0, 0.0]])}
+    old = {"f_a": torch.tensor([[0.0, 1.0], [1.0, 0.0]])}
+    weighted = feature_distillation(new, old, {"f_a": (torch.tensor([0.5, 0.25]), None)})
+    assert weighted.item() == pytest.approx(0.5 * math.sqrt(2.0) / 2, rel=1e-5)
 
 
 def test_feature_distillation_hand_computed():
@@ -181,11 +203,12 @@ def test_afc_both_variants_end_to_end(tmp_path, total_memory_benchmark):
         ("ft", ["--strategy", "finetune"]),
         ("nme", ["--strategy", "afc", "--set", "strategy.classifier=nme"]),
         ("lsc", ["--strategy", "afc", "--set", "strategy.classifier=lsc"]),
+        ("rel", ["--strategy", "afc", "--set", "strategy.importance=release"]),
     ]:
         assert main(["run", "--run-id", name] + extra + common) == 0
         res[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     ft = res["ft"]["modalities"]["audio-visual"]
-    for name in ("nme", "lsc"):
+    for name in ("nme", "lsc", "rel"):
         m = res[name]
         assert m["run"]["buffer_size"] == 48
         a = m["modalities"]["audio-visual"]

@@ -23,7 +23,7 @@ from avcl_bench.config import QUICK_CONVERGENCE, SHARED_QUICK, parse_set, proven
 from avcl_bench.errors import ConfigError
 from avcl_bench.paths import STRATEGIES_DIR
 from avcl_bench.runner import build_config
-from avcl_bench.strategies import members
+from avcl_bench.strategies import builtin_catalogue, members
 
 EXPECTED = Path(__file__).parent / "golden" / "avcil_protocol_settings.yaml"
 METHODS = tuple(members(("avcil-tables",), "avcil"))
@@ -43,6 +43,7 @@ KEYS = (
     "train.weight_decay",
     "train.drop_last",
     "train.select_best_on_val",
+    "train.select_on",
     "strategy.epochs_by_modality",
     "strategy.exemplar_batch_size",
     "strategy.replay_batch_size",
@@ -257,12 +258,16 @@ def test_the_avcil_tables_dry_run_shows_every_method_with_the_release_settings(t
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and len(lines) == len(METHODS) * len(BENCHMARKS) * len(MODALITIES)
     expected = yaml.safe_load(EXPECTED.read_text())
+    names = {s: e["display_name"] for s, e in builtin_catalogue().items()}
     for line in lines:
-        status, run_id, settings = line.split(None, 2)
+        status, run_id, rest = line.split(None, 2)
         strategy, bench, _, modality = run_id.split("_")[:4]
+        # what runs, by name: each method as its release runs it, no named variant
+        method, settings = rest.removeprefix("[").split("] ", 1)
+        assert method == names[strategy], line
         epochs = expected[f"{strategy} {bench} {modality}"]["train.epochs"].split()[0]
         assert status == "pending" and settings.startswith(f"epochs={epochs} network=avcil batch=256 lr=0.001 ")
-        assert "wd=0.0001 opt=adam drop_last=yes best_val=yes memory_total=" in settings, line
+        assert "wd=0.0001 opt=adam drop_last=yes best_val=yes select_on=seen memory_total=" in settings, line
     ssil = [line for line in lines if line.split()[1].startswith("ssil_")]
     assert ssil and all(line.endswith("strategy.replay_batch_size=128") for line in ssil)
 
@@ -274,7 +279,8 @@ def test_config_prints_every_value_with_its_layer(capsys):
     )
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    rows = {line.split(" = ")[0].strip(): line.split(" = ", 1)[1] for line in out}
+    assert out[0].startswith("# method: SS-IL (the method as its strategy document defines it"), out[0]
+    rows = {line.split(" = ")[0].strip(): line.split(" = ", 1)[1] for line in out[1:]}
     assert rows["train.epochs"] == "100  [strategies/ssil.yaml protocols.av-cil.settings.ksounds.modalities.visual]"
     assert rows["train.lr"] == "0.01  [--set]"
     assert rows["strategy.replay_batch_size"] == "128  [strategies/ssil.yaml protocols.av-cil]"

@@ -275,17 +275,31 @@ def test_old_class_distillation_forms(cfg, form):
         assert terms["bce_audio"].item() == pytest.approx(paper["bce_audio"].item(), rel=1e-6)
 
 
-def test_old_class_distillation_by_profile():
-    """The quick profile adds the old-class BCE distillation (a deviation); the paper profile keeps
-    the loss as printed; --set chooses either."""
-    from avcl_bench.runner import build_config
+def test_cign_is_the_printed_loss_in_every_profile_and_the_old_class_term_a_named_variant(monkeypatch):
+    """A profile changes sizes, never the loss: CIGN runs Eq. 10 as printed in the quick and the
+    paper profile; the old-class distillation is a named variant that every output names."""
+    import copy
 
-    quick, _ = build_config("cign", "synth-av", {})  # synth-av runs the quick profile by default
-    paper, _ = build_config("cign", "vggsound-100", {})
-    assert quick["strategy"]["old_class_distillation"] == "bce"
-    assert paper["strategy"]["old_class_distillation"] == "none"
-    printed, _ = build_config("cign", "synth-av", {"strategy": {"old_class_distillation": "none"}})
-    assert printed["strategy"]["old_class_distillation"] == "none"
+    from avcl_bench import config
+    from avcl_bench.errors import ConfigError
+    from avcl_bench.runner import build_config, describe_method
+
+    for bench in ("synth-av", "vggsound-100"):  # quick (the embedded benchmark's default), paper
+        cfg, manifest = build_config("cign", bench, {})
+        assert cfg["strategy"]["old_class_distillation"] == "none"
+        assert describe_method(cfg, manifest)["method"] == "CIGN"
+    cfg, manifest = build_config("cign", "synth-av", {"strategy": {"old_class_distillation": "bce"}})
+    named = describe_method(cfg, manifest)
+    assert named["method"] == "CIGN + old-class BCE"
+    assert named["variant"] == {"old_class_distillation": "bce"} and named["variant_name"] == "+ old-class BCE"
+    cfg, manifest = build_config("cign", "synth-av", {"strategy": {"avctd": False, "avcg": False}})
+    assert describe_method(cfg, manifest)["method"] == "CIGN w/o AVCTD, w/o AVCG"
+    # a profile that sets a variant parameter is refused, naming the key
+    doc = copy.deepcopy(config.load_strategy_yaml("cign"))
+    doc["profiles"]["quick"]["strategy"]["old_class_distillation"] = "bce"
+    monkeypatch.setattr(config, "load_strategy_yaml", lambda name: doc)
+    with pytest.raises(ConfigError, match="profiles.quick sets strategy.old_class_distillation, which changes the method"):
+        build_config("cign", "synth-av", {})
 
 
 def test_ten_task_protocol_resolves():

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import sys
 from pathlib import Path
+
+# the recording's kernels: AVX2 on every x86-64 CPU (avcl_bench/cpu_isa.py), pinned before torch
+# loads, also when this file is run to re-record
+os.environ.setdefault("AVCL_BENCH_CPU_ISA", "avx2")
 
 import numpy as np
 import pytest
@@ -54,11 +60,47 @@ def accuracy_matrices(strategy: str, results_dir: Path) -> dict:
     return out
 
 
+#: the key of the recording's platform in the golden file
+PLATFORM_KEY = "_recorded_on"
+
+
+def this_platform() -> dict:
+    """The CPU and the kernels a recording ran with."""
+    from avcl_bench.cpu_isa import recorded
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "machine": platform.machine(), **recorded()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", strategy_names())
 def test_accuracy_matrices_unchanged(strategy, tmp_path):
-    expected = json.loads(GOLDEN.read_text())[strategy]
-    assert accuracy_matrices(strategy, tmp_path) == expected
+    golden = json.loads(GOLDEN.read_text())
+    here, there = this_platform(), golden[PLATFORM_KEY]
+    if here["cpu_capability"] != there["cpu_capability"]:
+        # no other kernels can give these bits: say so instead of failing (or passing) falsely
+        pytest.skip(
+            f"golden matrices recorded with {there['cpu_capability']} kernels; this CPU's torch runs "
+            f"{here['cpu_capability']} ({here['machine']}): not comparable bit for bit"
+        )
+    got = accuracy_matrices(strategy, tmp_path)
+    assert got == golden[strategy], f"recorded on {there['cpu']} ({there['cpu_pins']}); this machine {here['cpu']}"
+
+
+def test_the_golden_runs_are_pinned_to_avx2_kernels():
+    """The pin took effect in this process (set before torch loaded), wherever AVX2 exists."""
+    here = this_platform()
+    pins = here["cpu_pins"]
+    assert (pins["ATEN_CPU_CAPABILITY"], pins["MKL_ENABLE_INSTRUCTIONS"], pins["MKL_CBWR"], pins["DNNL_MAX_CPU_ISA"]) == ("avx2", "AVX2", "AVX2", "AVX2")
+    if here["machine"] in ("x86_64", "AMD64"):
+        assert here["cpu_capability"] in ("AVX2", "DEFAULT"), here
 
 
 if __name__ == "__main__":  # re-record: python tests/test_golden.py [strategy ...]
@@ -72,5 +114,6 @@ if __name__ == "__main__":  # re-record: python tests/test_golden.py [strategy .
         for name in sys.argv[1:] or strategy_names():
             golden[name] = accuracy_matrices(name, Path(tmp))
             print(name, "recorded", flush=True)
+    golden[PLATFORM_KEY] = this_platform()
     GOLDEN.parent.mkdir(exist_ok=True)
     GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")

@@ -8,11 +8,11 @@ import torch
 from avcl_bench.strategies.losses import nca_loss
 from avcl_bench.strategies.podnet import (
     LSCClassifier,
+    lsc_similarity_for,
     pod_flat_loss,
     pod_forward,
     pod_pool,
     pod_spatial_loss,
-    podnet_nca,
     spherical_kmeans,
     split_stage,
     tokens_and_layout,
@@ -63,20 +63,14 @@ def test_pod_flat_hand_value():
     assert pod_flat_loss(old[:1], new[:1]).item() == pytest.approx(0.0, abs=1e-7)
 
 
+PROXIES = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -1.0]])  # class 0: rows 0-1, class 1: rows 2-3
+
+
 def test_lsc_several_proxies_hand_value():
-    clf = LSCClassifier(2, proxies=2)
+    clf = LSCClassifier(2, proxies=2, similarity="cosine")
     clf.grow(2)
     with torch.no_grad():
-        clf.weight.copy_(
-            torch.tensor(
-                [
-                    [1.0, 0.0],
-                    [0.0, 2.0],  # class 0 (norms do not matter)
-                    [-3.0, 0.0],
-                    [0.0, -1.0],
-                ]
-            )
-        )  # class 1
+        clf.weight.copy_(PROXIES)  # norms do not matter
     y = clf(torch.tensor([[2.0, 0.0]]))
     e = math.e
     # class 0: proxy sims (1, 0), softmax weights (e, 1)/(e+1) -> e/(e+1)
@@ -85,41 +79,110 @@ def test_lsc_several_proxies_hand_value():
     assert y[0, 1].item() == pytest.approx(-1 / (1 + e), rel=1e-6)
     assert clf.num_classes == 2 and clf.weight.shape == (4, 2)
     assert clf.grow(3) and clf.weight.shape == (6, 2)
-    assert torch.equal(clf.weight[:4], torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -1.0]]))
+    assert torch.equal(clf.weight[:4], PROXIES)
 
 
-def test_nca_loss_with_margin_hand_value():
-    sims = torch.tensor([[0.5, 0.1, -0.2], [0.9, -1.0, -1.0]])
-    y = torch.tensor([0, 0])
+def test_lsc_release_distance_hand_value():
+    """The release's neg_stable_cosine_distance: -||h_hat - theta_hat||^2 = 2 cos - 2 per proxy."""
+    clf = LSCClassifier(2, proxies=2)  # default: the release's distance
+    assert clf.similarity == "neg_stable_cosine_distance"
+    clf.grow(2)
+    with torch.no_grad():
+        clf.weight.copy_(PROXIES)
+    x = torch.tensor([[2.0, 0.0]])
+    # h_hat = (1, 0); ||h_hat - theta_hat||^2 to (1, 0), (0, 1), (-1, 0), (0, -1) = 0, 2, 4, 2
+    assert clf.proxy_similarities(x).flatten().tolist() == pytest.approx([0.0, -2.0, -4.0, -2.0])
+    y = clf(x)
+    e2 = math.exp(2.0)
+    # class 0: (0, -2), softmax weights (1, e^-2)/(1 + e^-2) -> -2 e^-2/(1 + e^-2) = -2/(e^2 + 1) = -0.238406
+    # class 1: (-4, -2), weights (e^-4, e^-2)/(e^-4 + e^-2) -> (-4 - 2 e^2)/(1 + e^2) = -2.238406
+    assert y[0, 0].item() == pytest.approx(-2 / (e2 + 1), rel=1e-6)
+    assert y[0, 1].item() == pytest.approx((-4 - 2 * e2) / (1 + e2), rel=1e-6)
+    with pytest.raises(ValueError):
+        LSCClassifier(2, 2, similarity="euclidean")
+
+
+def test_lsc_similarity_follows_the_nca_form_unless_set():
+    assert lsc_similarity_for("release") == "neg_stable_cosine_distance"
+    assert lsc_similarity_for("paper") == "cosine"
+    assert lsc_similarity_for("release", "cosine") == "cosine"
+
+
+#: eta = 2, delta = 0.6; similarities with the target (class 0) first
+SIMS = torch.tensor([[0.5, 0.1, -0.2], [0.9, -1.0, -1.0], [0.1, 0.5, -0.2]])
+Y0 = torch.tensor([0, 0, 0])
+
+
+def test_nca_release_form_hand_values():
+    """The PODNet release's nca() (inclearn/lib/losses/base.py): z = eta (s - delta) - max, the target's
+    slot of the denominator exp(0): l = -z_y + log(1 + sum_{j != y} exp(z_j)), bounded below by 0."""
     eta, delta = 2.0, 0.6
-    # sample 1: -log(exp(2*(0.5-0.6)) / (exp(0.2) + exp(-0.4))) > 0
-    l1 = math.log(math.exp(0.2) + math.exp(-0.4)) + 2 * (0.6 - 0.5)
-    # sample 2: log(2 exp(-2)) - 2 * 0.3 = -1.907 < 0 -> hinge gives 0
-    l2 = max(0.0, math.log(2 * math.exp(-2.0)) - 2 * 0.3)
-    assert l2 == 0.0
-    assert nca_loss(sims, y, eta, delta, hinge=True).item() == pytest.approx((l1 + l2) / 2, rel=1e-6)
+    # [0.5, 0.1, -0.2]: delta cancels, z = 2 (s - 0.5) = (0, -0.8, -1.4);
+    #   l = log(1 + e^-0.8 + e^-1.4) = log(1 + 0.449329 + 0.246597) = log(1.695926) = 0.528229
+    # [0.9, -1, -1]: z = (0, -3.8, -3.8); l = log(1 + 2 e^-3.8) = log(1.044742) = 0.043770
+    # [0.1, 0.5, -0.2] (target second): z = 2 (s - 0.5) = (-0.8, 0, -1.4);
+    #   l = 0.8 + log(e^0 [target slot] + e^0 + e^-1.4) = 0.8 + log(2.246597) = 1.609417
+    #   (softmax CE would be 1.328229: the target's slot holds exp(0), not exp(z_y))
+    expected = [0.528229, 0.043770, 1.609417]
+    assert nca_loss(SIMS, Y0, eta, delta, "release", reduction="none").tolist() == pytest.approx(expected, abs=1e-6)
+    assert nca_loss(SIMS, Y0, eta, delta).item() == pytest.approx(sum(expected) / 3, abs=1e-6)  # the default form
+    assert nca_loss(SIMS, Y0, eta, delta, reduction="sum").item() == pytest.approx(sum(expected), abs=1e-6)
+    # the old suite form (margin on every similarity, positive out of the denominator, no bound) gave
+    # log(e^0.2 + e^-0.4) - 1.0 = -0.363 and log(2 e^-2) - 1.8 = -3.107 for the first two rows
+    assert (nca_loss(SIMS, Y0, eta, delta, reduction="none") >= 0).all()
+    # the margin cancels
+    assert nca_loss(SIMS, Y0, eta, 0.0).item() == pytest.approx(nca_loss(SIMS, Y0, eta, delta).item(), abs=1e-7)
+    # softmax cross-entropy of eta * s where the target scores highest (rows 1-2)
+    ce = torch.nn.functional.cross_entropy(eta * SIMS[:2], Y0[:2], reduction="none")
+    assert nca_loss(SIMS[:2], Y0[:2], eta, delta, reduction="none").tolist() == pytest.approx(ce.tolist(), abs=1e-6)
 
 
-def test_podnet_nca_release_and_paper_forms_hand_values():
-    sims = torch.tensor([[0.5, 0.1, -0.2], [0.9, -1.0, -1.0]])
-    y = torch.tensor([0, 0])
+def test_nca_release_form_is_bounded_and_its_target_gradient_vanishes():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(256, 7, generator=g) * 2 - 1
+    y = torch.randint(7, (256,), generator=g)
+    for eta in (0.5, 2.0, 16.0):
+        assert (nca_loss(s, y, eta, 0.6, reduction="none") >= 0).all()
+    # [0.9, -1, -1], eta = 2: dl/ds_y = -2 * 2 e^-3.8 / (1 + 2 e^-3.8) = -0.085651 (the old form: -eta = -2)
+    sims = SIMS[1:2].clone().requires_grad_(True)
+    nca_loss(sims, Y0[:1], 2.0, 0.6).backward()
+    assert sims.grad[0, 0].item() == pytest.approx(-0.085651, abs=1e-6)
+    # the target far ahead, [1, -1, -1] with eta = 10: z = (0, -20, -20);
+    # dl/ds_y = -10 * 2 e^-20 / (1 + 2 e^-20) = -4.1e-8, and the loss log(1 + 2 e^-20) = 4.1e-9
+    far = torch.tensor([[1.0, -1.0, -1.0]], requires_grad=True)
+    loss = nca_loss(far, Y0[:1], 10.0, 0.6)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-8)
+    assert far.grad.abs().max().item() < 1e-7
+    # target behind, [0.1, 0.5, -0.2]: dl/ds_y = -eta = -2 exactly (its own slot is the constant exp(0))
+    behind = SIMS[2:3].clone().requires_grad_(True)
+    nca_loss(behind, Y0[:1], 2.0, 0.6).backward()
+    assert behind.grad[0, 0].item() == pytest.approx(-2.0, abs=1e-6)
+
+
+def test_nca_release_form_scale_gradient_hand_value():
+    # [0.5, 0.1, -0.2]: l = log(1 + e^{-0.4 eta} + e^{-0.7 eta}); at eta = 2
+    # dl/d eta = (-0.4 e^-0.8 - 0.7 e^-1.4) / (1 + e^-0.8 + e^-1.4) = (-0.179732 - 0.172618) / 1.695926 = -0.207762
+    e = torch.tensor(2.0, requires_grad=True)
+    nca_loss(SIMS[:1], Y0[:1], e, 0.6).backward()
+    assert e.grad.item() == pytest.approx(-0.207762, abs=1e-6)
+
+
+def test_nca_paper_form_hand_values():
+    """PODNet Eq. 8: [ -log( exp(eta (s_y - delta)) / sum_{j != y} exp(eta s_j) ) ]_+."""
     eta, delta = 2.0, 0.6
-    # release nca(): margin on every similarity cancels, no clamp:
-    # sample 1: log(exp(0.2) + exp(-0.4)) - 1.0; sample 2: log(2 exp(-2)) - 1.8 = -3.107 (kept negative)
-    r1 = math.log(math.exp(0.2) + math.exp(-0.4)) - 1.0
-    r2 = math.log(2 * math.exp(-2.0)) - 1.8
-    assert r2 < 0
-    assert podnet_nca(sims, y, eta, delta, "release").item() == pytest.approx((r1 + r2) / 2, rel=1e-6)
-    # paper Eq. 8: the margin on the target, clamped: sample 1 + 2 * 0.6, sample 2 -> 0
-    p1 = r1 + 2 * 0.6
-    assert podnet_nca(sims, y, eta, delta, "paper").item() == pytest.approx((p1 + 0.0) / 2, rel=1e-6)
-    # the learned scale: d/d eta = -(s_y - delta) + E_softmax[s_neg] (paper) vs -s_y + E_softmax[s_neg] (release)
-    for form, shift in (("release", 0.0), ("paper", delta)):
-        e = torch.tensor(eta, requires_grad=True)
-        podnet_nca(sims[:1], y[:1], e, delta, form).backward()
-        w = torch.softmax(torch.tensor([0.2, -0.4]), 0)
-        expected = -(0.5 - shift) + float(w[0] * 0.1 + w[1] * -0.2)
-        assert e.grad.item() == pytest.approx(expected, rel=1e-5)
+    # [0.5, 0.1, -0.2]: log(e^0.2 + e^-0.4) - 2 (0.5 - 0.6) = log(1.891723) + 0.2 = 0.837488
+    # [0.9, -1, -1]: log(2 e^-2) - 2 (0.9 - 0.6) = -1.906853 -> hinge 0
+    # [0.1, 0.5, -0.2]: log(e^1.0 + e^-0.4) - 2 (0.1 - 0.6) = log(3.388602) + 1.0 = 2.220417
+    expected = [0.837488, 0.0, 2.220417]
+    assert nca_loss(SIMS, Y0, eta, delta, "paper", reduction="none").tolist() == pytest.approx(expected, abs=1e-6)
+    # the learned scale: d/d eta = -(s_y - delta) + E_softmax[s_neg] = 0.1 + (0.1 e^0.2 - 0.2 e^-0.4)/(e^0.2 + e^-0.4)
+    e = torch.tensor(eta, requires_grad=True)
+    nca_loss(SIMS[:1], Y0[:1], e, delta, "paper").backward()
+    w = [math.exp(0.2), math.exp(-0.4)]
+    assert e.grad.item() == pytest.approx(0.1 + (w[0] * 0.1 - w[1] * 0.2) / sum(w), rel=1e-5)
+    with pytest.raises(ValueError):
+        nca_loss(SIMS, Y0, eta, delta, "target")
 
 
 def test_spherical_kmeans_returns_unit_centroids():
@@ -207,9 +270,9 @@ def test_balanced_finetune_is_one_sgd_step_on_the_proxies_only(feature_benchmark
     ds = s.memory.dataset().eval()
     feats, y = s.extract_features(ds), torch.as_tensor(list(ds.targets))
     w = before["classifier.weight"].clone().requires_grad_(True)
-    clf = LSCClassifier(16, s.model.classifier.proxies)
+    clf = LSCClassifier(16, s.model.classifier.proxies, similarity=s.model.classifier.similarity)
     clf.weight = torch.nn.Parameter(w)
-    loss = podnet_nca(clf(feats)[:, :4], y, s.model.classifier.eta.detach(), 0.6, s.scfg["nca_form"])
+    loss = nca_loss(clf(feats)[:, :4], y, s.model.classifier.eta.detach(), 0.6, s.scfg["nca_form"])
     (grad,) = torch.autograd.grad(loss, clf.weight)
     s.scfg.update(balanced_finetune_epochs=1, balanced_finetune_lr=0.05)
     s.balanced_finetune()
@@ -229,7 +292,7 @@ def test_balanced_finetune_lowers_the_loss_on_the_balanced_memory(feature_benchm
 
     def loss():
         with torch.no_grad():
-            return podnet_nca(s.model.classifier(feats)[:, :4], y, eta, 0.6, s.scfg["nca_form"]).item()
+            return nca_loss(s.model.classifier(feats)[:, :4], y, eta, 0.6, s.scfg["nca_form"]).item()
 
     start = loss()
     s.scfg.update(balanced_finetune_epochs=20)

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from .. import metrics
+from ..config import method_name
 from ..rundir import COMPLETE, config_hash, read_matrix
 
 #: Config keys that do not distinguish a configuration (seed is what groups average over).
@@ -82,9 +83,12 @@ class Run:
     completed_at: float
     config_id: str
     config_hash: str
-    variant: str = ""
+    variant: str = ""  # the leaderboard's variant: the named variant, then config keys that differ
     git_commit: str | None = None
     catalogue: dict | None = None  # the method's catalogue entry the run recorded (metrics.json)
+    #: {strategy key: value} of the named variant the run recorded (empty: the method itself)
+    method_variant: dict = field(default_factory=dict)
+    variant_name: str = ""  # its name, e.g. "+ old-class BCE" (config.variant_label)
 
     def flat_cfg(self) -> dict:
         return flatten(self.cfg)
@@ -108,6 +112,8 @@ class Group:
     protocol = property(lambda self: self.first.protocol)
     trained_modality = property(lambda self: self.first.trained_modality)
     variant = property(lambda self: self.first.variant)
+    method_variant = property(lambda self: self.first.method_variant)
+    variant_name = property(lambda self: self.first.variant_name)
     cfg = property(lambda self: self.first.cfg)
     num_tasks = property(lambda self: self.first.num_tasks)
 
@@ -322,7 +328,31 @@ def _load_run(path: Path, warnings: list[str]) -> Run | None:
         config_hash=config_hash(cfg),
         git_commit=env.get("git_commit"),
         catalogue=run_info.get("catalogue"),
+        **_recorded_variant(cfg, run_info, str(strategy)),
     )
+
+
+def _recorded_variant(cfg: dict, run_info: dict, strategy: str) -> dict:
+    """The named variant a run recorded (metrics.json ``run.variant``, ``run.variant_name``). A run
+    written before runs recorded it gets it from its config and the built-in strategy's document
+    (its protocol sections without per-dataset settings); a method outside the package is never
+    loaded here (that would run its code), so such a run counts as the method itself."""
+    if "variant" in run_info:
+        variant, name = run_info.get("variant"), run_info.get("variant_name", "")
+        if not isinstance(variant, dict) or not isinstance(name, str):
+            raise MalformedRun("metrics.json 'run.variant' is not a mapping with a name")
+        return {"method_variant": variant, "variant_name": name}
+    from ..config import method_variant, variant_label
+    from ..errors import ConfigError
+    from ..strategies import is_builtin
+
+    if not is_builtin(strategy):
+        return {}
+    try:
+        variant = method_variant(cfg)
+        return {"method_variant": variant, "variant_name": variant_label(cfg, variant)}
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def _seed(cfg: dict, run_info: dict) -> int:
@@ -368,9 +398,15 @@ def _label_variants(runs: list[Run]) -> None:
     """Within each (strategy, benchmark, protocol), name each configuration by the config keys
     whose values differ between the configurations present (empty when there is only one)."""
     by_cell: dict[tuple, dict[str, dict]] = {}
+    named: dict[tuple, set] = {}  # the variant keys of a cell: named by the variant, not listed again
     for r in runs:
         flat = {k: v for k, v in r.flat_cfg().items() if k.split(".")[0] not in NOT_CONFIG and k != "modality"}
         by_cell.setdefault((r.strategy, r.benchmark, r.protocol), {})[r.config_id] = flat
+        named.setdefault((r.strategy, r.benchmark, r.protocol), set()).update(f"strategy.{k}" for k in r.method_variant)
+    for cell, cfgs in by_cell.items():
+        for f in cfgs.values():
+            for k in named[cell]:
+                f.pop(k, None)
     labels: dict[str, str] = {}
     for cfgs in by_cell.values():
         if len(cfgs) < 2:
@@ -382,7 +418,7 @@ def _label_variants(runs: list[Run]) -> None:
         for cid, f in cfgs.items():
             labels[cid] = ", ".join(f"{k}={f.get(k)}" for k in varying)
     for r in runs:
-        r.variant = labels.get(r.config_id, "")
+        r.variant = "; ".join(x for x in (r.variant_name, labels.get(r.config_id, "")) if x)
 
 
 def collect(results_dirs, where: dict | None = None) -> Collection:
@@ -424,7 +460,7 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
             g.runs.append(r)
     col = Collection(runs, list(groups.values()), incomplete, warnings, method_catalogue(runs))
     for g in col.groups:
-        g.display_name = col.display(g.strategy)
+        g.display_name = method_name(col.display(g.strategy), g.variant_name)
     return col
 
 
@@ -442,7 +478,8 @@ def method_catalogue(runs: list[Run]) -> dict[str, dict]:
 def pick_group(
     groups: list[Group], strategy: str, benchmark: str, protocol: str, modality: str, predicate=None
 ) -> tuple[Group | None, int]:
-    """The group shown in a table cell, and how many other configurations were left out.
+    """The group shown in a table cell, and how many other configurations were left out
+    (``predicate(group)``: which groups the cell may show).
 
     Preference: a run trained in the predicted modality, then the most seeds, then the latest.
     """
@@ -453,7 +490,7 @@ def pick_group(
         and g.benchmark == benchmark
         and g.protocol == protocol
         and g.modality == modality
-        and (predicate is None or predicate(g.cfg))
+        and (predicate is None or predicate(g))
     ]
     if not cands:
         return None, 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..strategies import UPPER_BOUND, paper_order_key
 from .collect import Collection, Group, pick_group
-from .tables import AVCIL_PAPER, CIGN_PAPER, MOD_TITLE, MODALITIES, full_method
+from .tables import AVCIL_PAPER, CIGN_PAPER, MOD_TITLE, MODALITIES, full_method, shows
 
 
 def _plt():
@@ -102,12 +102,14 @@ def representatives(col: Collection, benchmark: str, protocol: str, modality: st
     """The group per strategy that the tables show for this cell, in the papers' row order."""
     family = (AVCIL_PAPER if protocol == "av-cil" else CIGN_PAPER)[0]
     present = {
-        g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol and g.modality == modality
+        (g.strategy, g.variant_name)
+        for g in col.groups
+        if g.benchmark == benchmark and g.protocol == protocol and g.modality == modality and full_method(g.cfg)
     }
-    ordered = sorted(present, key=paper_order_key(family))
+    order = paper_order_key(family)
     out = []
-    for s in ordered:
-        g, _ = pick_group(col.groups, s, benchmark, protocol, modality, full_method)
+    for s, v in sorted(present, key=lambda sv: (order(sv[0]), sv[1])):  # a method, then its named variants
+        g, _ = pick_group(col.groups, s, benchmark, protocol, modality, shows(v))
         if g is not None:
             out.append(g)
     return out

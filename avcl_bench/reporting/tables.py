@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import method_name
 from ..strategies import UPPER_BOUND, members
 from .collect import Collection, Group, Stat, pick_group
 from .published import lookup
@@ -44,6 +45,7 @@ AVCIL_PAPER = ("avcil", "av-cil")
 CIGN_LAYOUT = ("cign-table1", "cign-table2", "cign-table3")
 AVCIL_LAYOUT = ("avcil-tables",)
 #: CIGN Table 4 rows: (avctd, avcg) and labels as in reports/published/cign.csv.
+ABLATION_KEYS = frozenset({"avctd", "avcg"})
 ABLATION_ROWS = [
     ((False, False), "w/o AVCTD and AVCG"),
     ((True, False), "AVCTD only"),
@@ -347,21 +349,40 @@ def _flag(cfg: dict, key: str) -> bool:
 
 
 def full_method(cfg: dict) -> bool:
-    """Not an ablation variant: CIGN with both modules (or a strategy without these switches)."""
+    """Not an ablation: CIGN with both modules (or a strategy without these switches)."""
     return _flag(cfg, "avctd") and _flag(cfg, "avcg")
 
 
-def listed_rows(col: Collection, tables, paper: tuple[str, str]) -> list[tuple[str, str]]:
-    """(strategy, label) of the methods whose catalogue entry lists any of ``tables``, in the
-    paper's row order; the paper's own method labelled "(ours)"."""
+def shows(variant_name: str):
+    """The groups of a table row: the runs of exactly that variant ("" = the method itself, as its
+    paper or release defines it)."""
+    return lambda g: g.variant_name == variant_name
+
+
+def _ablation_only(g: Group) -> bool:
+    """A CIGN run whose only variant is the Table 4 ablation (shown in the ablation table)."""
+    return g.strategy == "cign" and bool(g.method_variant) and set(g.method_variant) <= ABLATION_KEYS
+
+
+def listed_rows(col: Collection, tables, paper: tuple[str, str]) -> list[tuple[str, str, str]]:
+    """(strategy, label, variant name "") of the methods whose catalogue entry lists any of
+    ``tables``, in the paper's row order; the paper's own method labelled "(ours)"."""
     family, own = paper
-    return [(s, col.display(s) + (" (ours)" if s == own else "")) for s in members(tables, family, col.catalogue)]
+    return [(s, col.display(s) + (" (ours)" if s == own else ""), "") for s in members(tables, family, col.catalogue)]
 
 
-def _extras(col: Collection, benchmark: str, protocol: str, listed) -> list[tuple[str, str]]:
-    present = sorted({g.strategy for g in col.groups if g.benchmark == benchmark and g.protocol == protocol})
-    known = {s for s, _ in listed}
-    return [(s, col.display(s)) for s in present if s not in known]
+def _extras(col: Collection, benchmark: str, protocol: str, listed) -> list[tuple[str, str, str]]:
+    """Rows for what ran here besides the listed methods: other methods, and every named variant
+    of a method (its own row, labelled with the variant's name, never in the method's row)."""
+    present = sorted(
+        {
+            (g.strategy, g.variant_name)
+            for g in col.groups
+            if g.benchmark == benchmark and g.protocol == protocol and not _ablation_only(g)
+        }
+    )
+    known = {(s, v) for s, _, v in listed}
+    return [(s, method_name(col.display(s), v), v) for s, v in present if (s, v) not in known]
 
 
 def _with_extras(rows, extras):
@@ -428,17 +449,17 @@ def cign_table(
         paper=f"CIGN {paper_table}" if paper_table else "",
     )
     listed = listed_rows(col, tables, CIGN_PAPER)
-    for strategy, label in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
+    for strategy, label, vname in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
         cells = []
         for c in columns:
-            g, alt = pick_group(col.groups, strategy, benchmark, protocol, c.modality, full_method)
+            g, alt = pick_group(col.groups, strategy, benchmark, protocol, c.modality, shows(vname))
             cell = _cell(g, alt, c.metric)
-            if paper_table:
+            if paper_table and not vname:  # a variant is not the paper's method: nothing published
                 cell.published, cell.source = lookup(
                     pub, paper="CIGN", table=paper_table, strategy=strategy, modality=c.modality, metric=c.metric
                 )
             cells.append(cell)
-        row = Row([label], strategy, None, cells, extra=strategy not in dict(listed))
+        row = Row([label], strategy, None, cells, extra=(strategy, label, vname) not in listed)
         if only_present and not any(c.stat.n or not math.isnan(c.published) for c in cells):
             continue
         t.rows.append(row)
@@ -468,8 +489,10 @@ def ablation_table(
     )
     for (a, b), _label in ABLATION_ROWS:
 
-        def pred(cfg, a=a, b=b):
-            return _flag(cfg, "avctd") == a and _flag(cfg, "avcg") == b
+        def pred(g, a=a, b=b):  # exactly the paper's ablation: no other variant in the run
+            return (
+                _flag(g.cfg, "avctd") == a and _flag(g.cfg, "avcg") == b and set(g.method_variant) <= ABLATION_KEYS
+            )
 
         cells = []
         for c in columns:
@@ -520,17 +543,17 @@ def avcil_table(
     )
     listed = listed_rows(col, AVCIL_LAYOUT, AVCIL_PAPER)
     for m in MODALITIES:
-        for strategy, label in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
-            g, alt = pick_group(col.groups, strategy, benchmark, protocol, m, full_method)
+        for strategy, label, vname in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
+            g, alt = pick_group(col.groups, strategy, benchmark, protocol, m, shows(vname))
             cells = []
             for c in columns:
                 cell = _cell(g, alt, c.metric, c.step)
-                if compare and c.comparable:
+                if compare and c.comparable and not vname:
                     cell.published, cell.source = lookup(
                         pub, paper="AV-CIL", benchmark=benchmark, strategy=strategy, modality=m, metric=c.metric
                     )
                 cells.append(cell)
-            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=strategy not in dict(listed)))
+            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=(strategy, label, vname) not in listed))
     _common_notes(t, AVCIL_METRIC_NOTE)
     if compare:
         t.notes.append(
@@ -562,18 +585,18 @@ def avcil_summary(col: Collection, pub, compare: bool = True) -> Table:
     for b, _ in AVCIL_BENCHMARKS:
         extras += [e for e in _extras(col, b, "av-cil", listed) if e not in extras]
     for m in MODALITIES:
-        for strategy, label in _with_extras(listed, extras):
+        for strategy, label, vname in _with_extras(listed, extras):
             cells = []
             for c in columns:
                 b = bench_of[c.group]
-                g, alt = pick_group(col.groups, strategy, b, "av-cil", m, full_method)
+                g, alt = pick_group(col.groups, strategy, b, "av-cil", m, shows(vname))
                 cell = _cell(g, alt, c.metric)
-                if compare:
+                if compare and not vname:
                     cell.published, cell.source = lookup(
                         pub, paper="AV-CIL", benchmark=b, strategy=strategy, modality=m, metric=c.metric
                     )
                 cells.append(cell)
-            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=strategy not in dict(listed)))
+            t.rows.append(Row([MOD_TITLE[m], label], strategy, m, cells, extra=(strategy, label, vname) not in listed))
     _common_notes(t, AVCIL_METRIC_NOTE)
     return t
 

@@ -8,8 +8,10 @@ Specification: ``shared/spec/av-cil.md`` (baseline table; release ``AFC/train_in
   2020, Sec. 3.2): K = 10 proxies per class; a class's similarity is the softmax-weighted sum of
   its proxies' similarities ``-||x_hat - w_hat||^2``. Proxies of earlier steps are frozen (release:
   their parameter group has lr 0); a fresh learnable scale per step (release: ``factor = 1``).
-- **Loss** — :func:`nca_loss` (PODNet Eq. 8, margin 0.6) over all seen classes, on the new data
-  with the exemplars merged into it, plus from step 1 on
+- **Loss** — :func:`nca_loss` in the release's form (``AFC/train_incremental_afc.py`` ``nca()``,
+  PODNet's release ``nca()``: margin 0.6 on every similarity, where it cancels; the target's slot
+  of the denominator exp(0) after the max shift; bounded below by 0) over all seen classes, on the
+  new data with the exemplars merged into it, plus from step 1 on
   ``lam_disc * sqrt(step + 1) * L_disc`` (release: ``lam_disc = 0.5``, ``lam_t = (step+1)**0.5``).
 - **Importance-weighted feature distillation** — :func:`feature_distillation` on the
   L2-normalised features the release distils (audio-visual: audio feature ``f_a``, visual feature
@@ -24,14 +26,11 @@ Specification: ``shared/spec/av-cil.md`` (baseline table; release ``AFC/train_in
 - **Variants** — ``strategy.classifier: nme`` (nearest mean of exemplars over normalised features,
   the release's default) or ``lsc`` (the proxy classifier's scores).
 
-Deviations (also in ``strategies/afc.yaml``): the release's ``nca()`` subtracts the margin from
-*every* similarity (so it cancels) and keeps the positive in the denominator as exp(0) after the
-max-shift; :func:`nca_loss` applies the margin to the target only and excludes the positive
-(PODNet Eq. 8), ``margin_mode='all'`` reproduces the cancelling margin. The release weighs three
-feature groups per sample by their gradient norms on each batch, taking the gradient through a
-copy of the grown model (random new proxies included); here the importance is per channel (AFC's
-formulation), computed once per step with the previous model on its own classes over the
-exemplar memory, and the group weights are its per-group norms.
+Deviations (also in ``strategies/afc.yaml``): the release weighs three feature groups per sample
+by their gradient norms on each batch, taking the gradient through a copy of the grown model
+(random new proxies included); here the importance is per channel (AFC's formulation), computed
+once per step with the previous model on its own classes over the exemplar memory, and the group
+weights are its per-group norms.
 """
 
 from __future__ import annotations
@@ -44,9 +43,9 @@ from torch import nn
 
 from ..models.avcil import AVCILNet
 from . import register
-from .base import AVCLStrategy, PreviousModel, to_device
+from .base import AVCLStrategy, PreviousModel, frozen_copy, to_device
 from .losses import nca_loss, proxy_attention_pool
-from .memory import ClassMeans, ExemplarMemory, herding_select
+from .memory import ClassMeans, ExemplarMemory
 
 # ----------------------------------------------------------------------------- classifier
 
@@ -112,9 +111,7 @@ def feature_groups(out: dict, modality: str) -> dict:
     return {n: out[n] for n in GROUPS[modality]}
 
 
-def feature_gradients(
-    model: AVCILNet, x, y: torch.Tensor, num_classes: int, margin: float = 0.6, margin_mode: str = "target"
-) -> dict:
+def feature_gradients(model: AVCILNet, x, y: torch.Tensor, num_classes: int, margin: float = 0.6) -> dict:
     """Per-sample gradients of ``model``'s NCA loss (summed over the batch, over its first
     ``num_classes`` classes) w.r.t. each distilled feature group: {group: (B, C)}."""
     with torch.no_grad():
@@ -135,7 +132,7 @@ def feature_gradients(
         if f_v is not None:
             leaves["f_v"] = f_v
         sims = model.classifier(fused)[:, :num_classes]
-        loss = nca_loss(sims, y, model.classifier.scale.detach(), margin, margin_mode, reduction="sum")
+        loss = nca_loss(sims, y, model.classifier.scale.detach(), margin, reduction="sum")  # release nca()
         names = GROUPS[model.modality]
         grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(leaves[n])).detach() for n, g in zip(names, grads)}
@@ -145,6 +142,18 @@ def channel_importance(grads: dict) -> dict:
     """Importance of every channel of every group: the root mean square over samples of the
     gradient of the previous model's loss w.r.t. that channel, {group: (C,)} (AFC Sec. 3)."""
     return {n: g.float().pow(2).mean(0).sqrt() for n, g in grads.items()}
+
+
+def sample_importance_weights(grads: dict) -> dict:
+    """The AV-CIL release's per-sample group weights (AFC/train_incremental_afc.py l.334-353):
+    ``I_g(x) = ||dL/df_g(x)||``, ``w_g(x) = I_g(x) / sum_h I_h(x)``; {group: ((B,), None)}. One group
+    (audio or visual only): weight 1, the release's unweighted distance (l.355-356)."""
+    if len(grads) == 1:
+        (n, g), = grads.items()
+        return {n: (torch.ones(g.shape[0], device=g.device), None)}
+    norms = {n: g.float().norm(dim=1) for n, g in grads.items()}
+    total = sum(norms.values()).clamp_min(1e-12)
+    return {n: (v / total, None) for n, v in norms.items()}
 
 
 def importance_weights(importance: dict | None, dims: dict) -> dict:
@@ -178,7 +187,7 @@ def feature_distillation(new: dict, old: dict, weights: dict, eps: float = 1e-12
     for n, (w, c) in weights.items():
         d = F.normalize(new[n].float(), dim=1) - F.normalize(old[n].float().detach(), dim=1)
         sq = d.pow(2) if c is None else d.pow(2) * c.to(d.device)
-        term = w * torch.sqrt(sq.sum(1) + eps).mean()
+        term = (w * torch.sqrt(sq.sum(1) + eps)).mean()  # w: a number, or one per sample
         total = term if total is None else total + term
     return total
 
@@ -240,6 +249,9 @@ class AFC(AVCLStrategy):
         self.previous = self.add_part("previous", PreviousModel())
         #: channel importance of the previous model, computed when a step starts
         self.importance = None
+        #: strategy.importance release: the grown model as the step starts, random new proxies
+        #: included, before imprinting (the release's old_model)
+        self.grown_copy = None
 
     @classmethod
     def build_model(cls, cfg: dict):
@@ -252,7 +264,10 @@ class AFC(AVCLStrategy):
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)  # grows the classifier (old proxies frozen)
         if self.task_id > 0:
-            self.importance = self.compute_importance()
+            if self.scfg["importance"] == "release":
+                self.grown_copy = frozen_copy(self.model)  # release train_incremental_afc.py l.257/272, before l.275
+            else:
+                self.importance = self.compute_importance()
             self.imprint()
 
     @torch.no_grad()
@@ -283,7 +298,7 @@ class AFC(AVCLStrategy):
         n = 0
         for batch in self._loader(mem):
             x, y = to_device(batch[0], self.device), batch[1].to(self.device)
-            grads = feature_gradients(self.previous.model, x, y, self.num_old, s["nca_margin"], s["margin_mode"])
+            grads = feature_gradients(self.previous.model, x, y, self.num_old, s["nca_margin"])
             part = {k: g.pow(2).sum(0) for k, g in grads.items()}
             sq = part if sq is None else {k: sq[k] + part[k] for k in sq}
             n += y.numel()
@@ -311,10 +326,15 @@ class AFC(AVCLStrategy):
     def loss_terms(self, out: dict, old: dict | None, y: torch.Tensor) -> dict:
         s = self.scfg
         sims = out["logits"][:, : self.num_seen]
-        terms = {"nca": nca_loss(sims, y, self.model.classifier.scale, s["nca_margin"], s["margin_mode"])}
+        # AV-CIL release AFC/train_incremental_afc.py nca(): bounded, >= 0 (losses.nca_loss "release")
+        terms = {"nca": nca_loss(sims, y, self.model.classifier.scale, s["nca_margin"])}
         if old is not None:
             groups = feature_groups(out, self.model.modality)
-            weights = importance_weights(self.importance, groups)
+            if self.scfg["importance"] == "release":
+                grads = feature_gradients(self.grown_copy, self.mb_x, y, self.num_seen, s["nca_margin"])
+                weights = sample_importance_weights(grads)
+            else:
+                weights = importance_weights(self.importance, groups)
             lam_t = math.sqrt(self.task_id + 1)  # release: lam_t = (step + 1) ** 0.5
             terms["disc"] = (
                 s["lam_disc"] * lam_t * feature_distillation(groups, feature_groups(old, self.model.modality), weights)
@@ -325,7 +345,7 @@ class AFC(AVCLStrategy):
         old = None
         if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
-                old = self.previous.model.forward_all(self.mb_x)
+                old = self.previous.model.forward_all(self.mb_x)  # = grown_copy's features (same backbone)
         terms = self.loss_terms(self._out, old, self.mb_y)
         return sum(terms.values())
 
@@ -339,23 +359,10 @@ class AFC(AVCLStrategy):
         return {self.modality: -torch.cdist(f, means)}  # nearest mean of exemplars
 
     @torch.no_grad()
-    def class_means_with_current_classes(self) -> torch.Tensor:
-        """The exemplar means at the current quota, plus the means of the current step's classes
-        herded from the current data with the current model, as the release does at every epoch
-        for NME validation (they have no exemplars yet)."""
-        means = self.class_means.compute(self)
-        q = self.memory.quota(self.num_seen)
-        missing = [c for c in range(self.num_old, self.num_seen) if c not in self.memory.store]
-        if missing:
-            f, lab = self.features(self.experience.dataset)
-            for c in missing:
-                fc = f[lab == c]
-                means[c] = fc[herding_select(fc, q)].mean(0)
-        return means
-
     def _after_training_epoch(self, **kwargs):
         if self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"] and self.val_experiences:
-            self.class_means.means = self.class_means_with_current_classes()
+            # the release's NME validation after every epoch (AFC/train_incremental_afc.py)
+            self.class_means.means = self.class_means.compute_with_current_classes(self)
         super()._after_training_epoch(**kwargs)
 
     def load_checkpoint_state(self, state: dict, train_experiences) -> None:

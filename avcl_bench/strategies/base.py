@@ -450,6 +450,14 @@ class AVCLStrategy(SupervisedTemplate):
         return 100.0 * sum(c for c, _ in res) / max(1, sum(n for _, n in res))
 
     # ---- model selection on validation (AV-CIL release) -----------------------------------
+    def selection_experiences(self) -> list:
+        """The validation experiences that select the kept epoch and stop training
+        (``train.select_on``): the current task's, or every seen task's (the AV-CIL release's,
+        allowed under its protocol only: config.validate)."""
+        if self.cfg["train"]["select_on"] == "seen":
+            return self.val_experiences[: self.task_id + 1]
+        return self.val_experiences[self.task_id : self.task_id + 1]
+
     def _before_training_epoch(self, **kwargs):
         super()._before_training_epoch(**kwargs)
         if self.clock.train_exp_epochs == 0:
@@ -503,7 +511,7 @@ class AVCLStrategy(SupervisedTemplate):
         super()._after_training_epoch(**kwargs)
         acc = None
         if self.cfg["train"]["select_best_on_val"] and self.val_experiences:
-            acc = self.pooled_accuracy(self.val_experiences[: self.task_id + 1])
+            acc = self.pooled_accuracy(self.selection_experiences())
             if acc > self._best_val[0]:
                 state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._best_val = (acc, state)

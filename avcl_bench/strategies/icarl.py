@@ -16,6 +16,11 @@
   the renormalised means of the normalised exemplar features, a sample goes to the class whose
   mean is nearest to its normalised feature; ``classifier: fc`` keeps the trained linear head
   (the AV-CIL release reports both).
+- Model selection (``train.select_best_on_val``) with the classifier that is reported: with NME,
+  after every epoch the current classes' exemplars are herded with that epoch's model and the
+  validation accuracy is the NME rule's with those means (the AV-CIL release,
+  ``iCaRL/train_incremental_icarl.py`` l.235-286); the kept epoch's model herds the same exemplars
+  again after the experience (herding is deterministic), so the memory is the kept epoch's.
 
 The BCE terms are averaged over samples and classes (the paper sums over classes; the factor
 1/num_seen is the only difference). Avalanche's ICaRL reads ``mb_x.shape`` and needs
@@ -79,11 +84,16 @@ class ICaRL(AVCLStrategy):
             old = self.previous.outputs(self)["logits"]
         return icarl_loss(self.mb_output, self.mb_y, old, self.num_old, self.num_seen, self.scfg["loss"])
 
+    def _after_training_epoch(self, **kwargs):
+        if self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"] and self.val_experiences:
+            # validate with the NME rule over the exemplars this epoch's model would keep (release l.235-238)
+            self.class_means.means = self.class_means.compute_with_current_classes(self)
+        super()._after_training_epoch(**kwargs)
+
     def predict(self, x) -> dict:
         means = self.class_means.means
         if self.scfg["classifier"] != "nme" or means is None or means.shape[0] < self.num_seen:
-            # FC head; also while an experience is being trained (the new classes have no
-            # exemplars yet, e.g. for best-epoch selection on validation data)
+            # FC head; also before the first experience's exemplars exist without per-epoch selection
             return super().predict(x)
         with self.autocast():
             feats = self.model.forward_features(x)

@@ -4,8 +4,9 @@
 - :func:`taskwise_kd` — SS-IL's task-wise distillation (Ahn et al. 2021, Eq. 5), also the KD term
   of AV-CIL's release: one softmax per old task's logit slice.
 - :func:`separated_ce` — SS-IL's separated softmax (Ahn et al. 2021, Eq. 4), also AV-CIL's CE.
-- :func:`nca_loss`, :func:`proxy_attention_pool` — PODNet's NCA loss with margin (Douillard et al.
-  2020, Eq. 8) and local-similarity-classifier pooling (Eq. 7); PODNet's and AFC's classifiers.
+- :func:`nca_loss`, :func:`proxy_attention_pool` — PODNet's NCA loss (the releases' bounded
+  ``nca()``, or Eq. 8 of Douillard et al. 2020) and local-similarity-classifier pooling (Eq. 7);
+  PODNet's and AFC's classifiers.
 - CIGN's terms (Eq. 8-10): :func:`bce_heads`, :func:`token_kl`, :func:`token_ce`,
   :func:`continual_grouping_loss` and :func:`cign_loss_terms`, kept here (pure torch, no Avalanche)
   so that ``perf/bench_cign.py`` runs on a machine with torch alone.
@@ -62,37 +63,57 @@ def separated_ce(
     return loss / max(1, n_new + n_old)
 
 
+#: the forms of :func:`nca_loss`
+NCA_FORMS = ("release", "paper")
+
+
 def nca_loss(
     similarities: torch.Tensor,
     y: torch.Tensor,
     scale=1.0,
     margin: float = 0.6,
-    margin_mode: str = "target",
+    form: str = "release",
     reduction: str = "mean",
-    hinge: bool = False,
 ) -> torch.Tensor:
-    """NCA loss with margin (PODNet Eq. 8; AFC's classification loss):
+    """NCA classification loss over class similarities s with scale eta (PODNet's, AFC's).
 
-        l_i = -log( exp(eta (s_{i,y_i} - delta)) / sum_{j != y_i} exp(eta s_{i,j}) )
+    ``release`` (the default): the releases' ``nca()``, bounded below by 0,
 
-    ``margin_mode='target'`` subtracts delta from the target similarity only (the paper);
-    ``'all'`` subtracts it from every similarity, where it cancels (AFC release's ``nca()``).
-    ``scale`` is eta (a tensor for the learnable scale). ``hinge`` clamps each l_i at 0 (PODNet's
-    ``[.]_+``). ``reduction``: mean | sum | none.
+        z_j = eta (s_j - delta) - max_k eta (s_k - delta)
+        l   = -z_y + log( exp(0) + sum_{j != y} exp(z_j) )
+
+    The margin is subtracted from every similarity, so it cancels; after the max shift the
+    target's own slot of the denominator holds exp(0) = 1 (the release zeroes it; its gradient is
+    0). So l >= 0, l is the softmax cross-entropy of eta*s when the target scores highest, and its
+    gradient vanishes as the target pulls ahead. When another class scores highest, l =
+    eta (s_max - s_y) + log(1 + sum_{j != y} exp(eta (s_j - s_max))). The max is not detached (the
+    release's autograd runs through it).
+
+    ``paper``: PODNet Eq. 8, the margin on the target and a hinge, the positive excluded:
+
+        l = [ -log( exp(eta (s_y - delta)) / sum_{j != y} exp(eta s_j) ) ]_+
+
+    ``scale`` is eta (a tensor for the learnable scale). ``reduction``: mean | sum | none.
     """
-    if margin_mode not in ("target", "all"):
-        raise ValueError(f"margin_mode must be 'target' or 'all', got {margin_mode!r}")
+    if form not in NCA_FORMS:
+        raise ValueError(f"form must be one of {NCA_FORMS}, got {form!r}")
     s = similarities.float()
     onehot = F.one_hot(y, s.shape[1]).bool()
-    s = s - margin * onehot if margin_mode == "target" else s - margin
-    s = scale * s
-    pos = s.gather(1, y[:, None]).squeeze(1)
-    if s.shape[1] < 2:  # no negative class: nothing to separate
-        losses = pos * 0.0
+    if form == "release":
+        # PODNet release inclearn/lib/losses/base.py nca() (exclude_pos_denominator, no hinge) =
+        # AV-CIL release AFC/train_incremental_afc.py nca()
+        z = scale * (s - margin)
+        z = z - z.max(1, keepdim=True).values
+        pos = z.gather(1, y[:, None]).squeeze(1)
+        losses = torch.logsumexp(z.masked_fill(onehot, 0.0), dim=1) - pos
     else:
-        losses = torch.logsumexp(s.masked_fill(onehot, float("-inf")), dim=1) - pos
-    if hinge:
-        losses = torch.clamp(losses, min=0.0)
+        # PODNet Eq. 8
+        z = scale * (s - margin * onehot)
+        pos = z.gather(1, y[:, None]).squeeze(1)
+        if s.shape[1] < 2:  # no negative class: nothing to separate
+            losses = pos * 0.0
+        else:
+            losses = torch.clamp(torch.logsumexp(z.masked_fill(onehot, float("-inf")), dim=1) - pos, min=0.0)
     if reduction == "none":
         return losses
     return losses.sum() if reduction == "sum" else losses.mean()

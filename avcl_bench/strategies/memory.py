@@ -218,6 +218,34 @@ class ClassMeans(Part):
                 means[c] = F.normalize(mean, dim=0) if self.renormalise else mean
         return means.to(strategy.device)
 
+    @torch.no_grad()
+    def compute_with_current_classes(self, strategy) -> torch.Tensor:
+        """:meth:`compute`, plus the means of the current experience's classes (which have no
+        exemplars yet) over the exemplars herding would pick for them from the experience's data
+        with the current model: what the memory will hold if training stops here. The AV-CIL
+        release's NME validation after every epoch (iCaRL/train_incremental_icarl.py l.235-238,
+        gen_step_exemplar_set: old exemplars cut to the quota, features recomputed; the step's
+        classes herded anew)."""
+        features = self.features or (lambda ds: F.normalize(strategy.extract_features(ds), dim=1))
+        means = self.compute(strategy)
+        q = self.memory.quota(strategy.num_seen)
+        dataset = strategy.new_training_data()
+        targets = np.asarray(list(dataset.targets))
+        rng = np.random.RandomState()  # a random memory's next draws, without taking them
+        rng.set_state(self.memory.rng.get_state())
+        for c in sorted(set(targets.tolist())):
+            rows = np.flatnonzero(targets == c)
+            if c in self.memory.store or not strategy.num_old <= c < strategy.num_seen:
+                continue
+            if self.memory.selection == "herding":
+                f = features(dataset.subset(rows.tolist()))
+                f = f[herding_select(f, q)]  # iCaRL Alg. 4 picks
+            else:  # the rows ExemplarMemory.update will draw
+                f = features(dataset.subset(rng.permutation(rows)[:q].tolist()))
+            mean = f.mean(0)  # iCaRL Alg. 1
+            means[c] = (F.normalize(mean, dim=0) if self.renormalise else mean).to(means)
+        return means
+
     def after_training_exp(self, strategy) -> None:
         self.means = self.compute(strategy)
 

@@ -29,16 +29,22 @@ Mechanism (PODNet, method section), on the shared AVNet of the run's modality:
   writes a Euclidean distance, whose scale on unnormalised embeddings does not fit the release's
   weight ``lambda_flat``.
 - **LSC**: a local similarity classifier with K proxies per class; the class score is the
-  softmax(over the class's proxies)-weighted cosine similarity
-  y_c = sum_k softmax_k(<theta_ck, h>) <theta_ck, h> (normalised theta and h).
-- **NCA loss** (:func:`podnet_nca`, ``strategy.nca_form``) with a learned scale eta:
-  ``release`` (default) L = -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta (y_i - delta)) ),
-  the release's ``nca()`` (``inclearn/lib/losses/base.py``), where delta cancels and nothing is
-  clamped; ``paper``: Eq. 8, L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+.
-  The two have the same gradient in the similarities wherever Eq. 8 is not clamped; the learned
-  eta's differs: dL/deta = -(y_y - delta) + sum_{i != y} softmax_i(eta y) y_i under Eq. 8, so gradient
-  descent shrinks eta while y_y - delta is below that weighted mean (early in every task), and every
-  NCA gradient scales with eta; under the release form the delta drops out of it.
+  softmax(over the class's proxies)-weighted proxy similarity y_c = sum_k softmax_k(s_ck) s_ck
+  (Eq. 7), with the proxy similarity s_ck of the normalised theta_ck and h given by
+  ``strategy.lsc_similarity``: ``neg_stable_cosine_distance`` s = -||h_hat - theta_hat||^2 =
+  2 cos - 2, in [-4, 0] (the release's ``classifier_config.distance`` in
+  ``options/podnet/podnet_cnn_cifar100.yaml``, computed by ``inclearn/lib/network/classifiers.py``
+  ``CosineClassifier.forward`` with ``inclearn/lib/distance.py`` ``stable_cosine_distance``), or
+  ``cosine`` s = cos(theta_ck, h) (the paper's <theta, h>). Unset (null) it follows
+  ``nca_form``: the release's distance with the release's loss, the cosine with Eq. 8.
+- **NCA loss** (:func:`~avcl_bench.strategies.losses.nca_loss`, ``strategy.nca_form``) with a
+  learned scale eta: ``release`` (default), the release's ``nca()`` (``inclearn/lib/losses/base.py``,
+  ``exclude_pos_denominator`` on, ``hinge_proxynca`` off): z = eta (y - delta) - max eta (y - delta),
+  L = -z_y + log(exp(0) + sum_{i != y} exp(z_i)): the margin cancels, the target's slot of the
+  denominator is exp(0) after the max shift, so L >= 0, L is the softmax cross-entropy of eta*y
+  when the target scores highest and its gradient vanishes as the target pulls ahead;
+  ``paper``: Eq. 8, L = [ -log( exp(eta (y_y - delta)) / sum_{i != y} exp(eta y_i) ) ]_+ (the
+  positive out of the denominator, the margin on the target, the hinge).
 - Total: L_LSC + lambda_c * L_spatial + lambda_f * L_flat, both lambdas scaled by
   sqrt(#seen classes / #new classes) (the adaptive factor PODNet takes from LUCIR).
 - New-class proxies imprinted from k-means centroids of the new classes' normalised features
@@ -106,27 +112,33 @@ def pod_flat_loss(old_feat: torch.Tensor, new_feat: torch.Tensor) -> torch.Tenso
     return (1.0 - F.cosine_similarity(old_feat.float(), new_feat.float(), dim=1)).mean()  # PODNet release
 
 
-def podnet_nca(sims: torch.Tensor, y: torch.Tensor, eta, margin: float, form: str = "release") -> torch.Tensor:
-    """PODNet's NCA classification loss over class similarities ``sims`` with scale ``eta``.
-
-    ``release``: the release's ``nca()`` as its CIFAR-100 config calls it (inclearn/lib/losses/base.py
-    l.43-97; options/podnet/podnet_cnn_cifar100.yaml l.24-27): the margin is subtracted from every
-    similarity, where it cancels between numerator and denominator, and the loss is not clamped
-    (``hinge_proxynca`` False). ``paper``: Eq. 8, the margin on the target similarity and [.]_+."""
-    if form == "release":
-        return nca_loss(sims, y, eta, margin, margin_mode="all", hinge=False)  # PODNet release nca()
-    return nca_loss(sims, y, eta, margin, margin_mode="target", hinge=True)  # PODNet Eq. 8
-
-
 # ---- LSC: local similarity classifier ---------------------------------------------------------------
+#: proxy similarities of :class:`LSCClassifier`
+LSC_SIMILARITIES = ("neg_stable_cosine_distance", "cosine")
+
+
+def lsc_similarity_for(nca_form: str, similarity: str | None = None) -> str:
+    """``strategy.lsc_similarity``, or where unset the one that goes with ``nca_form``: the
+    release's distance with the release's loss, the paper's cosine with Eq. 8."""
+    if similarity is not None:
+        return similarity
+    return "neg_stable_cosine_distance" if nca_form == "release" else "cosine"
+
+
 class LSCClassifier(GrowingRows):
     """K proxies per class (rows c*K .. c*K+K-1 of ``weight``) and a learned NCA scale ``eta``.
 
-    ``forward`` returns the class similarities y_c in [-1, 1] (PODNet's LSC); the NCA loss applies
-    eta. Grows like ``IncrementalLinear``."""
+    ``forward`` returns the class similarities y_c (PODNet's LSC, Eq. 7): in [-4, 0] with
+    ``similarity='neg_stable_cosine_distance'`` (the release's), in [-1, 1] with ``'cosine'``; the
+    NCA loss applies eta. Grows like ``IncrementalLinear``."""
 
-    def __init__(self, in_features: int, proxies: int, eta_init: float = 1.0):
+    def __init__(
+        self, in_features: int, proxies: int, eta_init: float = 1.0, similarity: str = "neg_stable_cosine_distance"
+    ):
         super().__init__()
+        if similarity not in LSC_SIMILARITIES:
+            raise ValueError(f"similarity must be one of {LSC_SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
         self.in_features, self.proxies = in_features, int(proxies)
         self.weight = nn.Parameter(torch.empty(0, in_features))
         self.eta = nn.Parameter(torch.tensor(float(eta_init)))
@@ -141,9 +153,13 @@ class LSCClassifier(GrowingRows):
         return {"weight": fresh}
 
     def proxy_similarities(self, feat: torch.Tensor) -> torch.Tensor:
-        """(B, C, K) cosine similarities between features and proxies."""
-        sims = F.normalize(feat.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
-        return sims.view(feat.shape[0], -1, self.proxies)
+        """(B, C, K) similarities between features and proxies: cos, or -||h_hat - theta_hat||^2."""
+        cos = F.normalize(feat.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+        if self.similarity == "neg_stable_cosine_distance":
+            # PODNet release inclearn/lib/network/classifiers.py CosineClassifier.forward, distance
+            # neg_stable_cosine_distance: -||h_hat - theta_hat||^2 = 2 cos - 2 on unit vectors
+            cos = 2.0 * cos - 2.0
+        return cos.view(feat.shape[0], -1, self.proxies)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         return proxy_attention_pool(self.proxy_similarities(feat))  # PODNet Eq. 7
@@ -222,7 +238,9 @@ class PODNet(AVCLStrategy):
         # NME: cosine to the L2-normalised exemplar means (C, D)
         self.class_means = self.add_part("class_means", ClassMeans(self.memory) if s["classifier"] == "nme" else None)
         self.previous = self.add_part("previous", PreviousModel())
-        self.model.classifier = LSCClassifier(self.model.dim, s["proxies_per_class"], s["eta_init"])
+        self.model.classifier = LSCClassifier(
+            self.model.dim, s["proxies_per_class"], s["eta_init"], lsc_similarity_for(s["nca_form"], s["lsc_similarity"])
+        )
         self.model.to(self.device)
         self._gen = torch.Generator().manual_seed(self.cfg["seed"])
 
@@ -257,7 +275,7 @@ class PODNet(AVCLStrategy):
     def criterion(self):
         s = self.scfg
         sims = self.mb_output[:, : self.num_seen].float()
-        loss = podnet_nca(sims, self.mb_y, self.model.classifier.eta, s["nca_margin"], s["nca_form"])
+        loss = nca_loss(sims, self.mb_y, self.model.classifier.eta, s["nca_margin"], s["nca_form"])
         if self.previous.model is not None and self.num_old > 0:
             with torch.no_grad(), self.autocast():
                 old_feat, old_stages = pod_forward(self.previous.model, self.mb_x, s["pod_square"])
@@ -297,7 +315,7 @@ class PODNet(AVCLStrategy):
             order = torch.randperm(len(targets), generator=self._gen).to(self.device)
             for i in range(0, len(order), bs):
                 idx = order[i : i + bs]
-                loss = podnet_nca(clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, s["nca_form"])
+                loss = nca_loss(clf(feats[idx])[:, : self.num_seen], targets[idx], eta, margin, s["nca_form"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
