@@ -274,21 +274,25 @@ def _add_import_avcil_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the manifest's path")
 
 
+#: run options that set one config key each: (flag, config key = argparse attribute)
+CONFIG_OPTIONS = (
+    ("--modality", "modality"),
+    ("--profile", "profile"),
+    ("--seed", "seed"),
+    ("--data-root", "data_root"),
+    ("--device", "device"),
+    ("--results-dir", "results_dir"),
+    ("--run-id", "run_id"),
+)
+
+
 def _overrides(args) -> dict:
     from .config import parse_set
 
     over = parse_set(args.sets)
-    for key, val in (
-        ("modality", args.modality),
-        ("profile", args.profile),
-        ("seed", args.seed),
-        ("data_root", args.data_root),
-        ("device", args.device),
-        ("results_dir", args.results_dir),
-        ("run_id", args.run_id),
-    ):
-        if val is not None:
-            over[key] = val
+    for _, key in CONFIG_OPTIONS:
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
     if args.allow_missing:
         over["allow_missing"] = True
     if args.quiet:
@@ -304,6 +308,25 @@ def cmd_run(args) -> int:
 
     if not args.strategy and not args.resume:
         raise ConfigError("run needs --strategy NAME (or --resume RUN_DIR)")
+    if args.resume:
+        # the saved config.yaml is the run: an option that would change it is refused, not dropped
+        ignored = [flag for flag, key in CONFIG_OPTIONS if key != "device" and getattr(args, key) is not None]
+        ignored += [
+            flag
+            for flag, given in (
+                ("--benchmark", args.benchmark),
+                ("--allow-missing", args.allow_missing),
+                ("--set", args.sets),
+                ("--overwrite", args.overwrite),
+            )
+            if given
+        ]
+        if ignored:
+            raise ConfigError(
+                f"--resume continues {args.resume} as its config.yaml says; {', '.join(ignored)} would be "
+                "ignored: leave them out (only --device, --quiet and --strategy to confirm its method), "
+                "or start a new run"
+            )
     run(args.strategy, args.benchmark, _overrides(args), quiet=args.quiet, resume=args.resume, overwrite=args.overwrite)
     return 0
 

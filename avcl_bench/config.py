@@ -43,6 +43,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import safe_yaml
 from .data.clips import AudioSpec, VisualSpec
 from .data.features import VISUAL_FORMATS
 from .data.synth import SYNTH_SIZES
@@ -231,7 +232,7 @@ def parse_set(items: Iterable[str]) -> dict:
         if not key:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = result
@@ -249,7 +250,9 @@ def load_yaml(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml.safe_load(path.read_text())
+    except safe_yaml.YAMLTooLarge as exc:
+        raise ConfigError(f"{what} file {path} is refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -99,6 +99,11 @@ class RunDir:
         if problem:
             raise ConfigError(f"run id {str(run_id)[:80]!r} {problem}")
         path = Path(results_dir) / run_id
+        if path.is_symlink():  # --overwrite (or a sweep's fresh attempt) would empty its target
+            raise ConfigError(
+                f"run folder {path} is a link (to {os.readlink(path)}): a run writes only into a real "
+                "folder of the results directory; remove the link or choose another --run-id"
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import cpu_isa, metrics
+from . import cpu_isa, metrics, safe_yaml
 from .config import resolve
 from .data.manifest import load_manifest
 from .errors import NO_SPACE, ConfigError, UserError
@@ -169,6 +169,24 @@ def _on_signal(signum, frame):
     raise RunInterrupted(f"signal {signum}")
 
 
+def _refuse_unconfirmed_code(rd: RunDir, saved_name, confirmed: str | None) -> None:
+    """A run folder is data: resuming one whose config.yaml names a method outside the suite (a
+    file, a module, an entry point) would import and run that code, so the user must name the same
+    method with ``--strategy``; a ``--strategy`` that is another method is refused too."""
+    from .config import strategy_names
+
+    if not isinstance(saved_name, str):
+        raise TypeError(f"strategy.name is {type(saved_name).__name__}, not a name")
+    if confirmed is not None and confirmed != saved_name:
+        raise ConfigError(f"cannot resume {rd.path}: it is a run of '{saved_name}', not of --strategy '{confirmed}'")
+    if saved_name not in strategy_names() and confirmed is None:
+        raise ConfigError(
+            f"cannot resume {rd.path}: its config.yaml names code outside avcl-bench (strategy.name "
+            f"'{saved_name}'), which resuming would import and run; if you trust it, pass "
+            f"--strategy '{saved_name}' with --resume"
+        )
+
+
 def run(
     strategy_name: str | None,
     benchmark: str | None = None,
@@ -199,8 +217,9 @@ def run(
         import yaml
 
         try:
-            saved = yaml.safe_load((rd.path / "config.yaml").read_text())
-            strategy_name = saved["strategy"]["name"]
+            saved = safe_yaml.safe_load((rd.path / "config.yaml").read_text())
+            confirmed, strategy_name = strategy_name, saved["strategy"]["name"]
+            _refuse_unconfirmed_code(rd, strategy_name, confirmed)
             cfg, manifest = build_config(strategy_name, saved["benchmark"], _config_overrides(saved))
         except (ConfigError, KeyError, TypeError, AttributeError, yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
             why = exc if isinstance(exc, ConfigError) else f"malformed ({type(exc).__name__}: {exc})"

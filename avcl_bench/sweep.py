@@ -53,6 +53,7 @@ from pathlib import Path
 
 import yaml
 
+from . import safe_yaml
 from .errors import ConfigError, UserError
 from .strategies import canonical_spec, members, strategy_catalogue
 
@@ -231,8 +232,8 @@ def index_complete_runs(results_dirs) -> dict[str, Path]:
             continue
         for marker in sorted(rdir.glob(f"*/{COMPLETE}")):
             try:
-                cfg = yaml.safe_load((marker.parent / "config.yaml").read_text())
-            except (OSError, yaml.YAMLError):
+                cfg = safe_yaml.safe_load((marker.parent / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):  # one bad folder is no reason to stop
                 continue
             if isinstance(cfg, dict):
                 found.setdefault(config_hash(cfg), marker.parent)
@@ -423,8 +424,8 @@ def _resumable(path: Path, expected_hash: str | None) -> bool:
     if not (path / "checkpoint.pt").is_file() or (path / COMPLETE).exists() or not expected_hash:
         return False
     try:
-        return config_hash(yaml.safe_load((path / "config.yaml").read_text())) == expected_hash
-    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return config_hash(safe_yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))) == expected_hash
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
         return False
 
 
@@ -500,7 +501,7 @@ def execute_spec(spec_json: dict) -> dict:
         if resumed:
             # An interrupted (or failed) attempt left a checkpoint at a task boundary: continue it.
             run(
-                None,
+                spec_json["strategy"],  # the sweep names the method: the folder's own name must agree
                 None,
                 {k: v for k, v in spec_json["overrides"].items() if k in ("device", "progress")},
                 quiet=True,

@@ -83,7 +83,10 @@ def test_module_spec_runs_and_resumes_from_any_directory(
     saved = (results / "cut" / "config.yaml").read_text()
     assert "name: ext_pkg.methods:ModFT" in saved and "unused_knob: 3" in saved  # the document's defaults
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--quiet", "--resume", str(results / "cut")]) == 0
+    # a run folder is data: its method is imported only when the user names it again
+    assert main(["run", "--quiet", "--resume", str(results / "cut")]) == 2
+    assert main(["run", "--quiet", "--resume", str(results / "cut"), "--strategy", "finetune"]) == 2
+    assert main(["run", "--quiet", "--resume", str(results / "cut"), "--strategy", "ext_pkg.methods:ModFT"]) == 0
     info = json.loads((results / "cut" / "metrics.json").read_text())["run"]
     assert info["resumed"] is True and info["display_name"] == "Module FT"
     assert info["catalogue"]["name"] == "mod-ft"
@@ -229,3 +232,28 @@ def test_sweep_plans_a_spec_by_its_catalogue(tmp_path):
     assert mine[0].run_id.startswith("all-mods_synth-av_cign_audio-visual_s0_") and mine[0].status == "pending"
     assert sorted(s.modality for s in specs if s.strategy == "finetune") == ["audio", "visual"]
     assert sw.strategy_available(spec) and not sw.strategy_available(f"{tmp_path}/gone.py:X")
+
+
+def test_a_received_run_folder_runs_no_code(tmp_path, monkeypatch, feature_benchmark, interrupt_after_task, capsys):
+    """A colleague's interrupted run whose config.yaml names a method file beside it: --resume
+    imports nothing, says so in one line and exits 2; other options with --resume are refused."""
+    results = tmp_path / "runs"
+    interrupt_after_task(1)
+    assert run_quick("finetune", results, "cut", feature_benchmark) == 130
+    interrupt_after_task(None)
+    marker = tmp_path / "ran"
+    (results / "cut" / "m.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = results / "cut" / "config.yaml"
+    config.write_text(config.read_text().replace("name: finetune", "name: runs/cut/m.py:X", 1))
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--resume", "runs/cut"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside avcl-bench" in err[0] and "runs/cut/m.py:X" in err[0], err
+    assert not marker.exists()
+    assert not (results / "cut" / "COMPLETE").exists()
+    for extra in (["--seed", "5"], ["--set", "train.lr=0.5"], ["--run-id", "other"], ["--strategy", "lwf"]):
+        assert main(["run", "--quiet", "--resume", "runs/cut", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and (extra[0] in err[0] or "not of --strategy" in err[0]), (extra, err)
+    assert not marker.exists()

@@ -389,7 +389,7 @@ def test_two_runs_of_one_run_id_at_once(feature_benchmark, tmp_path, capsys):
     first = subprocess.Popen([sys.executable, "-m", "avcl_bench.cli"] + args, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (run_dir / LOCK).exists():
+        while not ((run_dir / LOCK).exists() and (run_dir / "config.yaml").exists()):
             assert first.poll() is None and time.time() < deadline, first.stderr.read() if first.poll() else "slow"
             time.sleep(0.01)
         # paused while it holds the folder: the other two meet a live holder however loaded the
@@ -451,6 +451,23 @@ def test_full_results_disk_fails_in_one_line(feature_benchmark, tmp_path):
 
 
 # ----------------------------------------------------------------------------- reports
+def _alias_bomb(levels: int = 9) -> str:
+    text = 'lol0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels):
+        text += f"lol{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n"
+    return text
+
+
+ALIAS_BOMB = _alias_bomb()
+
+
+def test_an_alias_bomb_manifest_is_one_line(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(ALIAS_BOMB + "name: *l8\n")
+    code, err = _run_cli(["check", "--benchmark", str(bomb)], capsys)
+    assert code == 2 and len(err) == 1 and "bomb.yaml" in err[0] and "aliases expand it" in err[0], err
+
+
 def _corrupt_copies(good: Path, results: Path) -> dict[str, str]:
     """Copies of a complete run folder, each broken in one way; {run id: the reason expected}."""
     import shutil
@@ -469,6 +486,11 @@ def _corrupt_copies(good: Path, results: Path) -> dict[str, str]:
             "seed 'abc' is not an integer",
         ),
         "environment-list": (lambda d: (d / "environment.json").write_text("[]"), "environment.json holds a list"),
+        # a 1.5 kB "billion laughs": 9**9 strings once expanded
+        "config-alias-bomb": (
+            lambda d: (d / "config.yaml").write_text((d / "config.yaml").read_text() + ALIAS_BOMB),
+            "config.yaml is refused: its aliases expand it",
+        ),
         "accuracy-inf": (lambda d: _edit_matrix(d, "inf"), "outside [0, 100]"),
         "accuracy-150": (lambda d: _edit_matrix(d, "150.0000"), "outside [0, 100]"),
     }
@@ -561,3 +583,59 @@ def test_two_sweeps_of_one_name_keep_their_own_records(feature_benchmark, tmp_pa
     assert len(records) == 2
     strategies = sorted(run["strategy"] for r in records for run in json.loads(r.read_text())["runs"].values())
     assert strategies == ["finetune", "lwf"]
+
+
+def test_a_run_id_that_is_a_link_is_refused_and_its_target_kept(feature_benchmark, tmp_path, capsys):
+    """`run --overwrite` on a run id that links elsewhere would empty the link's target."""
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "link").symlink_to(target, target_is_directory=True)
+    code, err = _run_cli(run_args(feature_benchmark, results, "link") + ["--overwrite", "--quiet"], capsys)
+    assert code == 2 and len(err) == 1 and "is a link" in err[0] and "link" in err[0], err
+    assert [p.name for p in target.iterdir()] == ["thesis.tex"]
+    assert (target / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_sweep_passes_over_run_folders_it_cannot_read(tmp_path):
+    """A complete run folder whose config.yaml is not UTF-8, is an alias bomb or is torn does not
+    stop the sweep's index of complete runs; the sound folder is found."""
+    from avcl_bench.rundir import COMPLETE, config_hash
+    from avcl_bench.sweep import index_complete_runs
+
+    import yaml
+
+    good = {"seed": 0, "strategy": {"name": "finetune"}}
+    for name, content in (
+        ("good", yaml.safe_dump(good).encode()),
+        ("latin1", "seed: 0\nnote: caf\xe9\n".encode("latin-1")),
+        ("bomb", ALIAS_BOMB.encode()),
+        ("torn", b"seed: [0,\n"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_bytes(content)
+        (tmp_path / name / COMPLETE).write_text("")
+    assert index_complete_runs([tmp_path]) == {config_hash(good): tmp_path / "good"}
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        # a train clip also listed as a test clip: leakage
+        (lambda rows: rows + [rows[1].replace(",train", ",test")], "is in splits test and train"),
+        # one train clip listed 20 times
+        (lambda rows: rows + [rows[1]] * 19, "is listed 20 times"),
+    ],
+)
+def test_a_splits_csv_that_repeats_clips_is_refused(feature_benchmark, tmp_path, capsys, damage, needle):
+    yaml_path = _copy_benchmark(feature_benchmark, tmp_path)
+    splits = yaml_path.parent / "splits.csv"
+    lines = splits.read_text().splitlines()
+    assert lines[0].split(",")[-1] == "split" and lines[1].endswith(",train"), lines[:2]
+    splits.write_text("\n".join([lines[0]] + damage(lines[1:])) + "\n")
+    for args in (["check", "--benchmark", str(yaml_path)], run_args(yaml_path, tmp_path / "r", "x") + ["--quiet"]):
+        code, err = _run_cli(args, capsys)
+        assert code == 2 and len(err) == 1 and "splits.csv" in err[0] and needle in err[0], (args[0], err)
+    assert not (tmp_path / "r" / "x" / "COMPLETE").exists()

@@ -194,6 +194,7 @@ class Manifest:
             problem = name_problem(vid)
             if problem:
                 raise DataError(f"{splits_csv}: row {row + 2}: clip id {str(vid)[:80]!r} {problem}")
+        _refuse_repeated_ids(df, splits_csv)
         index = {name: i for i, name in enumerate(self.classes)}
         unknown = sorted(set(df["label"]) - set(index))
         if unknown:
@@ -216,6 +217,28 @@ class Manifest:
                 raise DataError(
                     f"{self.path.name}: split '{split}' has {got.get(split, 0)} rows, manifest declares {n}"
                 )
+
+
+def _refuse_repeated_ids(df: pd.DataFrame, splits_csv: Path) -> None:
+    """A clip in two splits is train/test leakage; a clip twice in one split weighs it twice in
+    training or evaluation. Either is one line naming the file, the first such clip and the count."""
+    ids = df["id"].astype(str)
+    splits_of = df.groupby(ids)["split"].agg(lambda s: sorted(set(s)))
+    shared = splits_of[splits_of.map(len) > 1]
+    if len(shared):
+        vid, where = shared.index[0], shared.iloc[0]
+        raise DataError(
+            f"{splits_csv}: clip id {vid[:80]!r} is in splits {' and '.join(where)} ({len(shared)} clip(s) in "
+            "more than one split): a clip trained on must not be evaluated"
+        )
+    counts = ids.value_counts()
+    repeated = counts[counts > 1]
+    if len(repeated):
+        vid = repeated.index[0]
+        raise DataError(
+            f"{splits_csv}: clip id {vid[:80]!r} is listed {repeated.iloc[0]} times ({len(repeated)} repeated "
+            "clip id(s)): each clip once"
+        )
 
 
 def load_manifest(name_or_path: str) -> Manifest:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .. import metrics
+from .. import metrics, safe_yaml
 from ..config import method_name
 from ..rundir import COMPLETE, config_hash, read_matrix
 
@@ -251,7 +251,9 @@ def _read_mapping(path: Path, what: str, missing_ok: bool = False) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise MalformedRun(f"{path.name} is unreadable ({type(exc).__name__})") from None
     try:
-        data = yaml.safe_load(text) if what == "yaml" else json.loads(text)
+        data = safe_yaml.safe_load(text) if what == "yaml" else json.loads(text)
+    except safe_yaml.YAMLTooLarge as exc:
+        raise MalformedRun(f"{path.name} is refused: {exc}") from None
     except (yaml.YAMLError, ValueError):
         raise MalformedRun(f"{path.name} is not valid {what.upper()}") from None
     if data is None and missing_ok:
