@@ -173,13 +173,13 @@ def _refuse_unconfirmed_code(rd: RunDir, saved_name, confirmed: str | None) -> N
     """A run folder is data: resuming one whose config.yaml names a method outside the suite (a
     file, a module, an entry point) would import and run that code, so the user must name the same
     method with ``--strategy``; a ``--strategy`` that is another method is refused too."""
-    from .config import strategy_names
+    from .strategies import canonical_spec, is_builtin
 
     if not isinstance(saved_name, str):
         raise TypeError(f"strategy.name is {type(saved_name).__name__}, not a name")
-    if confirmed is not None and confirmed != saved_name:
+    if confirmed is not None and canonical_spec(confirmed) != canonical_spec(saved_name):
         raise ConfigError(f"cannot resume {rd.path}: it is a run of '{saved_name}', not of --strategy '{confirmed}'")
-    if saved_name not in strategy_names() and confirmed is None:
+    if not is_builtin(saved_name) and confirmed is None:
         raise ConfigError(
             f"cannot resume {rd.path}: its config.yaml names code outside avcl-bench (strategy.name "
             f"'{saved_name}'), which resuming would import and run; if you trust it, pass "
