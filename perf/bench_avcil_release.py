@@ -25,6 +25,11 @@ release's per-step "forgetting", averaged = its "Average Forgetting"; the suite'
 the same definition). Every release script prints both in the same format (fractions; iCaRL and
 AFC with NME give the nearest-mean accuracy there).
 Run it on an otherwise idle machine: the ratio of the two wall times is the figure.
+
+    python perf/bench_avcil_release.py --table perf/results/avcil_release_*.json
+
+prints the side-by-side accuracy table of the runs those files hold (``perf/notes/avcil-side-by-side.md``,
+the README), each gap paired by seed.
 """
 
 from __future__ import annotations
@@ -144,12 +149,42 @@ def suite_run(manifest: Path, method: str, seed: int, epochs: int, work: Path, s
     }
 
 
-def mean_std(values: list[float], digits: int = 1) -> str:
+def mean_std(values: list[float], digits: int = 1, sign: str = "") -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+    return f"{statistics.fmean(values):{sign}.{digits}f} ± {sd:.{digits}f}"
+
+
+def accuracy_table(paths: list[Path]) -> str:
+    """The side-by-side accuracy table (Markdown) of one or more ``--out`` files: per method, the
+    seeds both sides ran, each side's mean +- sample std and the paired gap (suite - release)."""
+    runs = []
+    for path in paths:
+        runs += json.loads(path.read_text())["runs"]
+    by = {(r["method"], r["side"], r["seed"]): r for r in runs}
+    lines = [
+        "| method | seeds | release mean acc | suite mean acc | gap | release forgetting | suite forgetting | gap |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in [m for m in RELEASE if any(r["method"] == m for r in runs)]:
+        seeds = sorted({s for (m, side, s) in by if m == method and side == "release" and (m, "suite", s) in by})
+        if not seeds:
+            continue
+        cells = []
+        for key in ("mean_acc", "avcil_forgetting"):
+            rel = [by[(method, "release", s)][key] for s in seeds]
+            sui = [by[(method, "suite", s)][key] for s in seeds]
+            cells += [mean_std(rel), mean_std(sui), mean_std([b - a for a, b in zip(rel, sui)], sign="+")]
+        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+        lines.append(f"| {SUITE[method]} | {span} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--table"]:  # python perf/bench_avcil_release.py --table perf/results/avcil_release_*.json
+        print(accuracy_table([Path(p) for p in argv[1:]]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--release", required=True, type=Path, help="AV-CIL release checkout, files in data/AVE")
     ap.add_argument("--manifest", required=True, type=Path, help="the suite's manifest over the same files")
