@@ -62,6 +62,24 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into one usage line)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed numpy accepts, 0 .. 2**32 - 1."""
+    from .config import SEED_MAX
+
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {SEED_MAX}, got {value}")
+    return value
+
+
 def _add_set_arg(p, help_text: str) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -88,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("what", choices=["synth-av", "digits-av", "avcil-features"])
     p.add_argument("--size", default="default", help="synth-av size: default | tiny")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default=None, help="output folder (digits-av: required)")
     p.add_argument(
         "--clips-per-class",
@@ -118,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("benchmark", choices=["vggsound-sources"])
     p.add_argument("--annotations", required=True, help="VGGSound annotation CSV (ytid,start,label,split)")
     p.add_argument("--data-root", required=True, help="the benchmark's data root (splits.csv is written there)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_sweep_parser(sub)
     _add_report_parser(sub)
     _add_import_avcil_parser(sub)
@@ -179,11 +197,11 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument(
         "--jobs",
-        type=int,
+        type=_positive_int,
         default=1,
         help="local: 1 = sequential in this process; N > 1 = N concurrent child processes",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per run (default: cores / jobs)")
     p.add_argument("--address", default=None, help="ray: address of a running cluster (default: start a local one)")
     p.add_argument("--ray-cpus", type=int, default=None, help="ray: CPUs of the local instance it starts")
     p.add_argument("--cpus-per-run", type=float, default=1, help="ray: CPUs requested per run")

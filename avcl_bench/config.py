@@ -80,6 +80,9 @@ SELECTION_SETS = ("current", "seen")
 #: (the AV-CIL release validates on all classes seen so far, e.g. ours/train_incremental_ours.py)
 SEEN_SELECTION_PROTOCOL = "av-cil"
 
+#: the largest seed (numpy's generators take 32-bit seeds)
+SEED_MAX = 2**32 - 1
+
 SCHEMA: dict[str, Any] = {
     "benchmark": Param("str", "synth-av"),  # a name under datasets/ or a manifest path
     # size profile (layer 5): quick | paper; None = quick on the embedded benchmark, paper elsewhere
@@ -88,8 +91,9 @@ SCHEMA: dict[str, Any] = {
     "num_tasks": Param("int", None, nullable=True, min=1),  # None = the protocol's
     "modality": Param("str", "audio-visual", choices=MODALITIES),
     "input": Param("str", None, nullable=True, choices=("clips", "features")),  # None = the benchmark's first form
-    "seed": Param("int", 0, min=0),  # training seed (weights, batches, exemplar draws)
-    "class_order_seed": Param("int", None, nullable=True, min=0),  # None = the official class order
+    # numpy's generators take seeds below 2**32
+    "seed": Param("int", 0, min=0, max=SEED_MAX),  # training seed (weights, batches, exemplar draws)
+    "class_order_seed": Param("int", None, nullable=True, min=0, max=SEED_MAX),  # None = the official class order
     "data_root": Param("str", None, nullable=True),
     "allow_missing": Param("bool", False),
     "device": Param("str", "auto"),  # auto | cpu | cuda | cuda:N (validate())
@@ -98,7 +102,7 @@ SCHEMA: dict[str, Any] = {
     "progress": Param("bool", True),
     "synth": {  # the embedded benchmark's generator
         "size": Param("str", "default", choices=tuple(SYNTH_SIZES)),
-        "seed": Param("int", 0, min=0),
+        "seed": Param("int", 0, min=0, max=SEED_MAX),
     },
     "memory": {
         # CIGN form: m exemplars per old class (CIGN Sec. 4.1: 50)

@@ -301,3 +301,29 @@ def test_resume_from_an_older_config(tmp_path, capsys):
     old.mkdir()
     (old / "config.yaml").write_text("benchmark: synth-av\nstrategy: {name: finetune}\nlearning_rate: 0.1\n")
     check(capsys, ["run", "--resume", str(old)], "does not match this version", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--seed", str(2**40)], "'seed' must be an integer >= 0 and <= 4294967295"),
+        (["--set", f"class_order_seed={2**40}"], "'class_order_seed' must be an integer"),
+    ],
+)
+def test_seeds_past_numpy_s_range_are_one_line(tmp_path, capsys, args, needle):
+    check(capsys, ["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--quiet", *args], needle, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["generate", "synth-av", "--seed", "-1"], "--seed: must be an integer from 0 to 4294967295"),
+        (["sweep", "--preset", "digits-av", "--dry-run", "--jobs", "-3"], "--jobs: must be an integer >= 1"),
+        (["sweep", "--preset", "digits-av", "--dry-run", "--threads", "0"], "--threads: must be an integer >= 1"),
+    ],
+)
+def test_counts_and_seeds_of_the_command_line_are_checked(capsys, args, needle):
+    with pytest.raises(SystemExit) as exc:  # argparse: its usage line and exit code 2
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and "Traceback" not in err, err
