@@ -327,3 +327,18 @@ def test_counts_and_seeds_of_the_command_line_are_checked(capsys, args, needle):
         main(args)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ("num_classes: sixteen", "'num_classes' in benchmark manifest"),
+        ("protocols: [a, b]", "'protocols' in benchmark manifest"),
+        ("config: [1, 2]", "'config' in benchmark manifest"),
+        ("protocols: {cign: [1]}", "protocols.cign in"),
+    ],
+)
+def test_manifest_keys_of_the_wrong_shape_are_one_line(tmp_path, capsys, line, needle):
+    y = tmp_path / "bad.yaml"
+    y.write_text(f"name: x\nsplits: s.csv\n{line}\n")
+    check(capsys, ["check", "--benchmark", str(y)], needle, tmp_path)

@@ -47,6 +47,9 @@ MANIFEST_KEYS = {
 #: ``protocols.<protocol>.settings.<name>`` sections; for av-cil the release's dataset names AVE,
 #: ksounds, VGGSound_100)
 PROTOCOL_KEYS = {"num_tasks", "memory", "description", "settings"}
+#: the manifest keys whose value must be a mapping, and those that must be a positive integer
+MAPPING_KEYS = ("protocols", "config", "clips", "features", "counts")
+POSITIVE_INT_KEYS = ("num_classes",)
 
 
 def benchmark_names() -> list[str]:
@@ -241,6 +244,19 @@ def _refuse_repeated_ids(df: pd.DataFrame, splits_csv: Path) -> None:
         )
 
 
+def _check_manifest_types(doc: dict, path: Path) -> None:
+    """The shape of the keys the suite walks: one line naming the key, not a traceback later."""
+    for key in MAPPING_KEYS:
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise ConfigError(f"'{key}' in benchmark manifest {path} must be a mapping, got {type(doc[key]).__name__}")
+    for key in POSITIVE_INT_KEYS:
+        value = doc.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"'{key}' in benchmark manifest {path} must be an integer >= 1, got {value!r}")
+    if doc.get("inputs") is not None and not isinstance(doc["inputs"], list):
+        raise ConfigError(f"'inputs' in benchmark manifest {path} must be a list, got {type(doc['inputs']).__name__}")
+
+
 def load_manifest(name_or_path: str) -> Manifest:
     """Load ``datasets/<name>.yaml`` or a user's YAML given by path."""
     p = Path(name_or_path)
@@ -256,7 +272,10 @@ def load_manifest(name_or_path: str) -> Manifest:
     unknown = sorted(set(doc) - MANIFEST_KEYS)
     if unknown:
         raise ConfigError(f"unknown key '{unknown[0]}' in benchmark manifest {path}")
+    _check_manifest_types(doc, path)
     for pname, proto in (doc.get("protocols") or {}).items():
+        if proto is not None and not isinstance(proto, dict):
+            raise ConfigError(f"protocols.{pname} in {path} must be a mapping, got {type(proto).__name__}")
         bad = sorted(set(proto or {}) - PROTOCOL_KEYS)
         if bad:
             raise ConfigError(f"unknown key 'protocols.{pname}.{bad[0]}' in {path}")
