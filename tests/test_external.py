@@ -124,11 +124,13 @@ def test_declared_modalities_must_match_what_the_run_reports(tmp_path, monkeypat
         "entry-not-subclass",
         "bad-doc",
         "bad-doc-key",
+        "exits-at-import",
     ],
 )
 def test_bad_spec_is_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
     good = write_module(tmp_path, "good_mod", "Good", "good", "Good")
     (tmp_path / "broken.py").write_text("class Broken(:\n    pass\n")
+    (tmp_path / "exiter.py").write_text("import sys\nsys.exit(3)\n")
     (tmp_path / "bad_doc.py").write_text(
         textwrap.dedent("""
         from avcl_bench.strategies.base import AVCLStrategy
@@ -150,6 +152,7 @@ def test_bad_spec_is_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
         "entry-not-subclass": ("bad-ep", "not a subclass"),
         "bad-doc": (f"{tmp_path}/bad_doc.py:NoName", "needs a 'name'"),
         "bad-doc-key": (f"{tmp_path}/bad_doc.py:Typo", "unknown top-level key 'tabels'"),
+        "exits-at-import": (f"{tmp_path}/exiter.py:X", "it called sys.exit(3) while being imported"),
     }[case]
     assert main(["run", "--strategy", spec, "--results-dir", str(tmp_path / "runs"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -156,10 +156,17 @@ def _import_file(path: Path, spec: str):
     except SyntaxError as exc:
         del sys.modules[name]
         raise ConfigError(f"strategy spec '{spec}': syntax error in {path} line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed to import: one line naming it
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module failed to import: one line naming it
         del sys.modules[name]
-        raise ConfigError(f"strategy spec '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"strategy spec '{spec}': importing {path} failed: {_import_failure(exc)}") from None
     return module
+
+
+def _import_failure(exc: BaseException) -> str:
+    """What went wrong importing a user's module, in words (sys.exit at import is no exit of ours)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while being imported"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _import_module(module_path: str, spec: str):
@@ -173,10 +180,8 @@ def _import_module(module_path: str, spec: str):
         if exc.name and (module_path == exc.name or module_path.startswith(exc.name + ".")):
             raise ConfigError(f"strategy spec '{spec}': no module named '{module_path}'") from None
         raise ConfigError(f"strategy spec '{spec}': importing {module_path} failed: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - see _import_file
-        raise ConfigError(
-            f"strategy spec '{spec}': importing {module_path} failed: {type(exc).__name__}: {exc}"
-        ) from None
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - see _import_file
+        raise ConfigError(f"strategy spec '{spec}': importing {module_path} failed: {_import_failure(exc)}") from None
 
 
 @lru_cache(maxsize=None)
