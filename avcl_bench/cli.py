@@ -572,8 +572,12 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from .config import parse_set
+    from .errors import ConfigError
     from .reporting import generate_report
 
+    for folder in args.results_dir or []:  # a typo must not write an empty report over a real one
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--results-dir {folder}: no such folder (nothing was written)")
     summary = generate_report(
         results_dirs=[Path(p) for p in args.results_dir] if args.results_dir else None,
         out_dir=Path(args.out) if args.out else None,

@@ -342,3 +342,16 @@ def test_manifest_keys_of_the_wrong_shape_are_one_line(tmp_path, capsys, line, n
     y = tmp_path / "bad.yaml"
     y.write_text(f"name: x\nsplits: s.csv\n{line}\n")
     check(capsys, ["check", "--benchmark", str(y)], needle, tmp_path)
+
+
+def test_report_of_a_missing_results_folder_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "index.md").write_text("the last good report")
+    check(
+        capsys,
+        ["report", "--results-dir", str(tmp_path / "typo"), "--out", str(out), "--no-plots"],
+        "no such folder",
+        tmp_path,
+    )
+    assert (out / "index.md").read_text() == "the last good report" and [p.name for p in out.iterdir()] == ["index.md"]
