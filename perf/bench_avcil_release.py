@@ -160,22 +160,28 @@ def accuracy_table(paths: list[Path]) -> str:
     runs = []
     for path in paths:
         runs += json.loads(path.read_text())["runs"]
-    by = {(r["method"], r["side"], r["seed"]): r for r in runs}
+    # a suite run's --set values (a named variant) make a row of their own beside the same release runs
+    by = {(r["method"], r["side"], r["seed"], tuple(r.get("sets", ()))): r for r in runs}
     lines = [
         "| method | seeds | release mean acc | suite mean acc | gap | release forgetting | suite forgetting | gap |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for method in [m for m in RELEASE if any(r["method"] == m for r in runs)]:
-        seeds = sorted({s for (m, side, s) in by if m == method and side == "release" and (m, "suite", s) in by})
-        if not seeds:
-            continue
-        cells = []
-        for key in ("mean_acc", "avcil_forgetting"):
-            rel = [by[(method, "release", s)][key] for s in seeds]
-            sui = [by[(method, "suite", s)][key] for s in seeds]
-            cells += [mean_std(rel), mean_std(sui), mean_std([b - a for a, b in zip(rel, sui)], sign="+")]
-        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
-        lines.append(f"| {SUITE[method]} | {span} | " + " | ".join(cells) + " |")
+        variants = sorted({sets for (m, side, _, sets) in by if m == method and side == "suite"}, key=len)
+        for sets in variants:
+            seeds = sorted(
+                {s for (m, side, s, _) in by if m == method and side == "release" and (m, "suite", s, sets) in by}
+            )
+            if not seeds:
+                continue
+            cells = []
+            for key in ("mean_acc", "avcil_forgetting"):
+                rel = [by[(method, "release", s, ())][key] for s in seeds]
+                sui = [by[(method, "suite", s, sets)][key] for s in seeds]
+                cells += [mean_std(rel), mean_std(sui), mean_std([b - a for a, b in zip(rel, sui)], sign="+")]
+            span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
+            label = SUITE[method] + (f" `{' '.join(sets)}`" if sets else "")
+            lines.append(f"| {label} | {span} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -212,6 +218,8 @@ def main(argv=None) -> int:
                 else:
                     r = suite_run(args.manifest.resolve(), method, seed, args.epochs, work, args.set)
                 runs.append({"side": side, "method": method, "seed": seed, **r})
+                if side == "suite" and args.set:
+                    runs[-1]["sets"] = list(args.set)
                 print(json.dumps(runs[-1]), flush=True)
                 if args.out:
                     args.out.parent.mkdir(parents=True, exist_ok=True)

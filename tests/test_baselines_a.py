@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avcl_bench.errors import ConfigError
 from avcl_bench.strategies.bic import BiasLayers, BiasStage, bic_distillation, fit_bias_layer
 from avcl_bench.strategies.icarl import icarl_loss, nme_scores
 from avcl_bench.strategies.il2m import class_statistics, il2m_rectify
@@ -233,6 +234,11 @@ def test_icarl_bce_loss_hand_computed():
     assert icarl_loss(logits, y, old, 2, 3, "bce").item() == pytest.approx(sum(bce) / 3, rel=1e-5)
     ce = -math.log(math.exp(2) / (math.exp(0.5) + math.exp(-1) + math.exp(2)))
     assert icarl_loss(logits, y, old, 2, 3, "ce_bce").item() == pytest.approx(ce + sum(bce[:2]) / 2, rel=1e-5)
+    # the AV-CIL release's l.60: BCE-with-logits of sigmoid(z), i.e. sigmoid(sigmoid(z)) against sigmoid(old)
+    twice = [-(t * math.log(sig(sig(z))) + (1 - t) * math.log(1 - sig(sig(z)))) for t, z in zip(targets[:2], [0.5, -1.0])]
+    got = icarl_loss(logits, y, old, 2, 3, "ce_bce", "twice").item()
+    assert got == pytest.approx(ce + sum(twice) / 2, rel=1e-5)
+    assert got != pytest.approx(ce + sum(bce[:2]) / 2, rel=1e-3)
 
 
 def test_nme_predicts_nearest_class_mean():
@@ -278,6 +284,19 @@ def test_icarl_herding_buffer_and_nme(feature_setup):
     assert {c: len(r) for c, (_, r) in s.memory.store.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
     assert all(s.memory.store[c][1] == before[c] for c in (0, 1))
     assert s.class_means.means.shape[0] == 4
+
+
+def test_icarl_release_variants(feature_setup):
+    make, scenario = feature_setup
+    # class_mean: plain (the AV-CIL release's l.238): the plain mean of the normalised exemplar features
+    s = train_steps(make("icarl", **{"strategy.class_mean": "plain"}), scenario, 1)
+    plain = torch.stack([F.normalize(s.extract_features(s.memory.class_dataset(c)), dim=1).mean(0) for c in (0, 1)])
+    assert torch.allclose(s.class_means.means, plain, atol=1e-6)
+    assert (plain.norm(dim=1) < 1 - 1e-4).all()  # not renormalised
+    # distill_sigmoid: twice exists only in the release's CE + BCE loss
+    with pytest.raises(ConfigError, match="strategy.distill_sigmoid"):
+        make("icarl", **{"strategy.distill_sigmoid": "twice", "strategy.loss": "bce"})
+    assert make("icarl", **{"strategy.distill_sigmoid": "twice", "strategy.loss": "ce_bce"}).scfg["distill_sigmoid"] == "twice"
 
 
 def train_steps_from(strategy, scenario, t):
@@ -483,7 +502,6 @@ def test_paired_replay_draws_exemplars_as_a_separate_batch(feature_setup):
 
 
 def test_checkpoint_without_parts_is_refused_in_one_line(feature_setup):
-    from avcl_bench.errors import ConfigError
 
     make, scenario = feature_setup
     s = make("lwf")
@@ -493,7 +511,6 @@ def test_checkpoint_without_parts_is_refused_in_one_line(feature_setup):
 
 
 def test_declared_choices_are_checked_when_the_strategy_is_built(feature_setup):
-    from avcl_bench.errors import ConfigError
 
     make, _ = feature_setup
     with pytest.raises(ConfigError, match=r"strategy\.kd .cosine. \(known: taskwise, global\)"):

@@ -11,9 +11,11 @@
   (``loss: bce``, the paper). ``loss: ce_bce`` is the AV-CIL release's form: cross-entropy over all
   seen logits plus the BCE distillation term on the old logits, with ONE sigmoid; the release
   (``iCaRL/train_incremental_icarl.py`` l.60) passes ``sigmoid(logits)`` to
-  ``binary_cross_entropy_with_logits``, which applies a second one (a bug there, not reproduced).
+  ``binary_cross_entropy_with_logits``, which applies a second one (a bug there; the named variant
+  ``distill_sigmoid: twice`` reproduces it).
 - Classification (Alg. 1): nearest-mean-of-exemplars (``classifier: nme``): the class means are
-  the renormalised means of the normalised exemplar features, a sample goes to the class whose
+  the renormalised means of the normalised exemplar features (``class_mean: plain``, a named
+  variant: the plain means, as the AV-CIL release computes them), a sample goes to the class whose
   mean is nearest to its normalised feature; ``classifier: fc`` keeps the trained linear head
   (the AV-CIL release reports both).
 - Model selection (``train.select_best_on_val``) with the classifier that is reported: with NME,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from . import register
 from .base import AVCLStrategy, PreviousModel
 from .losses import bce_targets
@@ -46,8 +49,11 @@ def icarl_loss(
     num_old: int,
     num_seen: int,
     variant: str = "bce",
+    distill_sigmoid: str = "once",
 ) -> torch.Tensor:
-    """iCaRL Alg. 3 (``bce``) or the AV-CIL release's CE + BCE distillation (``ce_bce``)."""
+    """iCaRL Alg. 3 (``bce``) or the AV-CIL release's CE + BCE distillation (``ce_bce``);
+    ``distill_sigmoid: twice`` feeds sigmoid(logits) to the BCE-with-logits of ``ce_bce``'s
+    distillation as the release does (its l.60), a second sigmoid."""
     logits = logits[:, :num_seen].float()
     distill = old_logits is not None and num_old > 0
     if variant == "bce":
@@ -55,10 +61,11 @@ def icarl_loss(
         return F.binary_cross_entropy_with_logits(logits, targets)
     loss = F.cross_entropy(logits, y)
     if distill:
-        # AV-CIL release iCaRL/train_incremental_icarl.py l.55-61, with one sigmoid (the release's l.60 applies two)
-        loss = loss + F.binary_cross_entropy_with_logits(
-            logits[:, :num_old], torch.sigmoid(old_logits[:, :num_old].float())
-        )
+        # AV-CIL release iCaRL/train_incremental_icarl.py l.55-61; its l.60 applies two sigmoids (``twice``)
+        student = logits[:, :num_old]
+        if distill_sigmoid == "twice":
+            student = torch.sigmoid(student)
+        loss = loss + F.binary_cross_entropy_with_logits(student, torch.sigmoid(old_logits[:, :num_old].float()))
     return loss
 
 
@@ -73,16 +80,24 @@ def nme_scores(features: torch.Tensor, class_means: torch.Tensor) -> torch.Tenso
 class ICaRL(AVCLStrategy):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        if self.scfg["distill_sigmoid"] == "twice" and self.scfg["loss"] != "ce_bce":
+            raise ConfigError(
+                "config key 'strategy.distill_sigmoid' is 'twice', which only exists in loss ce_bce "
+                f"(the AV-CIL release's); strategy.loss is {self.scfg['loss']!r}"
+            )
         self.memory = self.add_part("memory", ExemplarMemory.from_config(self.cfg, "selection", required_by=self.name))
         #: (num_classes, D) renormalised exemplar means, recomputed after each experience
-        self.class_means = self.add_part("class_means", ClassMeans(self.memory))
+        self.class_means = self.add_part(
+            "class_means", ClassMeans(self.memory, renormalise=self.scfg["class_mean"] == "renormalised")
+        )
         self.previous = self.add_part("previous", PreviousModel(memory=self.memory))
 
     def criterion(self):
         old = None
         if self.previous.model is not None and self.num_old > 0:
             old = self.previous.outputs(self)["logits"]
-        return icarl_loss(self.mb_output, self.mb_y, old, self.num_old, self.num_seen, self.scfg["loss"])
+        s = self.scfg
+        return icarl_loss(self.mb_output, self.mb_y, old, self.num_old, self.num_seen, s["loss"], s["distill_sigmoid"])
 
     def _after_training_epoch(self, **kwargs):
         if self.scfg["classifier"] == "nme" and self.cfg["train"]["select_best_on_val"] and self.val_experiences:
