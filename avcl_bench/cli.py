@@ -80,6 +80,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _visual_shape(text: str) -> tuple[int, int, int]:
+    """argparse type: T,P,D, three integers >= 1 (e.g. 8,196,768)."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be T,P,D: three integers >= 1 such as 8,196,768, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _add_set_arg(p, help_text: str) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -130,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--audio-dim", type=int, default=None, help="avcil-features: audio feature size (default manifest's)"
     )
-    p.add_argument("--visual-shape", default=None, help="avcil-features: T,P,D (default manifest's)")
-    p.add_argument("--limit-per-class", type=int, default=None, help="avcil-features: clips per class and split")
+    p.add_argument(
+        "--visual-shape", type=_visual_shape, default=None, help="avcil-features: T,P,D (default manifest's)"
+    )
+    p.add_argument(
+        "--limit-per-class", type=_positive_int, default=None, help="avcil-features: clips per class and split"
+    )
     p = sub.add_parser("prepare", help="build a benchmark's split from the user's annotations (vggsound-sources)")
     p.add_argument("benchmark", choices=["vggsound-sources"])
     p.add_argument("--annotations", required=True, help="VGGSound annotation CSV (ytid,start,label,split)")
@@ -444,7 +456,7 @@ def cmd_generate(args) -> int:
     splits = man.splits
     if args.limit_per_class:
         splits = splits.groupby(["split", "label"], sort=False).head(args.limit_per_class)
-    shape = tuple(int(v) for v in args.visual_shape.split(",")) if args.visual_shape else tuple(feats["visual_shape"])
+    shape = args.visual_shape or tuple(feats["visual_shape"])
     write_avcil_features(
         Path(args.out),
         splits["id"].tolist(),

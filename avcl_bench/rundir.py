@@ -172,29 +172,69 @@ def read_matrix(path: Path):
 
 
 # ----------------------------------------------------------------------------- locks
-#: a run folder's lock file: "<host> <pid> <time>", created with O_EXCL by the process running it
+#: a run folder's lock file: "<host> <pid> <time> <process start>", created with O_EXCL by the
+#: process running it (the start time tells a live holder from a later process given the same pid)
 LOCK = ".run-lock"
+#: a lock file with fewer than two fields this long (seconds) after or before its mtime is torn
+TORN_LOCK_AGE_S = 60
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, to the clock tick), from /proc; None
+    where /proc does not say (another OS, or no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime, after "pid (comm) "
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def lock_state(lock: Path) -> tuple[bool, str]:
+    """(stale, why) of a run folder's lock: stale when it is torn (not "<host> <pid> ..." and
+    written over a minute from now, either way: a future mtime included), or its pid on this host
+    has ended or now belongs to a process started after the lock was written (a reused pid). A
+    lock of another host is respected."""
+    try:
+        text = lock.read_text(errors="replace").split()
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False, "unreadable"
+    if len(text) < 2 or not text[1].isdigit():
+        if abs(age) > TORN_LOCK_AGE_S:
+            return True, "torn (no host and pid in it)"
+        return False, "being written"
+    host, pid = text[0], int(text[1])
+    if host != socket.gethostname():
+        return False, f"held on host {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True, f"pid {pid} has ended"
+    except (PermissionError, OverflowError):
+        pass  # a live process of another user (or an impossible pid: not ours to judge)
+    started = process_start_time(pid)
+    if started is not None:
+        recorded = None
+        if len(text) >= 4:
+            try:
+                recorded = float(text[3]) or None  # 0: the writer's /proc did not say
+            except ValueError:
+                recorded = None
+        try:
+            written = float(text[2]) if len(text) >= 3 else lock.stat().st_mtime
+        except (ValueError, OSError):
+            written = None
+        if recorded is not None and abs(started - recorded) > 1.0:
+            return True, f"pid {pid} now belongs to another process"
+        if recorded is None and written is not None and started > written + 2.0:
+            return True, f"pid {pid} now belongs to a process started after the lock was written"
+    return False, f"held by pid {pid} on {host}"
 
 
 def _lock_is_stale(lock: Path) -> bool:
-    """A lock of a process that no longer runs on this host (locks of other hosts are respected)."""
-    try:
-        text = lock.read_text().split()
-        age = time.time() - lock.stat().st_mtime
-    except OSError:
-        return False
-    if len(text) < 2:
-        return age > 60  # being written right now, or a torn write long ago
-    host, pid = text[0], text[1]
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    return lock_state(lock)[0]
 
 
 def lock_holder(path: Path) -> tuple[str, int] | None:
@@ -204,6 +244,17 @@ def lock_holder(path: Path) -> tuple[str, int] | None:
         return host, int(pid)
     except (OSError, ValueError):
         return None
+
+
+def lock_in_use_message(path: Path) -> str:
+    """One line for a run folder whose lock is held: who holds it and how to clear a lock that is
+    not really held."""
+    holder = lock_holder(path)
+    who = f"pid {holder[1]} on {holder[0]}" if holder else "a process that has not written its pid yet"
+    return (
+        f"run folder {path} is in use by another process ({who}; lock file {path / LOCK}): wait for it, "
+        f"or if no such run is alive (e.g. a run on another host that died), delete {path / LOCK}"
+    )
 
 
 def held_by_this_process(path: Path) -> bool:
@@ -228,6 +279,7 @@ def acquire_run_lock(path: Path) -> Path | None:
                 pass
             continue
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f}\n")
+            started = process_start_time(os.getpid())
+            fh.write(f"{socket.gethostname()} {os.getpid()} {time.time():.0f} {started or 0:.2f}\n")
         return lock
     return None

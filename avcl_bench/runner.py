@@ -34,7 +34,7 @@ from .rundir import (
     acquire_run_lock,
     config_hash,
     held_by_this_process,
-    lock_holder,
+    lock_in_use_message,
     make_run_id,
     numpy_state_from_plain,
     numpy_state_to_plain,
@@ -323,8 +323,7 @@ def _lock_run_folder(rd: RunDir) -> Path | None:
         return None
     lock = acquire_run_lock(rd.path)
     if lock is None:
-        host, pid = lock_holder(rd.path) or ("?", "?")
-        raise ConfigError(f"run folder {rd.path} is in use by another process (pid {pid} on {host})")
+        raise ConfigError(lock_in_use_message(rd.path))
     return lock
 
 
@@ -367,16 +366,18 @@ def _config_overrides(saved: dict) -> dict:
 CHECKPOINT = "checkpoint.pt"
 
 
-def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict, cfg: dict) -> None:
+def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict, cfg: dict, data_fp: dict) -> None:
     """State dicts at an experience boundary, written atomically (Avalanche's pickling fails here).
 
     Plain data only (tensors, numbers, strings, containers), so that :func:`load_checkpoint` reads it
     with ``weights_only=True``; the run's config hash is inside, so a checkpoint is never resumed
-    into another config."""
+    into another config, and the data's fingerprint (``datasets.data_fingerprint``), so never onto
+    other data."""
     import torch
 
     state = {
         "config_hash": config_hash(cfg),
+        "data": data_fp,
         "task": task,
         "R": R,
         "timing": timing,
@@ -401,9 +402,11 @@ def save_checkpoint(rd: RunDir, strategy, task: int, R: dict, timing: dict, cfg:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(rd: RunDir, cfg: dict) -> dict | None:
+def load_checkpoint(rd: RunDir, cfg: dict, data_fp: dict) -> dict | None:
     """The run's checkpoint, read as plain data (no code runs from it), or None when there is none;
-    a foreign or mismatched file is a one-line ConfigError."""
+    a foreign or mismatched file, or data other than the checkpoint's, is a one-line ConfigError."""
+    from .data.datasets import fingerprint_changes
+
     import pickle
 
     import torch
@@ -422,6 +425,16 @@ def load_checkpoint(rd: RunDir, cfg: dict) -> dict | None:
         raise ConfigError(
             f"checkpoint {path} belongs to another config (hash {str(ckpt['config_hash'])[:12]}, this run's "
             f"config.yaml {config_hash(cfg)[:12]}): start a new run instead of resuming this one"
+        )
+    if not isinstance(ckpt.get("data"), dict):
+        raise ConfigError(
+            f"cannot resume {rd.path}: its {CHECKPOINT} holds no fingerprint of the data it trained on (an "
+            "older avcl-bench wrote it), so other data could not be told apart: start a new run"
+        )
+    if changes := fingerprint_changes(ckpt["data"], data_fp):
+        raise ConfigError(
+            f"cannot resume {rd.path}: the data changed since its last checkpoint ({'; '.join(changes)}): "
+            "restore the data, or start a new run"
         )
     return ckpt
 
@@ -493,7 +506,7 @@ def _execute(
     timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0}
     start_task = 0
     if resume:
-        ckpt = load_checkpoint(rd, cfg)
+        ckpt = load_checkpoint(rd, cfg, data.fingerprint)
         if ckpt is not None:
             strategy.load_checkpoint_state(ckpt["strategy"], train_stream)
             R, timing, start_task = ckpt["R"], ckpt["timing"], ckpt["task"] + 1
@@ -506,7 +519,9 @@ def _execute(
         total_steps = planned_steps(strategy, train_stream[start_task:])
         strategy.progress = TrainingProgress(total_steps, num_tasks, device=device)
     try:
-        _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task)
+        _train_tasks(
+            cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task, data.fingerprint
+        )
     finally:
         if strategy.progress is not None:
             strategy.progress.close()
@@ -565,7 +580,7 @@ def _execute(
     return rd
 
 
-def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task):
+def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, test_stream, R, timing, after_task, data_fp):
     """Train and evaluate experiences ``start_task``.. in order, writing results and checkpoints."""
     num_tasks = len(train_stream)
     mods = list(R)
@@ -590,6 +605,7 @@ def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, te
                 R,
                 {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start},
                 cfg,
+                data_fp,
             )
         rd.write_status("running", tasks_done=t + 1, num_tasks=num_tasks, elapsed_s=time.time() - t_start)
         row = "  ".join(f"{m}: " + " ".join(f"{v:5.1f}" for v in R[m][t][: t + 1]) for m in mods)

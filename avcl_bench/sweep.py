@@ -465,7 +465,7 @@ def execute_spec(spec_json: dict) -> dict:
     concurrent sweep) holds it. Used by every executor (in process, in a child process, in a Ray
     task). A run interrupted at a task boundary (checkpoint present) is resumed, not restarted.
     """
-    from .rundir import COMPLETE, acquire_run_lock
+    from .rundir import COMPLETE, acquire_run_lock, lock_in_use_message
 
     t0 = time.time()
     results_dir = Path(spec_json["overrides"]["results_dir"])
@@ -486,7 +486,7 @@ def execute_spec(spec_json: dict) -> dict:
         return {**base, "state": "skipped", "seconds": 0.0}
     lock = acquire_run_lock(path)
     if lock is None:
-        return {**base, "state": "busy", "error": "held by another running sweep", "seconds": 0.0}
+        return {**base, "state": "busy", "error": lock_in_use_message(path), "seconds": 0.0}
     try:
         if (path / COMPLETE).is_file():  # finished by another sweep between the check and the lock
             return {**base, "state": "skipped", "seconds": 0.0}

@@ -320,6 +320,9 @@ def test_seeds_past_numpy_s_range_are_one_line(tmp_path, capsys, args, needle):
         (["generate", "synth-av", "--seed", "-1"], "--seed: must be an integer from 0 to 4294967295"),
         (["sweep", "--preset", "digits-av", "--dry-run", "--jobs", "-3"], "--jobs: must be an integer >= 1"),
         (["sweep", "--preset", "digits-av", "--dry-run", "--threads", "0"], "--threads: must be an integer >= 1"),
+        (["generate", "avcil-features", "--visual-shape", "a,b,c"], "--visual-shape: must be T,P,D"),
+        (["generate", "avcil-features", "--visual-shape", "8,0,768"], "--visual-shape: must be T,P,D"),
+        (["generate", "avcil-features", "--limit-per-class", "0"], "--limit-per-class: must be an integer >= 1"),
     ],
 )
 def test_counts_and_seeds_of_the_command_line_are_checked(capsys, args, needle):
@@ -355,3 +358,16 @@ def test_report_of_a_missing_results_folder_writes_nothing(tmp_path, capsys):
         tmp_path,
     )
     assert (out / "index.md").read_text() == "the last good report" and [p.name for p in out.iterdir()] == ["index.md"]
+
+
+@pytest.mark.parametrize("index", ["one", "1.5"])
+def test_non_integer_class_index_is_one_line(tiny_clips, tmp_path, capsys, index):
+    classes = pd.read_csv(tiny_clips / "classes.csv")
+    classes["index"] = classes["index"].astype(object)
+    classes.loc[1, "index"] = index
+    classes.to_csv(tmp_path / "classes.csv", index=False)
+    y = own_benchmark(tmp_path, tiny_clips)
+    y.write_text(y.read_text().replace(f"classes: {tiny_clips / 'classes.csv'}", f"classes: {tmp_path / 'classes.csv'}"))
+    needle = f"classes.csv: row 3: column 'index' is '{index}', not an integer"
+    check(capsys, ["check", "--benchmark", str(y)], needle, tmp_path)
+    check(capsys, ["run", "--strategy", "finetune", "--benchmark", str(y), "--results-dir", str(tmp_path / "r"), *FAST], needle, tmp_path)

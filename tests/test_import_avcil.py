@@ -323,6 +323,21 @@ OBJECT = {"descr": "|O", "fortran_order": False, "shape": ()}
 #: protocol 5's BYTEARRAY8 stating 2**40 bytes: the unpickler would allocate them before reading
 BYTEARRAY8 = b"\x80\x05\x96" + (2**40).to_bytes(8, "little") + b"x."
 
+def _binunicode(text: str) -> bytes:
+    return b"X" + len(text.encode()).to_bytes(4, "little") + text.encode()
+
+
+#: {split: {"vid": [[[...]]]}} with the list nested 100,000 deep, written opcode by opcode (pickle
+#: itself cannot write it): its repr exceeds Python's recursion limit
+DEEP_SPLITS = (
+    b"\x80\x02}"
+    + b"".join(
+        _binunicode(split) + b"}" + _binunicode("vid") + b"]" * 100_000 + b"a" * 99_999 + b"ss"
+        for split in ("train", "val", "test")
+    )
+    + b"."
+)
+
 BAD_FOLDERS = {
     "missing dictionary": (_remove("all_classId_vid_dict.npy"), "split dictionary not found: "),
     "corrupt dictionary": (_truncate("all_id_category_dict.npy"), "cannot read "),
@@ -356,6 +371,10 @@ BAD_FOLDERS = {
         "the header states 8000000000000 bytes of data, the file holds 0",
     ),
     "bytearray8": (_write_npy("all_id_category_dict.npy", OBJECT, BYTEARRAY8), "BYTEARRAY8 (pickle protocol 5) is not"),
+    "nested 100,000 deep": (
+        _write_npy("all_id_category_dict.npy", OBJECT, DEEP_SPLITS),
+        "['train']['vid']: class a list is not in category_encode_dict.npy",
+    ),
     "release root": (_move_into_release_root, "looks like the release's root: pass one of its data folders (data/AVE)"),
 }
 

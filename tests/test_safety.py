@@ -322,6 +322,41 @@ def test_checkpoint_of_another_config_is_refused(feature_benchmark, tmp_path, ca
     assert code == 2 and len(err) == 1 and "belongs to another config" in err[0] and str(run_dir) in err[0], err
 
 
+def test_resume_refuses_changed_data(tmp_path, capsys, interrupt_after_task):
+    """Issue #22: after task 2 two classes' labels swap and a third of the train rows go, or a
+    feature file is rewritten: --resume names what changed, exit 2, no COMPLETE, the checkpoint
+    kept; with the data restored it completes."""
+    import os
+
+    import pandas as pd
+
+    from avcl_bench.data.featsynth import generate_feature_benchmark
+
+    bench = generate_feature_benchmark(tmp_path / "bench")
+    run_dir = _interrupted_run(bench, tmp_path, interrupt_after_task)
+    ckpt = (run_dir / "checkpoint.pt").read_bytes()
+    splits_csv = bench.parent / "splits.csv"
+    original = splits_csv.read_bytes()
+    df = pd.read_csv(splits_csv)
+    swapped = df.assign(label=df["label"].replace({0: 1, 1: 0}))
+    train = swapped.index[swapped["split"] == "train"]
+    swapped.drop(train[::3]).to_csv(splits_csv, index=False)  # every third train row
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "the data changed since its last checkpoint" in err[0], err
+    rows = df["split"].value_counts()
+    assert f"train/val/test rows {rows['train']}/{rows['val']}/{rows['test']} -> " in err[0], err
+    assert (run_dir / "checkpoint.pt").read_bytes() == ckpt
+    splits_csv.write_bytes(original)
+    audio = bench.parent / "audio_pretrained_feature" / "audio_pretrained_feature_dict.npy"
+    st = audio.stat()
+    os.utime(audio, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    code, err = _resume(run_dir, capsys)
+    assert code == 2 and len(err) == 1 and "the source files" in err[0] and "the split rows" not in err[0], err
+    os.utime(audio, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, err = _run_cli(["run", "--resume", str(run_dir), "--quiet"], capsys)
+    assert code == 0 and (run_dir / "COMPLETE").is_file(), err
+
+
 def test_checkpoint_that_would_run_code_is_refused_unexecuted(
     feature_benchmark, tmp_path, capsys, interrupt_after_task
 ):
@@ -639,3 +674,66 @@ def test_a_splits_csv_that_repeats_clips_is_refused(feature_benchmark, tmp_path,
         code, err = _run_cli(args, capsys)
         assert code == 2 and len(err) == 1 and "splits.csv" in err[0] and needle in err[0], (args[0], err)
     assert not (tmp_path / "r" / "x" / "COMPLETE").exists()
+
+
+def _lock_file(run_dir: Path, text: str, mtime: float | None = None) -> Path:
+    from avcl_bench.rundir import LOCK
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    lock.write_text(text)
+    if mtime is not None:
+        os.utime(lock, (mtime, mtime))
+    return lock
+
+
+def test_stale_locks_are_recognised(tmp_path):
+    """Issue #22: torn locks (a future mtime too), ended pids and reused pids are stale; a live
+    holder, one of another host and a lock being written are not."""
+    import socket
+    import subprocess
+    import time
+
+    from avcl_bench.rundir import acquire_run_lock, lock_state, process_start_time
+
+    host, now = socket.gethostname(), time.time()
+    assert lock_state(_lock_file(tmp_path / "a", "", mtime=now + 3600)) == (True, "torn (no host and pid in it)")
+    assert lock_state(_lock_file(tmp_path / "b", "", mtime=now - 3600))[0]
+    assert lock_state(_lock_file(tmp_path / "c", ""))[0] is False  # being written right now
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    assert lock_state(_lock_file(tmp_path / "d", f"{host} {ended.pid} {now:.0f} 0"))[0]
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start_time(live.pid)
+        assert started is not None and abs(started - time.time()) < 60
+        held = _lock_file(tmp_path / "e", f"{host} {live.pid} {now:.0f} {started:.2f}")
+        assert lock_state(held) == (False, f"held by pid {live.pid} on {host}")
+        assert acquire_run_lock(tmp_path / "e") is None and held.read_text().split()[1] == str(live.pid)
+        # the same pid, but the lock records another start: the pid was reused
+        assert lock_state(_lock_file(tmp_path / "f", f"{host} {live.pid} {now:.0f} {started - 500:.2f}"))[0]
+        # an old-format lock (no start time) written an hour before the process started
+        assert lock_state(_lock_file(tmp_path / "g", f"{host} {live.pid} {now - 3600:.0f}"))[0]
+        assert lock_state(_lock_file(tmp_path / "h", f"other-host {live.pid} {now:.0f}")) == (False, "held on host other-host")
+    finally:
+        live.kill()
+        live.wait()
+    lock = acquire_run_lock(tmp_path / "a")  # a stale lock is replaced by this process's
+    fields = lock.read_text().split()
+    assert fields[:2] == [host, str(os.getpid())] and abs(float(fields[3]) - process_start_time(os.getpid())) < 1
+
+
+def test_held_lock_message_names_the_lock_file(feature_benchmark, tmp_path, capsys):
+    """A lock held on another host: one line naming .run-lock and how to clear it; nothing else in
+    the folder is touched, and with the lock deleted as it says the run completes."""
+    from avcl_bench.rundir import LOCK
+
+    run_dir = tmp_path / "held"
+    lock = _lock_file(run_dir, "other-host 4242 1 0")
+    code, err = _run_cli(run_args(feature_benchmark, tmp_path, "held") + QUICK + ["--overwrite"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"{run_dir / LOCK}" in err[0] and "pid 4242 on other-host" in err[0] and "delete" in err[0], err
+    assert lock.read_text() == "other-host 4242 1 0" and sorted(p.name for p in run_dir.iterdir()) == [LOCK]
+    lock.unlink()
+    code, err = _run_cli(run_args(feature_benchmark, tmp_path, "held") + QUICK + ["--overwrite"], capsys)
+    assert code == 0 and (run_dir / "COMPLETE").is_file(), err

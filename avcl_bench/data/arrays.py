@@ -25,6 +25,8 @@ class CachedArrays:
     ids: list[str]
     missing: list[str] = field(default_factory=list)
     cache_path: Path | None = None
+    #: [name, size, mtime_ns] of the source files the entry was built from (its cache key)
+    source_files: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,6 +42,7 @@ class CachedArrays:
             ids=list(meta["ids"]),
             missing=list(meta["missing"]),
             cache_path=final,
+            source_files=list((meta.get("key") or {}).get("files") or []),
         )
 
 

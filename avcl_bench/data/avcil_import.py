@@ -93,9 +93,18 @@ def _load_dict(path: Path, what: str) -> dict:
     return obj
 
 
+def _shown(value) -> str:
+    """A value of a received file for a message: a short repr of a string or number, else its type
+    (a list nested 100,000 deep has no repr within Python's recursion limit)."""
+    if isinstance(value, (str, np.str_, int, float, np.integer, np.floating)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return f"a {type(value).__name__}"
+
+
 def _as_code(value, path: Path, where: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise DataError(f"{path}: {where}: class code {value!r} is not an integer")
+        raise DataError(f"{path}: {where}: class code {_shown(value)} is not an integer")
     return int(value)
 
 
@@ -116,7 +125,7 @@ def _read_classes(enc_path: Path) -> list[str]:
     by_code: dict[int, str] = {}
     for name, code in enc.items():
         if not isinstance(name, str) or not name.strip() or not name.isprintable():
-            raise DataError(f"{enc_path}: class name {name!r} is not a non-empty printable string")
+            raise DataError(f"{enc_path}: class name {_shown(name)} is not a non-empty printable string")
         code = _as_code(code, enc_path, f"class {name!r}")
         if code in by_code:
             raise DataError(f"{enc_path}: classes {by_code[code]!r} and {name!r} share code {code}")
@@ -152,7 +161,7 @@ def _split_rows(
     for c in range(len(classes)):
         for vid in lists.get(c, []):
             if not isinstance(vid, (str, np.str_)):
-                raise DataError(f"{cls_path}: ['{split}'][{c}]: id {vid!r} is not a string")
+                raise DataError(f"{cls_path}: ['{split}'][{c}]: id {_shown(vid)} is not a string")
             vid = str(vid)
             problem = name_problem(vid) or (None if vid.isprintable() else "contains a control character")
             if problem:
@@ -165,7 +174,7 @@ def _split_rows(
             first_split[vid] = split
             label = labelled.get(vid)
             if label != classes[c]:
-                said = "has no entry" if label is None else f"says {label!r}"
+                said = "has no entry" if label is None else f"says {_shown(label)}"
                 disagree.append(f"{split}/{vid}: listed under {c} {classes[c]!r}, {BY_ID_FILE} {said}")
             rows.append((vid, classes[c], split))
     disagree += [f"{split}/{v}: missing from {BY_CLASS_FILE}" for v in labelled if str(v) not in seen]
@@ -198,7 +207,7 @@ def read_release_splits(src: Path) -> tuple[list[str], list[tuple[str, str, str]
         labelled = _split_part(by_id, split, id_path)
         for vid, name in labelled.items():
             if not isinstance(name, str) or name not in known:
-                raise DataError(f"{id_path}: ['{split}'][{vid!r}]: class {name!r} is not in {ENCODE_FILE}")
+                raise DataError(f"{id_path}: ['{split}'][{_shown(vid)}]: class {_shown(name)} is not in {ENCODE_FILE}")
         lists = _class_lists(_split_part(by_class, split, cls_path), split, classes, cls_path)
         rows += _split_rows(split, labelled, lists, classes, first_split, src)
     per_class = Counter((r[1], r[2]) for r in rows)

@@ -7,8 +7,10 @@ order. Items are ``((audio, visual), label)``; ``.targets`` is what Avalanche re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,44 @@ class LoadedData:
     classes: list[str]  # in presentation order: label i is classes[i]
     data_root: Path | None
     missing: int  # clips listed but not found (only with allow_missing)
+    #: what the data is (data_fingerprint): checkpoints carry it, --resume refuses other data
+    fingerprint: dict = field(default_factory=dict)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(classes: list[str], splits, source_files: list) -> dict:
+    """The identity of a run's data (issue #22): the class list in presentation order, the split
+    rows (id, label, split), and each source clip's or feature file's name, size and modification
+    time, as digests, with the rows per split so that a refusal can say what changed."""
+    rows = [[str(i), int(lab), str(sp)] for i, lab, sp in zip(splits["id"], splits["label"], splits["split"])]
+    return {
+        "classes": _digest(list(classes)),
+        "splits": _digest(rows),
+        "files": _digest(source_files),
+        "rows": {sp: int((splits["split"] == sp).sum()) for sp in ("train", "val", "test")},
+        "num_files": len(source_files),
+    }
+
+
+def fingerprint_changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two :func:`data_fingerprint` values, in words (empty: the same data)."""
+    changes = []
+    if saved.get("classes") != now.get("classes"):
+        changes.append("the class list")
+    if saved.get("splits") != now.get("splits"):
+        a, b = saved.get("rows", {}), now.get("rows", {})
+        counts = "/".join(str(a.get(k, "?")) for k in ("train", "val", "test"))
+        counts_now = "/".join(str(b.get(k, "?")) for k in ("train", "val", "test"))
+        changes.append(f"the split rows (ids, labels or splits; train/val/test rows {counts} -> {counts_now})")
+    if saved.get("files") != now.get("files"):
+        changes.append(
+            f"the source files ({saved.get('num_files', '?')} -> {now.get('num_files', '?')} files; "
+            "a size or modification time changed)"
+        )
+    return changes
 
 
 def presentation_order(num_classes: int, class_order_seed: int | None) -> list[int]:
@@ -126,4 +166,5 @@ def load_data(manifest: Manifest, cfg: dict) -> LoadedData:
     for c in range(len(classes)):
         if not (parts["train"].labels == c).any():
             raise DataError(f"class '{classes[c]}' has no training clip left after skipping missing clips")
-    return LoadedData(parts["train"], parts["val"], parts["test"], classes, root, missing)
+    fingerprint = data_fingerprint(classes, splits, arrays.source_files)
+    return LoadedData(parts["train"], parts["val"], parts["test"], classes, root, missing, fingerprint)

@@ -177,7 +177,13 @@ class Manifest:
                 raise DataError(f"{self.path}: neither 'classes' nor 'splits' is given")
             return sorted(set(self._read_csv(splits_csv, ["id", "label", "split"])["label"]))
         df = self._read_csv(classes_csv, ["index", "name"])
-        idx = df["index"].astype(int).tolist()
+        idx = pd.to_numeric(df["index"], errors="coerce")
+        if idx.isna().any() or (idx != idx.round()).any():
+            row = int(idx.isna().to_numpy().nonzero()[0][0]) if idx.isna().any() else int((idx != idx.round()).to_numpy().nonzero()[0][0])
+            raise DataError(
+                f"{classes_csv}: row {row + 2}: column 'index' is {str(df['index'].iloc[row])[:40]!r}, not an integer"
+            )
+        idx = idx.astype(int).tolist()
         if idx != list(range(len(idx))):
             raise DataError(f"{classes_csv}: column 'index' must be 0..{len(idx) - 1} in order")
         names = df["name"].tolist()
