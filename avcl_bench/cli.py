@@ -590,15 +590,22 @@ def cmd_report(args) -> int:
     for folder in args.results_dir or []:  # a typo must not write an empty report over a real one
         if not Path(folder).is_dir():
             raise ConfigError(f"--results-dir {folder}: no such folder (nothing was written)")
-    summary = generate_report(
-        results_dirs=[Path(p) for p in args.results_dir] if args.results_dir else None,
-        out_dir=Path(args.out) if args.out else None,
-        leaderboard_path=Path(args.leaderboard) if args.leaderboard else None,
-        published_dir=Path(args.published_dir) if args.published_dir else None,
-        where=parse_set(args.where),
-        plots=not args.no_plots,
-        log=(lambda m: None) if args.quiet else print,
-    )
+    try:
+        summary = generate_report(
+            results_dirs=[Path(p) for p in args.results_dir] if args.results_dir else None,
+            out_dir=Path(args.out) if args.out else None,
+            leaderboard_path=Path(args.leaderboard) if args.leaderboard else None,
+            published_dir=Path(args.published_dir) if args.published_dir else None,
+            where=parse_set(args.where),
+            plots=not args.no_plots,
+            log=(lambda m: None) if args.quiet else print,
+        )
+    except OSError as exc:  # a read-only mount, a folder not writable by this user, a full disk
+        where = exc.filename or "the report's folder"
+        raise ConfigError(
+            f"report: cannot write {where}: {exc.strerror or type(exc).__name__} (choose writable places "
+            "with --out and --leaderboard; files already there are kept)"
+        ) from None
     print(summary["message"])
     return 0
 
@@ -649,7 +656,16 @@ COMMANDS = {
 }
 
 
+def _tolerant_streams() -> None:
+    """Under a locale that is not UTF-8 (LC_ALL=C without Python's coercion), a non-ASCII class or
+    run name is printed escaped instead of ending the command with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None) -> int:
+    _tolerant_streams()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -33,7 +33,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run folder follows the user's umask
-        with os.fdopen(fd, "w") as fh:
+        # UTF-8, never the locale's (ASCII under LC_ALL=C); surrogateescape writes back the bytes of a
+        # file name that such a locale could not decode
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

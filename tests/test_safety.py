@@ -737,3 +737,81 @@ def test_held_lock_message_names_the_lock_file(feature_benchmark, tmp_path, caps
     lock.unlink()
     code, err = _run_cli(run_args(feature_benchmark, tmp_path, "held") + QUICK + ["--overwrite"], capsys)
     assert code == 0 and (run_dir / "COMPLETE").is_file(), err
+
+
+def _without_root_file_access():
+    """preexec_fn for a child that obeys mode bits even as root: root reads and writes through any
+    mode (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so the child drops both from its capability
+    bounding set before it executes (a root process then gets neither); None when not root."""
+    if os.geteuid() != 0:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def drop():
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return drop
+
+
+def test_report_skips_an_unreadable_folder_and_refuses_unwritable_places(feature_benchmark, tmp_path, capsys):
+    """Issue #22: a run folder the user may not enter is listed and skipped; a report onto a
+    folder it may not write is one line, exit 2, the folder unchanged; in the C locale (no UTF-8
+    coercion) a non-ASCII run id is reported."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="avcl-report-perm-"))
+    try:
+        base.chmod(0o777)
+        results = base / "results"
+        code, err = _run_cli(run_args(feature_benchmark, results, "good") + QUICK + ["--quiet"], capsys)
+        assert code == 0, err
+        shutil.copytree(results / "good", results / "güt")  # a non-ASCII run id
+        shutil.copytree(results / "good", results / "locked")
+        for p in [results, *results.rglob("*")]:
+            p.chmod(0o777 if p.is_dir() else 0o666)
+        (results / "locked").chmod(0o000)
+        env = {**os.environ, "MPLCONFIGDIR": str(base / "mpl"), "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+
+        def report(out: Path):
+            return subprocess.run(
+                [sys.executable, "-m", "avcl_bench.cli", "report", "--results-dir", str(results), "--out", str(out),
+                 "--leaderboard", str(out / "leaderboard.csv"), "--no-plots"],
+                capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
+                preexec_fn=_without_root_file_access(), cwd=base, timeout=300,
+            )
+
+        out = base / "out"
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        proc = report(out)
+        assert proc.returncode == 0, proc.stderr
+        assert f"skipped {results / 'locked'}: unreadable folder (Permission denied)" in proc.stdout, proc.stdout
+        board = (out / "leaderboard.csv").read_text(encoding="utf-8")
+        # good and güt hold the same config and seed: one row (the latest); the locked copy none
+        rows = board.strip().splitlines()[1:]
+        assert len(rows) == 1 and ("good" in rows[0] or "güt" in rows[0]) and "locked" not in board, board
+        assert "have the same config and seed" in proc.stdout
+        closed = base / "closed"
+        closed.mkdir()
+        (closed / "leaderboard.md").write_text("an earlier report\n")
+        closed.chmod(0o555)
+        proc = report(closed)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "report: cannot write" in lines[0], proc.stderr
+        assert "Permission denied" in lines[0] and "Traceback" not in proc.stderr
+        assert sorted(p.name for p in closed.iterdir()) == ["leaderboard.md"]
+        assert (closed / "leaderboard.md").read_text() == "an earlier report\n"
+    finally:
+        for p in [base, *base.rglob("*")] if base.exists() else []:
+            try:
+                p.chmod(0o777)
+            except OSError:
+                pass
+        shutil.rmtree(base, ignore_errors=True)

@@ -434,11 +434,26 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
         if not rdir.is_dir():
             warnings.append(f"results folder {rdir} does not exist")
             continue
-        for path in sorted(p for p in rdir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()):
+        try:
+            entries = sorted(rdir.iterdir())
+        except OSError as exc:
+            warnings.append(f"results folder {rdir} is unreadable ({exc.strerror or type(exc).__name__})")
+            continue
+        for path in entries:
+            try:
+                if not (path.is_dir() and (path / "config.yaml").is_file()):
+                    continue
+                complete = (path / COMPLETE).is_file()
+            except OSError as exc:  # a folder this user may not enter: listed, the others reported
+                incomplete.append(
+                    {"run_id": path.name, "path": str(path), "state": "malformed",
+                     "error": f"unreadable folder ({exc.strerror or type(exc).__name__})"}
+                )
+                continue
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())
-            if not (path / COMPLETE).is_file():
+            if not complete:
                 incomplete.append({"run_id": path.name, "path": str(path), **_incomplete_state(path)})
                 continue
             try:
