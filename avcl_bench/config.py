@@ -79,6 +79,10 @@ SELECTION_SETS = ("current", "seen")
 #: the protocol under which selecting on every seen task's validation clips is the method's own
 #: (the AV-CIL release validates on all classes seen so far, e.g. ours/train_incremental_ours.py)
 SEEN_SELECTION_PROTOCOL = "av-cil"
+#: strategies that train on every seen task's data at each step: the seen tasks' validation clips
+#: are of data they hold, so they may select on them under any protocol (the upper bound's kept
+#: epoch is then its best on all seen classes, not on the newest task's alone)
+SEEN_DATA_STRATEGIES = ("joint",)
 
 #: the largest seed (numpy's generators take 32-bit seeds)
 SEED_MAX = 2**32 - 1
@@ -123,7 +127,8 @@ SCHEMA: dict[str, Any] = {
         "select_best_on_val": Param("bool", False),
         # which validation clips select the kept epoch and stop training: the current task's
         # (all that a method holds of its validation data) or every seen task's (the AV-CIL
-        # release's selection, allowed under the av-cil protocol only: validate())
+        # release's selection, allowed under the av-cil protocol and for the methods that train on
+        # every seen task's data: validate())
         "select_on": Param("str", "current", choices=SELECTION_SETS),
         # stop a task's training after this many epochs without a new best val accuracy (needs
         # select_best_on_val and a val split; train.epochs is then the budget); None = all epochs
@@ -587,13 +592,17 @@ def validate(cfg: dict) -> None:
     if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise ConfigError(f"unknown device '{device}' (known: auto, cpu, cuda, cuda:N)")
     tr = cfg["train"]
-    if tr["select_on"] == "seen" and cfg["protocol"] != SEEN_SELECTION_PROTOCOL and (
-        tr["select_best_on_val"] or tr["early_stop_patience"]
+    if (
+        tr["select_on"] == "seen"
+        and cfg["protocol"] != SEEN_SELECTION_PROTOCOL
+        and cfg["strategy"]["name"] not in SEEN_DATA_STRATEGIES
+        and (tr["select_best_on_val"] or tr["early_stop_patience"])
     ):
         raise ConfigError(
             f"config key 'train.select_on' is 'seen' under protocol {cfg['protocol']!r}: selecting the kept "
             "epoch on old tasks' validation clips uses data the method does not hold (only the "
-            f"{SEEN_SELECTION_PROTOCOL} protocol does, as its release); use 'current'"
+            f"{SEEN_SELECTION_PROTOCOL} protocol does, as its release, and the methods that train on "
+            f"every seen task's data: {', '.join(SEEN_DATA_STRATEGIES)}); use 'current'"
         )
     model = cfg["model"]
     if model["dim"] % model["heads"]:

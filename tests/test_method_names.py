@@ -69,6 +69,9 @@ def test_model_selection_looks_at_the_current_task_only_outside_the_av_cil_proto
     assert s.selection_experiences() == ["v0", "v1", "v2"]
     with pytest.raises(ConfigError, match="config key 'train.select_on' is 'seen' under protocol 'default'"):
         build_config("finetune", str(feature_benchmark), {"train": {"select_on": "seen", "select_best_on_val": True}})
+    # the upper bound trains on every seen task's data: it selects on all of them under any protocol
+    cfg, _ = build_config("joint", str(feature_benchmark), {"train": {"select_best_on_val": True}})
+    assert cfg["train"]["select_on"] == "seen"
     # the release's methods select on every seen task under its protocol
     for name in ("finetune", "lwf", "icarl", "ssil", "afc", "av-cil", "joint"):
         cfg, _ = build_config(name, "ave-ci", {})
