@@ -263,9 +263,7 @@ def load_yaml(path: Path, what: str) -> dict:
     except safe_yaml.YAMLTooLarge as exc:
         raise ConfigError(f"{what} file {path} is refused: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{what} file {path} is not valid YAML{where}") from None
+        raise ConfigError(f"{what} file {path} is not valid YAML: {safe_yaml.problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} file {path} must hold a mapping")
     return data

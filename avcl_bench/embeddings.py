@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from .rundir import temporary_beside
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +152,7 @@ def write_npz(path: Path, *, labels, class_names, meta: dict | None = None, **em
     """Atomic ``np.savez_compressed`` of an embeddings file (also used to build test fixtures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)  # follows the umask, as every file of a run folder
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(

@@ -30,9 +30,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and ``os.replace`` (no torn files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a run folder follows the user's umask
         # UTF-8, never the locale's (ASCII under LC_ALL=C); surrogateescape writes back the bytes of a
         # file name that such a locale could not decode
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:
@@ -51,6 +50,28 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def temporary_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new temporary file beside ``path`` (to ``os.replace`` onto it), as readable as the user's
+    umask allows: mkstemp makes 0600, and a results folder shared by a group follows the umask."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def complete_conflict(path: Path) -> str | None:
+    """Why a folder that holds ``COMPLETE`` is still not a result (None: it is one): the run writes
+    status.json 'complete' just before the marker, so any other state means the folder was
+    changed afterwards or by something else, and its files cannot be trusted."""
+    try:
+        status = json.loads((Path(path) / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "it holds COMPLETE, but its status.json is missing or unreadable"
+    state = status.get("state") if isinstance(status, dict) else None
+    if state != "complete":
+        return f"it holds COMPLETE, but its status.json says {state!r}"
+    return None
 
 
 def atomic_write_json(path: Path, obj) -> None:

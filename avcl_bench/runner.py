@@ -222,7 +222,12 @@ def run(
             _refuse_unconfirmed_code(rd, strategy_name, confirmed)
             cfg, manifest = build_config(strategy_name, saved["benchmark"], _config_overrides(saved))
         except (ConfigError, KeyError, TypeError, AttributeError, yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-            why = exc if isinstance(exc, ConfigError) else f"malformed ({type(exc).__name__}: {exc})"
+            if isinstance(exc, ConfigError):
+                why = exc
+            elif isinstance(exc, yaml.YAMLError):
+                why = f"malformed ({safe_yaml.problem(exc)})"
+            else:
+                why = f"malformed ({type(exc).__name__}: {exc})"
             raise ConfigError(
                 f"cannot resume {rd.path}: its config.yaml does not match this version of avcl-bench: {why}"
             ) from None
@@ -503,7 +508,9 @@ def _execute(
     catalogue = _catalogue_of_run(cfg, mods)
     R = {m: [[None] * num_tasks for _ in range(num_tasks)] for m in mods}
     task_sizes = [len(exp.dataset) for exp in test_stream]
-    timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0}
+    # earlier_sessions: the sessions whose work the checkpoint holds (counted, not guessed, so the
+    # eighth session of a run says 8)
+    timing = {"train_s": 0.0, "eval_s": 0.0, "earlier_sessions_s": 0.0, "earlier_sessions": 0}
     start_task = 0
     if resume:
         ckpt = load_checkpoint(rd, cfg, data.fingerprint)
@@ -511,6 +518,7 @@ def _execute(
             strategy.load_checkpoint_state(ckpt["strategy"], train_stream)
             R, timing, start_task = ckpt["R"], ckpt["timing"], ckpt["task"] + 1
             timing.setdefault("earlier_sessions_s", 0.0)
+            timing.setdefault("earlier_sessions", 1)  # a checkpoint of before the count: one session at least
             _restore_rng(ckpt["rng"])
             _log(f"[avcl-bench] resuming {rd.path.name} after task {start_task}/{num_tasks}", quiet)
     if cfg["progress"] and not quiet:
@@ -558,14 +566,11 @@ def _execute(
         "config_hash": config_hash(cfg),
     }
     earlier = timing.pop("earlier_sessions_s")
+    sessions = timing.pop("earlier_sessions") + 1
     # total_s: wall time of every session up to its last checkpoint plus this one (work lost to an
-    # interruption after a checkpoint is not counted); sessions > 1 marks a resumed run
-    out["timing"] = {
-        "total_s": earlier + time.time() - t_start,
-        "data_s": t_data,
-        **timing,
-        "sessions": 1 + int(bool(resume and start_task > 0)),
-    }
+    # interruption after a checkpoint is not counted); sessions: those whose work the result holds
+    # (> 1 marks a resumed run)
+    out["timing"] = {"total_s": earlier + time.time() - t_start, "data_s": t_data, **timing, "sessions": sessions}
     out["memory"] = _peak_memory(device)
     rd.write_json("metrics.json", out)
     rd.write_json("environment.json", environment_info(device))
@@ -603,7 +608,11 @@ def _train_tasks(cfg, strategy, rd, t_start, quiet, start_task, train_stream, te
                 strategy,
                 t,
                 R,
-                {**timing, "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start},
+                {
+                    **timing,
+                    "earlier_sessions_s": timing["earlier_sessions_s"] + time.time() - t_start,
+                    "earlier_sessions": timing["earlier_sessions"] + 1,  # this session's work is in it now
+                },
                 cfg,
                 data_fp,
             )

@@ -56,3 +56,11 @@ def safe_load(text: str):
             raise YAMLTooLarge("it is nested too deep to read") from None
     finally:
         loader.dispose()
+
+
+def problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own message spans four, with the source quoted): what
+    is wrong and the line, e.g. "could not determine a constructor for the tag '...' (line 2)"."""
+    text = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{text} (line {mark.line + 1})" if mark is not None else text

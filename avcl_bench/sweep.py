@@ -223,7 +223,7 @@ def run_name(name: str) -> str:
 
 def index_complete_runs(results_dirs) -> dict[str, Path]:
     """config_hash -> path of a complete run directory, over every run directory found."""
-    from .rundir import COMPLETE, config_hash
+    from .rundir import COMPLETE, complete_conflict, config_hash
 
     found: dict[str, Path] = {}
     for rdir in results_dirs:
@@ -231,6 +231,8 @@ def index_complete_runs(results_dirs) -> dict[str, Path]:
         if not rdir.is_dir():
             continue
         for marker in sorted(rdir.glob(f"*/{COMPLETE}")):
+            if complete_conflict(marker.parent):
+                continue  # not a result (its own run says why)
             try:
                 cfg = safe_yaml.safe_load((marker.parent / "config.yaml").read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, yaml.YAMLError):  # one bad folder is no reason to stop
@@ -465,7 +467,7 @@ def execute_spec(spec_json: dict) -> dict:
     concurrent sweep) holds it. Used by every executor (in process, in a child process, in a Ray
     task). A run interrupted at a task boundary (checkpoint present) is resumed, not restarted.
     """
-    from .rundir import COMPLETE, acquire_run_lock, lock_in_use_message
+    from .rundir import COMPLETE, acquire_run_lock, complete_conflict, lock_in_use_message
 
     t0 = time.time()
     results_dir = Path(spec_json["overrides"]["results_dir"])
@@ -482,14 +484,26 @@ def execute_spec(spec_json: dict) -> dict:
     if existing is not None:
         return {**base, "state": "skipped", "seconds": 0.0, "existing": str(existing)}
     path = results_dir / spec_json["run_id"]
-    if (path / COMPLETE).is_file():
+
+    def finished() -> dict | None:
+        """skipped for a complete run; failed, and left as it is, for a folder whose COMPLETE its
+        status.json contradicts (not a result, and not the suite's to clear)"""
+        if not (path / COMPLETE).is_file():
+            return None
+        conflict = complete_conflict(path)
+        if conflict:
+            error = f"run folder {path}: {conflict}; not counted as a result (remove the folder to run it again)"
+            return {**base, "state": "failed", "error": error, "seconds": 0.0}
         return {**base, "state": "skipped", "seconds": 0.0}
+
+    if finished():
+        return finished()
     lock = acquire_run_lock(path)
     if lock is None:
         return {**base, "state": "busy", "error": lock_in_use_message(path), "seconds": 0.0}
     try:
-        if (path / COMPLETE).is_file():  # finished by another sweep between the check and the lock
-            return {**base, "state": "skipped", "seconds": 0.0}
+        if finished():  # finished by another sweep between the check and the lock
+            return finished()
         threads = spec_json.get("threads")
         if threads:
             import torch

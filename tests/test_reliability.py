@@ -42,6 +42,21 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(strategy, tmp_path
     assert m["timing"]["total_s"] >= m["timing"]["train_s"] + m["timing"]["eval_s"]
 
 
+def test_sessions_counts_every_session_whose_work_the_result_holds(tmp_path, interrupt_after_task):
+    """Cut after tasks 1, 2 and 3 (a checkpoint each), then the last session: four sessions hold
+    work of the result (it said 2 for any number)."""
+    base = ["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--run-id", "cut"] + TINY
+    interrupt_after_task(1)
+    assert main(base) == 130
+    for task in (2, 3):
+        interrupt_after_task(task)
+        assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 130
+    interrupt_after_task(None)
+    assert main(["run", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m["timing"]["sessions"] == 4 and m["run"]["resumed"] is True
+
+
 @pytest.mark.slow
 def test_same_seed_gives_identical_matrices(tmp_path):
     base = ["run", "--strategy", "finetune", "--results-dir", str(tmp_path), "--seed", "3"] + TINY

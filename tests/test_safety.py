@@ -191,6 +191,14 @@ def _truncate(path: Path) -> None:
         fh.truncate(path.stat().st_size // 2)
 
 
+def _poison(path: Path) -> None:
+    """NaN in a middle row of a cached array (its shape and meta.json still agree): training on it
+    once failed with "lower train.lr", in every later run too, as the entry was never rebuilt."""
+    arr = np.load(path, mmap_mode="r+")
+    arr[len(arr) // 2].flat[0] = np.nan
+    arr.flush()
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -198,8 +206,9 @@ def _truncate(path: Path) -> None:
         lambda e: (e / "meta.json").write_text('{"ids": ['),
         lambda e: (e / "visual.npy").unlink(),
         lambda e: (e / "meta.json").write_bytes(b"\xff\xfe not utf-8"),
+        lambda e: _poison(e / "audio.npy"),
     ],
-    ids=["truncated-npy", "torn-meta", "missing-array", "non-utf8-meta"],
+    ids=["truncated-npy", "torn-meta", "missing-array", "non-utf8-meta", "nan-in-array"],
 )
 def test_damaged_cache_entry_is_rebuilt(feature_benchmark, tmp_path, monkeypatch, damage):
     cache = tmp_path / "cache"
@@ -292,7 +301,7 @@ def test_run_folder_files_follow_the_umask(feature_benchmark, tmp_path):
         assert main(run_args(feature_benchmark, tmp_path, "r") + QUICK) == 0
     finally:
         os.umask(previous)
-    for name in ("config.yaml", "status.json", "metrics.json", "accuracy_audio-visual.csv", "COMPLETE"):
+    for name in ("config.yaml", "status.json", "metrics.json", "accuracy_audio-visual.csv", "embeddings.npz", "COMPLETE"):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o664, name
 
 
@@ -382,11 +391,27 @@ def test_checkpoint_of_the_wrong_structure_is_one_line(
     assert code == 2 and len(err) == 1 and "not an avcl-bench checkpoint" in err[0], err
 
 
-def test_non_utf8_config_on_resume_is_one_line(feature_benchmark, tmp_path, capsys, interrupt_after_task):
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"\xff\xfe\x00seed: 0\n", "cannot resume"),
+        # a tag that would build an object: refused unbuilt, one line naming the tag and line (was four)
+        (
+            b"seed: 0\nstrategy: !!python/object/apply:os.system ['touch code-ran']\n",
+            "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system' (line 2)",
+        ),
+    ],
+    ids=["non-utf8", "python-object-tag"],
+)
+def test_unreadable_config_on_resume_is_one_line(
+    feature_benchmark, tmp_path, capsys, interrupt_after_task, monkeypatch, content, needle
+):
     run_dir = _interrupted_run(feature_benchmark, tmp_path, interrupt_after_task)
-    (run_dir / "config.yaml").write_bytes(b"\xff\xfe\x00seed: 0\n")
+    (run_dir / "config.yaml").write_bytes(content)
+    monkeypatch.chdir(tmp_path)
     code, err = _resume(run_dir, capsys)
-    assert code == 2 and len(err) == 1 and "cannot resume" in err[0], err
+    assert code == 2 and len(err) == 1 and "cannot resume" in err[0] and needle in err[0], err
+    assert not (tmp_path / "code-ran").exists() and (run_dir / "checkpoint.pt").is_file()
 
 
 def test_existing_run_folder_is_kept_unless_overwrite(feature_benchmark, tmp_path, capsys, interrupt_after_task):
@@ -528,6 +553,11 @@ def _corrupt_copies(good: Path, results: Path) -> dict[str, str]:
         ),
         "accuracy-inf": (lambda d: _edit_matrix(d, "inf"), "outside [0, 100]"),
         "accuracy-150": (lambda d: _edit_matrix(d, "150.0000"), "outside [0, 100]"),
+        # COMPLETE beside a status its run never writes before it
+        "complete-but-failed": (
+            lambda d: (d / "status.json").write_text('{"state": "failed", "error": "boom"}'),
+            "it holds COMPLETE, but its status.json says 'failed'",
+        ),
     }
     for run_id, (damage, _) in cases.items():
         shutil.copytree(good, results / run_id)
@@ -651,8 +681,30 @@ def test_a_sweep_passes_over_run_folders_it_cannot_read(tmp_path):
     ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_bytes(content)
+        (tmp_path / name / "status.json").write_text('{"state": "complete"}')
         (tmp_path / name / COMPLETE).write_text("")
+    # the same sound config, but a status that contradicts its COMPLETE: not a result
+    (tmp_path / "contradicted").mkdir()
+    (tmp_path / "contradicted" / "config.yaml").write_text(yaml.safe_dump({**good, "seed": 1}))
+    (tmp_path / "contradicted" / "status.json").write_text('{"state": "failed"}')
+    (tmp_path / "contradicted" / COMPLETE).write_text("")
     assert index_complete_runs([tmp_path]) == {config_hash(good): tmp_path / "good"}
+
+
+def test_a_sweep_does_not_count_a_complete_run_its_status_contradicts(feature_benchmark, tmp_path, capsys):
+    """COMPLETE beside status.json 'failed': the sweep records the run failed in one line naming the
+    folder, and leaves every file of it as it was (not the suite's result, not its to clear)."""
+    results = tmp_path / "runs"
+    sweep = ["sweep", "--strategies", "finetune", "--benchmarks", str(feature_benchmark), "--modalities", "audio-visual"]
+    sweep += ["--results-dir", str(results)] + QUICK
+    assert main(sweep) == 0
+    (run,) = [p for p in results.iterdir() if (p / "COMPLETE").is_file()]
+    (run / "status.json").write_text('{"state": "failed", "error": "boom"}')
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code = main(sweep)
+    out = capsys.readouterr()
+    assert code != 0 and f"run folder {run}: it holds COMPLETE, but its status.json says 'failed'" in out.out + out.err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize(

@@ -104,12 +104,29 @@ def open_cache_entry(final: Path) -> tuple[dict, dict[str, np.ndarray]]:
                 )
             if arr.shape[0] != len(ids):
                 raise DamagedCacheEntry(f"{name}.npy has {arr.shape[0]} rows for {len(ids)} ids")
+            row = first_non_finite_row(arr)
+            if row is not None:  # every entry is built from finite values (the sources are checked)
+                raise DamagedCacheEntry(f"{name}.npy row {row} ({ids[row]}) holds NaN or infinity")
             arrays[name] = arr
     except DamagedCacheEntry:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise DamagedCacheEntry(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     return meta, arrays
+
+
+def first_non_finite_row(arr: np.ndarray, chunk_bytes: int = 64 << 20) -> int | None:
+    """The first row of a float array that holds NaN or infinity (None: all finite), read in
+    chunks of about ``chunk_bytes`` so that a memory-mapped entry is never loaded whole."""
+    if arr.dtype.kind != "f" or arr.shape[0] == 0:
+        return None
+    step = max(1, chunk_bytes // max(1, arr[0].nbytes))
+    for start in range(0, arr.shape[0], step):
+        block = np.asarray(arr[start : start + step]).reshape(min(step, arr.shape[0] - start), -1)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            return start + int(np.argmax(bad))
+    return None
 
 
 def discard_damaged_entry(final: Path, reason) -> None:

@@ -49,13 +49,13 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from .. import paths
 from ..errors import DataError
+from ..rundir import temporary_beside
 
 BENCHMARK = "vggsound-sources"
 #: Class name of ``vggss.json`` that is not part of the 220-class benchmark (see module docstring).
@@ -178,7 +178,7 @@ def read_annotation_csv(annotation_csv: Path) -> tuple[dict[str, str], dict[str,
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

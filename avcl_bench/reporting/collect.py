@@ -25,7 +25,7 @@ import yaml
 
 from .. import metrics, safe_yaml
 from ..config import method_name
-from ..rundir import COMPLETE, config_hash, read_matrix
+from ..rundir import COMPLETE, complete_conflict, config_hash, read_matrix
 
 #: Config keys that do not distinguish a configuration (seed is what groups average over).
 NOT_CONFIG = ("seed", "run_id", "results_dir", "progress", "device")
@@ -254,7 +254,9 @@ def _read_mapping(path: Path, what: str, missing_ok: bool = False) -> dict:
         data = safe_yaml.safe_load(text) if what == "yaml" else json.loads(text)
     except safe_yaml.YAMLTooLarge as exc:
         raise MalformedRun(f"{path.name} is refused: {exc}") from None
-    except (yaml.YAMLError, ValueError):
+    except yaml.YAMLError as exc:
+        raise MalformedRun(f"{path.name} is not valid YAML: {safe_yaml.problem(exc)}") from None
+    except ValueError:
         raise MalformedRun(f"{path.name} is not valid {what.upper()}") from None
     if data is None and missing_ok:
         return {}
@@ -455,6 +457,10 @@ def collect(results_dirs, where: dict | None = None) -> Collection:
             seen.add(path.resolve())
             if not complete:
                 incomplete.append({"run_id": path.name, "path": str(path), **_incomplete_state(path)})
+                continue
+            conflict = complete_conflict(path)
+            if conflict:  # COMPLETE that its own status contradicts: listed, never a result
+                incomplete.append({"run_id": path.name, "path": str(path), "state": "malformed", "error": conflict})
                 continue
             try:
                 run = load_run(path, warnings)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..strategies import UPPER_BOUND, paper_order_key
+from ..rundir import temporary_beside
 from .collect import Collection, Group, pick_group
 from .tables import AVCIL_PAPER, CIGN_PAPER, MOD_TITLE, MODALITIES, full_method, shows
 
@@ -85,7 +85,7 @@ def save(fig, base: Path) -> list[Path]:
     out = []
     for ext in ("png", "pdf"):
         path = base.with_name(base.name + f".{ext}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{ext}")
+        fd, tmp = temporary_beside(path, suffix=f".{ext}")
         os.close(fd)
         try:
             fig.savefig(tmp, format=ext, bbox_inches="tight")
