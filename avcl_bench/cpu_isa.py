@@ -7,9 +7,11 @@ amplifies the last-bit differences into other accuracies. ``AVCL_BENCH_CPU_ISA=a
 (``native``, or unset: no pin; set before the suite, or torch, is imported) makes every one of
 them use its AVX2 kernels, available on every x86-64 CPU since 2013, and MKL its conditional
 numerical reproducibility branch for AVX2 (``MKL_CBWR=AVX2``), so that runs on different CPUs
-can be compared bit for bit. Measured: on an AMD EPYC (AVX2) the pinned run is bit-identical to
-the unpinned one at one thread; on an Intel Xeon with AVX-512 the three instruction-set pins
-without ``MKL_CBWR`` still gave other bits than the AMD machine (finetune's golden digest). The golden recording of the tests runs pinned
+can be compared bit for bit. Measured with tests/test_golden.py (14 recorded runs): on an AMD
+EPYC (AVX2) the pinned run is bit-identical to the unpinned one at one thread; on an AMD EPYC
+Zen 5 (AVX-512) the pinned runs reproduce all 14 and the unpinned none (lifting ATen's pin alone:
+10 differ, oneDNN's: 14, MKL's: 0); on an Intel Xeon with AVX-512 the three instruction-set pins
+without ``MKL_CBWR`` still gave other bits than the AVX2 machine (finetune's golden digest). The golden recording of the tests runs pinned
 (``tests/conftest.py``). The three libraries read their variables when they load: a pin set after
 torch was imported has no effect, and ``environment.json`` records the capability torch really used.
 """
