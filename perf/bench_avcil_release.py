@@ -113,11 +113,18 @@ def release_run(root: Path, method: str, seed: int, epochs: int, work: Path) -> 
             f"bench_avcil_release: the release ({method}) printed {len(steps)} step accuracies and "
             f"{len(forgetting)} forgettings, not 4 and 3; see {log}"
         )
+    # the epoch each step kept: the last "Saving best model" before the step's test
+    kept = [
+        int(m[-1]) if m else None
+        for m in (re.findall(r"Saving best model at Epoch (\d+)", part) for part in re.split(r"Testing res:", text)[:-1])
+    ]
     return {
         **cost,
         "step_acc": [round(a, 2) for a in steps],
         "mean_acc": statistics.fmean(steps),
         "avcil_forgetting": statistics.fmean(forgetting),
+        "step_forgetting": [round(f, 2) for f in forgetting],
+        "kept_epochs": kept,
     }
 
 
@@ -140,12 +147,20 @@ def suite_run(manifest: Path, method: str, seed: int, epochs: int, work: Path, s
     for s in settings:
         cmd += ["--set", s]
     cost = run_measured(cmd, Path.cwd(), work / f"suite_{method}_s{seed}.log")
-    metrics = json.loads((work / "suite" / run_id / "metrics.json").read_text())["modalities"]["audio-visual"]
+    run_dir = work / "suite" / run_id
+    document = json.loads((run_dir / "metrics.json").read_text())
+    metrics = document["modalities"]["audio-visual"]
+    from avcl_bench.metrics import avcil_forgetting_per_step
+    from avcl_bench.rundir import read_matrix
+
+    R = read_matrix(run_dir / "accuracy_audio-visual.csv")[0]
     return {
         **cost,
         "step_acc": [round(a, 2) for a in metrics["step_acc"]],
         "mean_acc": metrics["mean_inc_acc"],
         "avcil_forgetting": metrics["avcil_forgetting"],
+        "step_forgetting": [round(f, 2) for f in avcil_forgetting_per_step(R)],
+        "kept_epochs": [e.get("kept_epoch") for e in document["run"].get("epochs_trained") or []],
     }
 
 
