@@ -113,11 +113,14 @@ def release_run(root: Path, method: str, seed: int, epochs: int, work: Path) -> 
             f"bench_avcil_release: the release ({method}) printed {len(steps)} step accuracies and "
             f"{len(forgetting)} forgettings, not 4 and 3; see {log}"
         )
-    # the epoch each step kept: the last "Saving best model" before the step's test
+    # per step (the log up to each step's test): the epoch kept, the last "Saving best model"
+    # (0-based, as the release counts; +1 here to count as the suite does), and each epoch's
+    # validation accuracy
+    parts = re.split(r"Testing res:", text)[:-1]
     kept = [
-        int(m[-1]) if m else None
-        for m in (re.findall(r"Saving best model at Epoch (\d+)", part) for part in re.split(r"Testing res:", text)[:-1])
+        int(m[-1]) + 1 if m else None for m in (re.findall(r"Saving best model at Epoch (\d+)", part) for part in parts)
     ]
+    val_acc = [[round(100 * float(v), 4) for v in re.findall(r"Epoch:\d+ val_res:([0-9.]+)", part)] for part in parts]
     return {
         **cost,
         "step_acc": [round(a, 2) for a in steps],
@@ -125,6 +128,7 @@ def release_run(root: Path, method: str, seed: int, epochs: int, work: Path) -> 
         "avcil_forgetting": statistics.fmean(forgetting),
         "step_forgetting": [round(f, 2) for f in forgetting],
         "kept_epochs": kept,
+        "val_acc": val_acc,
     }
 
 
@@ -161,6 +165,7 @@ def suite_run(manifest: Path, method: str, seed: int, epochs: int, work: Path, s
         "avcil_forgetting": metrics["avcil_forgetting"],
         "step_forgetting": [round(f, 2) for f in avcil_forgetting_per_step(R)],
         "kept_epochs": [e.get("kept_epoch") for e in document["run"].get("epochs_trained") or []],
+        "val_acc": [e.get("val_acc") for e in document["run"].get("epochs_trained") or []],
     }
 
 

@@ -67,4 +67,7 @@ def test_quick_profile_trains_until_validation_stops_improving(feature_benchmark
         # stopped `patience` epochs after the kept one, not before epoch `least` (or at the budget)
         assert task["epochs"] == min(budget, max(least, task["kept_epoch"] + patience)), trained
         assert task["epochs"] >= least
+        # every epoch's selection accuracy is recorded; the kept epoch is the first best of them
+        assert len(task["val_acc"]) == task["epochs"], trained
+        assert task["kept_epoch"] == 1 + task["val_acc"].index(max(task["val_acc"])), trained
     assert any(task["epochs"] < budget for task in trained), trained  # tiny data converges early

@@ -60,6 +60,20 @@ def test_herding_first_pick_is_nearest_to_mean():
     assert len(set(order)) == 3
 
 
+def test_herding_with_repeats_picks_a_clip_again_by_hand():
+    """Unit features a=(1,0), b=(0,1), c=(0.6,0.8); mu = (1.6, 1.8)/3 = (0.533, 0.6).
+    Pick 1: ||mu - x||^2 = a 0.578, b 0.444, c 0.044 -> c. Pick 2, ||mu - (x + c)/2||^2: a 0.111,
+    b 0.144, c again 0.044: the AV-CIL release's herding (no clip set aside) takes c twice, iCaRL's
+    distinct herding takes a."""
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    assert herding_select(feats, 2) == [2, 0]
+    assert herding_select(feats, 2, distinct=False) == [2, 2]
+    assert len(herding_select(feats, 5, distinct=False)) == 3  # at most one pick per clip of the class
+    mem = ExemplarMemory(per_class=2, selection="herding_repeats")
+    mem.update(_DS([0, 0, 0]), 1, feature_fn=lambda sub: feats[sub.rows])
+    assert mem.store[0][1] == [2, 2]  # the memory holds the clip twice, as the release's list of vids
+
+
 class _DS:
     """Minimal stand-in for an Avalanche dataset: targets + subset."""
 

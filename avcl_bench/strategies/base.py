@@ -463,6 +463,7 @@ class AVCLStrategy(SupervisedTemplate):
         if self.clock.train_exp_epochs == 0:
             self._best_val = (-1.0, None)
             self._best_epoch = 0
+            self._val_history = []  # each epoch's selection accuracy, recorded in epochs_trained
         self._epoch = self.clock.train_exp_epochs + 1
         patience = self.cfg["train"]["early_stop_patience"]
         done = self._epoch - 1
@@ -512,6 +513,7 @@ class AVCLStrategy(SupervisedTemplate):
         acc = None
         if self.cfg["train"]["select_best_on_val"] and self.val_experiences:
             acc = self.pooled_accuracy(self.selection_experiences())
+            self._val_history.append(round(acc, 4))
             if acc > self._best_val[0]:
                 state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self._best_val = (acc, state)
@@ -525,7 +527,9 @@ class AVCLStrategy(SupervisedTemplate):
             self.model.load_state_dict(self._best_val[1])
             self._best_val = (-1.0, None)
             kept = self._best_epoch
-        self.epochs_trained.append({"epochs": int(self.clock.train_exp_epochs), "kept_epoch": kept})
+        self.epochs_trained.append(
+            {"epochs": int(self.clock.train_exp_epochs), "kept_epoch": kept, "val_acc": list(getattr(self, "_val_history", []))}
+        )
         super()._after_training_exp(**kwargs)
         for part in self.parts.values():
             part.after_training_exp(self)

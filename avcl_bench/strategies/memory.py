@@ -27,9 +27,18 @@ from ..rundir import numpy_state_from_plain, numpy_state_to_plain
 from .base import Part
 
 
-def herding_select(features: torch.Tensor, m: int) -> list[int]:
+#: exemplar selections: random draws; herding of distinct clips (iCaRL Alg. 4); herding that may
+#: pick a clip again, as the AV-CIL release's gen_step_exemplar_set (iCaRL/train_incremental_icarl.py
+#: l.109-125: the argmin runs over every clip at every pick, none is set aside)
+SELECTIONS = ("random", "herding", "herding_repeats")
+HERDING = ("herding", "herding_repeats")
+
+
+def herding_select(features: torch.Tensor, m: int, distinct: bool = True) -> list[int]:
     """iCaRL Alg. 4 (Rebuffi et al. 2017): greedily pick rows whose running mean best
-    approximates the class mean of the L2-normalised features; returns row indices in pick order."""
+    approximates the class mean of the L2-normalised features; returns row indices in pick order
+    (``distinct=False``: a row may be picked again, the AV-CIL release's herding; still at most
+    one pick per row of the class, as the release pads a class with fewer clips than the quota)."""
     feats = torch.nn.functional.normalize(features.float(), dim=1)
     mu = feats.mean(0)
     chosen: list[int] = []
@@ -38,7 +47,8 @@ def herding_select(features: torch.Tensor, m: int) -> list[int]:
     for k in range(1, min(m, len(feats)) + 1):
         # iCaRL Alg. 4: p_k = argmin_x || mu - (x + sum_{j<k} p_j) / k ||
         dist = ((mu - (feats + running) / k) ** 2).sum(1)
-        dist[~available] = float("inf")
+        if distinct:
+            dist[~available] = float("inf")
         i = int(torch.argmin(dist))
         chosen.append(i)
         available[i] = False
@@ -67,7 +77,7 @@ class ExemplarMemory(Part):
     ):
         if not per_class and not total:
             raise ValueError("ExemplarMemory needs per_class or total")
-        if selection not in ("random", "herding"):
+        if selection not in SELECTIONS:
             raise ValueError(f"unknown exemplar selection '{selection}'")
         if replay not in ("concat", "paired") or (replay == "paired" and not batch_size):
             raise ValueError(f"exemplar replay must be concat or paired (with a batch size), got {replay!r}")
@@ -102,8 +112,10 @@ class ExemplarMemory(Part):
                 )
             return None
         selection = cfg["strategy"].get(selection_key, "random") if selection_key else "random"
-        if selection not in ("random", "herding"):
-            raise ConfigError(f"config key 'strategy.{selection_key}' must be random or herding, got {selection!r}")
+        if selection not in SELECTIONS:
+            raise ConfigError(
+                f"config key 'strategy.{selection_key}' must be one of {', '.join(SELECTIONS)}, got {selection!r}"
+            )
         return cls(per_class or None, total or None, selection, seed=cfg["seed"], **replay)
 
     def quota(self, num_seen_classes: int) -> int:
@@ -133,16 +145,20 @@ class ExemplarMemory(Part):
         targets = np.asarray(list(dataset.targets))
         for c in sorted(set(targets.tolist())):
             rows = np.flatnonzero(targets == c)
-            if self.selection == "herding":
+            if self.selection in HERDING:
                 if feature_fn is None:
                     raise ValueError("herding selection needs a feature function")
                 feats = feature_fn(dataset.subset(rows.tolist()))
-                order = [int(rows[i]) for i in herding_select(feats, q)]
+                order = [int(rows[i]) for i in self.herd(feats, q)]
             else:
                 order = self.rng.permutation(rows)[:q].tolist()
             self.store[c] = (dataset, order)
         for c, (ds, rows) in list(self.store.items()):
             self.store[c] = (ds, rows[:q])
+
+    def herd(self, features: torch.Tensor, m: int) -> list[int]:
+        """The herding picks of this memory's selection (distinct clips, or the release's repeats)."""
+        return herding_select(features, m, distinct=self.selection == "herding")
 
     def class_dataset(self, c: int):
         ds, rows = self.store[c]
@@ -171,7 +187,7 @@ class ExemplarMemory(Part):
         return PairedReplayLoader(loader, memory_loader)
 
     def after_training_exp(self, strategy) -> None:
-        feature_fn = (self.feature_fn or strategy.extract_features) if self.selection == "herding" else None
+        feature_fn = (self.feature_fn or strategy.extract_features) if self.selection in HERDING else None
         self.update(strategy.new_training_data(), strategy.num_seen, feature_fn)
 
     def state_dict(self) -> dict:
@@ -237,9 +253,9 @@ class ClassMeans(Part):
             rows = np.flatnonzero(targets == c)
             if c in self.memory.store or not strategy.num_old <= c < strategy.num_seen:
                 continue
-            if self.memory.selection == "herding":
+            if self.memory.selection in HERDING:
                 f = features(dataset.subset(rows.tolist()))
-                f = f[herding_select(f, q)]  # iCaRL Alg. 4 picks
+                f = f[self.memory.herd(f, q)]  # iCaRL Alg. 4 picks (with the release's repeats if so selected)
             else:  # the rows ExemplarMemory.update will draw
                 f = features(dataset.subset(rng.permutation(rows)[:q].tolist()))
             mean = f.mean(0)  # iCaRL Alg. 1
