@@ -186,19 +186,40 @@ def _add_sweep_parser(sub) -> None:
         "cign-10tasks | avcil-tables (see --list-presets)",
     )
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    # each of run's options too, so that a command that works for one run works for a sweep
+    # (the singular forms take one value or a comma-separated list)
     p.add_argument(
         "--strategies",
+        "--strategy",
+        dest="strategies",
         default=None,
         help="comma-separated strategies or specs of your own methods (path.py:Class, module:Class, "
         "entry-point name); replaces the preset's",
     )
     p.add_argument(
         "--benchmarks",
+        "--benchmark",
+        dest="benchmarks",
         default=None,
         help="comma-separated benchmarks or manifest paths (replaces the preset's), e.g. synth-av",
     )
-    p.add_argument("--modalities", default=None, help="comma-separated: audio,visual,audio-visual")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (preset default 0,1,2; otherwise 0)")
+    p.add_argument(
+        "--modalities", "--modality", dest="modalities", default=None, help="comma-separated: audio,visual,audio-visual"
+    )
+    p.add_argument(
+        "--seeds", "--seed", dest="seeds", default=None, help="comma-separated seeds (preset default 0,1,2; otherwise 0)"
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        choices=("quick", "paper"),  # avcl_bench.config.PROFILES, checked before any run is planned
+        help="size profile of every run: quick | paper (as for run; the same as --set profile=...)",
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="every run skips manifest ids missing on disk (their number is recorded) instead of failing",
+    )
     _add_set_arg(p, "config override applied to every run (repeatable)")
     p.add_argument(
         "--skip-unavailable",
@@ -526,12 +547,17 @@ def cmd_sweep(args) -> int:
     if args.device:
         extra["device"] = args.device
     results_dir = in_workdir(args.results_dir) if args.results_dir else default_results_dir()
+    sets = parse_set(args.sets)
+    if args.profile is not None:  # a command-line option, above --set as in run
+        sets["profile"] = args.profile
+    if args.allow_missing:
+        sets["allow_missing"] = True
     specs = sw.plan(
         strategies,
         benchmarks,
         modalities,
         seeds,
-        sets=sw.deep_merge(pre.sets, parse_set(args.sets)) if pre else parse_set(args.sets),
+        sets=sw.deep_merge(pre.sets, sets) if pre else sets,
         variants=pre.variants if pre else None,
         protocol=pre.protocol if pre else None,
         results_dir=results_dir,

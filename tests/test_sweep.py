@@ -287,6 +287,22 @@ def test_sweep_cli_dry_run_and_presets(tmp_path, capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
 
 
+def test_sweep_takes_the_options_run_takes(tmp_path, capsys):
+    """run's --strategy/--benchmark/--modality/--seed/--profile work for a sweep (they were
+    'unrecognized arguments', and a sweep without --set profile=quick planned the papers' sizes)."""
+    from avcl_bench.cli import main
+
+    base = ["sweep", "--strategy", "finetune", "--benchmark", "synth-av", "--modality", "audio", "--seed", "3"]
+    base += ["--set", "synth.size=tiny", "--results-dir", str(tmp_path), "--dry-run"]
+    for profile, epochs in (("paper", "epochs=100"), ("quick", "epochs=30")):
+        assert main(base + ["--profile", profile]) == 0
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pending")]
+        assert "finetune_synth-av_cign_audio_s3_" in line and epochs in line, line
+    with pytest.raises(SystemExit) as exit_:
+        main(base + ["--profile", "fast"])
+    assert exit_.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
