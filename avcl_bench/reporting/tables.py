@@ -364,11 +364,15 @@ def _ablation_only(g: Group) -> bool:
     return g.strategy == "cign" and bool(g.method_variant) and set(g.method_variant) <= ABLATION_KEYS
 
 
-def listed_rows(col: Collection, tables, paper: tuple[str, str]) -> list[tuple[str, str, str]]:
+def listed_rows(col: Collection, tables, paper: tuple[str, str], mark_own: bool = True) -> list[tuple[str, str, str]]:
     """(strategy, label, variant name "") of the methods whose catalogue entry lists any of
-    ``tables``, in the paper's row order; the paper's own method labelled "(ours)"."""
+    ``tables``, in the paper's row order; in a paper's own table (``mark_own``) its authors'
+    method is labelled "(ours)", never in the layout of a researcher's own benchmark."""
     family, own = paper
-    return [(s, col.display(s) + (" (ours)" if s == own else ""), "") for s in members(tables, family, col.catalogue)]
+    return [
+        (s, col.display(s) + (" (ours)" if mark_own and s == own else ""), "")
+        for s in members(tables, family, col.catalogue)
+    ]
 
 
 def _extras(col: Collection, benchmark: str, protocol: str, listed) -> list[tuple[str, str, str]]:
@@ -435,6 +439,7 @@ def cign_table(
     paper_table: str | None = None,
     only_present: bool = False,
     tables=CIGN_LAYOUT,
+    mark_own: bool = True,
 ) -> Table:
     columns = [Column(MOD_TITLE[m], metric, m) for m in MODALITIES for metric in ("avg_acc", "forgetting")]
     t = Table(
@@ -448,7 +453,7 @@ def cign_table(
         compare=paper_table is not None,
         paper=f"CIGN {paper_table}" if paper_table else "",
     )
-    listed = listed_rows(col, tables, CIGN_PAPER)
+    listed = listed_rows(col, tables, CIGN_PAPER, mark_own)
     for strategy, label, vname in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
         cells = []
         for c in columns:
@@ -525,8 +530,18 @@ def ablation_table(
 
 
 def avcil_table(
-    col: Collection, pub, key: str, title: str, benchmark: str, protocol: str, num_tasks: int, compare: bool = True
+    col: Collection,
+    pub,
+    key: str,
+    title: str,
+    benchmark: str,
+    protocol: str,
+    num_tasks: int,
+    compare: bool = True,
+    layout: bool = False,
 ) -> Table:
+    """The AV-CIL table of one benchmark; as the ``layout`` of a benchmark outside the paper: rows
+    only for the methods that ran there, and no "(ours)"."""
     columns = [Column(None, "step", None, step=i, comparable=False) for i in range(num_tasks)]
     columns += [Column(None, "mean_inc_acc", None), Column(None, "avcil_forgetting", None)]
     t = Table(
@@ -541,10 +556,12 @@ def avcil_table(
         paper="AV-CIL (reference values, reports/published/av-cil.csv)" if compare else "",
         sectioned=True,
     )
-    listed = listed_rows(col, AVCIL_LAYOUT, AVCIL_PAPER)
+    listed = listed_rows(col, AVCIL_LAYOUT, AVCIL_PAPER, mark_own=not layout)
     for m in MODALITIES:
         for strategy, label, vname in _with_extras(listed, _extras(col, benchmark, protocol, listed)):
             g, alt = pick_group(col.groups, strategy, benchmark, protocol, m, shows(vname))
+            if layout and g is None:
+                continue  # a method that did not run here (in this modality) has no row
             cells = []
             for c in columns:
                 cell = _cell(g, alt, c.metric, c.step)
@@ -645,7 +662,19 @@ def build_tables(col: Collection, pub) -> list[Table]:
     covered |= {(b, "av-cil") for b, _ in AVCIL_BENCHMARKS}
     others = sorted({(g.benchmark, g.protocol) for g in col.groups} - covered)
     for b, p in others:
-        tables.append(cign_table(col, pub, f"layout_cign_{b}_{p}", f"CIGN Tables 1-3 layout on {b} ({p})", b, p))
+        # a researcher's own benchmark: only the methods that ran there, none of them "(ours)"
+        tables.append(
+            cign_table(
+                col,
+                pub,
+                f"layout_cign_{b}_{p}",
+                f"CIGN Tables 1-3 layout on {b} ({p})",
+                b,
+                p,
+                only_present=True,
+                mark_own=False,
+            )
+        )
         tables.append(
             avcil_table(
                 col,
@@ -656,6 +685,7 @@ def build_tables(col: Collection, pub) -> list[Table]:
                 p,
                 _num_tasks(b, p, col),
                 compare=False,
+                layout=True,
             )
         )
     # the ablation layout wherever CIGN ran with a module switched off (Table 4 itself is VGGSound-100)
