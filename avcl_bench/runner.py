@@ -105,7 +105,8 @@ def pick_device(name: str):
 
 def environment_info(device) -> dict:
     pkgs = {}
-    for name in ("torch", "torchvision", "torchaudio", "avalanche-lib", "numpy", "av", "h5py", "pandas"):
+    # the suite's own version first: a wheel install has no commit to record
+    for name in ("avcl-bench", "torch", "torchvision", "torchaudio", "avalanche-lib", "numpy", "av", "h5py", "pandas"):
         try:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -47,6 +47,9 @@ def test_run_end_to_end_writes_complete_run_dir(strategy, tmp_path, capsys):
     assert "synth-av" in (rd / "config.yaml").read_text()
     env = json.loads((rd / "environment.json").read_text())
     assert env["packages"]["torch"].startswith("2.14")
+    from avcl_bench import __version__
+
+    assert env["packages"]["avcl-bench"] == __version__  # the suite's version, with or without a checkout
     assert m["timing"]["total_s"] > 0 and m["memory"]["peak_rss_mb"] > 0
 
 
