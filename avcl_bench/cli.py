@@ -13,8 +13,7 @@ import argparse
 import sys
 
 from .errors import UserError
-
-MODALITIES = ("audio", "visual", "audio-visual")
+from .modalities import MODALITIES
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

@@ -48,10 +48,10 @@ from .data.clips import AudioSpec, VisualSpec
 from .data.features import VISUAL_FORMATS
 from .data.synth import SYNTH_SIZES
 from .errors import ConfigError
+from .modalities import MODALITIES
 from .params import InvalidValue, Param, dataclass_params, declared_params, invalid_message
 from .paths import STRATEGIES_DIR
 
-MODALITIES = ("audio", "visual", "audio-visual")
 #: the values of ``model.network`` (see :data:`SCHEMA`)
 NETWORKS = ("avnet", "avcil")
 

@@ -55,9 +55,8 @@ import yaml
 
 from . import safe_yaml
 from .errors import ConfigError, UserError
+from .modalities import MODALITIES
 from .strategies import canonical_spec, members, strategy_catalogue
-
-MODALITIES = ("audio", "visual", "audio-visual")
 
 
 @dataclass(frozen=True)

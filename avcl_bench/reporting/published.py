@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..modalities import MODALITIES
 from ..paths import REPORTS_DIR
 
-MODALITIES = ("audio", "visual", "audio-visual")
 LONG_COLUMNS = [
     "paper",
     "table",

@@ -31,11 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import method_name
+from ..modalities import MODALITIES
 from ..strategies import UPPER_BOUND, members
 from .collect import Collection, Group, Stat, pick_group
 from .published import lookup
 
-MODALITIES = ("audio", "visual", "audio-visual")
 MOD_TITLE = {"audio": "Audio", "visual": "Visual", "audio-visual": "Audio-Visual"}
 
 #: The paper families of the tables: (row order in PAPER_ROW_ORDER, the paper's own method).

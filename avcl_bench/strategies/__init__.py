@@ -37,11 +37,11 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..modalities import MODALITIES
 
 REGISTRY: dict[str, type] = {}
 #: Entry-point group through which installed distributions contribute strategies.
 ENTRY_POINT_GROUP = "avcl_bench.strategies"
-MODALITIES = ("audio", "visual", "audio-visual")
 #: Top-level keys of a strategy document (a strategies/*.yaml file or a class's ``doc``).
 DOC_KEYS = (
     "name",
