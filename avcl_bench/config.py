@@ -67,6 +67,11 @@ SHARED_QUICK = {
     "model": {"dim": 64, "encoder_width": 16, "fusion_depth": 1, "heads": 4},
 }
 
+#: the papers' shared training settings (CIGN Sec. 4.1: 100 epochs, batch 128, Adam, lr 1e-4), the
+#: defaults of a strategy document that declares no ``defaults:`` (a method of one's own), which
+#: would otherwise train with the schema's values (1 epoch per task) on every real benchmark
+PAPER_DEFAULTS = {"train": {"epochs": 100, "batch_size": 128, "lr": 1.0e-4, "optimizer": "adam"}}
+
 #: the quick profile's training rule, below each strategy's own quick sizes: train until the
 #: validation accuracy stops improving (5 epochs without a new best, never before epoch 10),
 #: within the epoch budget ``train.epochs``, and keep the best epoch's weights. On digits-av
@@ -436,7 +441,9 @@ def resolve(
     quick = profiles.get("quick", SHARED_QUICK)  # a method that declares no quick sizes gets the shared ones
     below = [
         (manifest_config, f"benchmark manifest '{bench}' protocol"),
-        (sdoc.get("defaults"), f"{origin} defaults"),
+        (sdoc["defaults"], f"{origin} defaults")
+        if "defaults" in sdoc
+        else (PAPER_DEFAULTS, f"PAPER_DEFAULTS ({origin} declares no defaults)"),
     ]
     above = [
         (QUICK_CONVERGENCE if profile == "quick" else None, "QUICK_CONVERGENCE"),

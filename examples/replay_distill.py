@@ -8,6 +8,7 @@ model's old-class logits are distilled into the current model's (LwF's term in H
 
 import torch
 
+from avcl_bench.config import PAPER_DEFAULTS
 from avcl_bench.strategies.base import AVCLStrategy, PreviousModel
 from avcl_bench.strategies.losses import kd_loss
 from avcl_bench.strategies.memory import ExemplarMemory
@@ -25,6 +26,7 @@ class ReplayDistill(AVCLStrategy):
             "T": {"type": "float", "default": 2.0, "exclusive_min": 0, "source": "Li & Hoiem Sec. 3: T = 2"},
             "lambda_kd": {"type": "float", "default": 1.0, "min": 0, "source": "Li & Hoiem Sec. 3: lambda_o = 1"},
         },
+        "defaults": PAPER_DEFAULTS,  # the papers' training settings (CIGN Sec. 4.1), as the built-in methods
         "profiles": {  # --profile quick (the embedded benchmark's default): CPU-sized
             "quick": {
                 "train": {"epochs": 10, "batch_size": 32, "lr": 1.0e-3},

@@ -260,3 +260,23 @@ def test_a_received_run_folder_runs_no_code(tmp_path, monkeypatch, feature_bench
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and (extra[0] in err[0] or "not of --strategy" in err[0]), (extra, err)
     assert not marker.exists()
+
+
+def test_a_method_without_defaults_trains_with_the_papers_settings(tmp_path, monkeypatch):
+    """A strategy document with no ``defaults:`` once trained 1 epoch per task (the schema's value)
+    on every real benchmark; it gets the papers' shared settings, and the layer says why."""
+    from avcl_bench.config import PAPER_DEFAULTS
+    from avcl_bench.runner import build_config
+
+    (tmp_path / "bare.py").write_text(
+        "from avcl_bench.strategies.base import AVCLStrategy\n\n\n"
+        "class Bare(AVCLStrategy):\n    doc = {'name': 'bare', 'display_name': 'Bare'}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    provenance: dict = {}
+    cfg = build_config("bare.py:Bare", "ave-ci", {}, provenance=provenance)[0]
+    assert {k: cfg["train"][k] for k in PAPER_DEFAULTS["train"]} == PAPER_DEFAULTS["train"]
+    assert cfg["train"]["epochs"] == 100 and "declares no defaults" in provenance["train.epochs"]
+    # the README's example declares its own, the same settings
+    example = build_config(f"{PROJECT_ROOT}/examples/replay_distill.py:ReplayDistill", "ave-ci", {})[0]
+    assert example["train"]["epochs"] == 100 and example["train"]["lr"] == 1.0e-4
