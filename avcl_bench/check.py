@@ -107,6 +107,20 @@ def _decode(manifest, cfg, how_many: int | None) -> tuple[list[str], list[str]]:
     return [f"decoded: {done} of {len(ids)} clips"], problems
 
 
+def input_sizes(cfg: dict) -> str:
+    """The input sizes a run of this config trains on (its profile's, or the manifest's own where
+    it sets them): what the encoders see and what dominates a run's cost."""
+    where = f"input sizes (profile {cfg['profile']})"
+    if cfg["input"] == "features":
+        f = cfg["features"]
+        return f"{where}: audio features {f['audio_dim']}-d, visual tokens {' x '.join(map(str, f['visual_shape']))}"
+    a, v = cfg["clips"]["audio"], cfg["clips"]["visual"]
+    return (
+        f"{where}: audio {a['duration']:g} s at {a['sample_rate']} Hz, "
+        f"visual {v['num_frames']} frame(s) of {v['size']} x {v['size']} px"
+    )
+
+
 def check_benchmark(benchmark: str, overrides: dict, decode: str | None = None, out=print) -> int:
     """Print the report of ``benchmark`` (see the module docstring); 0 if sound, 2 otherwise."""
     from .data.datasets import presentation_order
@@ -122,6 +136,7 @@ def check_benchmark(benchmark: str, overrides: dict, decode: str | None = None, 
         f"benchmark {manifest.name} ({manifest.path}): {len(classes)} classes, protocol {cfg['protocol']}, "
         f"{num_tasks} tasks, input {cfg['input']}, data root {manifest.data_root}"
     )
+    out(input_sizes(cfg))
     table, problems = _class_table(manifest, manifest.classes)
     out("clips per class and split:")
     for line in table:

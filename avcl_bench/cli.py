@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", required=True, help="benchmark name or path/to/manifest.yaml")
     p.add_argument("--data-root", default=None, help="folder of the clips or feature files")
     p.add_argument("--decode", default=None, metavar="all|N", help="also decode all clips, or the first N")
+    p.add_argument(
+        "--profile",
+        default=None,
+        choices=("quick", "paper"),
+        help="the size profile whose input sizes to report (default as for run)",
+    )
     _add_set_arg(p, "config value (e.g. protocol=NAME, input=features, class_order_seed=1)")
     p = sub.add_parser(
         "generate",
@@ -665,6 +671,8 @@ def cmd_check(args) -> int:
     if args.data_root:
         over["data_root"] = args.data_root
     over["benchmark"] = args.benchmark
+    if args.profile:
+        over["profile"] = args.profile
     return check_benchmark(args.benchmark, over, decode=args.decode)
 
 

@@ -70,3 +70,14 @@ def test_unknown_split_value_lists_the_allowed_ones(feature_benchmark, tmp_path,
 def test_decode_takes_all_or_a_count(feature_benchmark, capsys, value):
     code = main(["check", "--benchmark", str(feature_benchmark), "--decode", value])
     assert code == 2 and "--decode takes 'all' or a positive number" in capsys.readouterr().err
+
+
+def test_check_says_which_input_sizes_a_run_uses(feature_benchmark, tmp_path, capsys):
+    """The input sizes a run trains on, per profile: a manifest's own sizes stay whatever the
+    profile (the quick profile shrinks encoders, not a manifest's inputs), and check says so."""
+    code, out = _check(["--benchmark", str(feature_benchmark)], capsys)
+    assert code == 0 and "input sizes (profile paper): audio features 32-d, visual tokens 2 x 4 x 16" in out
+    code, out = _check(["--benchmark", "synth-av", "--profile", "paper"], capsys)
+    assert code == 0 and "input sizes (profile paper): audio 2 s at 16000 Hz, visual 1 frame(s) of 64 x 64 px" in out
+    code, out = _check(["--benchmark", "synth-av", "--profile", "quick", "--set", "clips.visual.size=32"], capsys)
+    assert code == 0 and "input sizes (profile quick): audio 2 s at 16000 Hz, visual 1 frame(s) of 32 x 32 px" in out
