@@ -659,3 +659,21 @@ def test_methods_are_named_by_the_catalogue_their_runs_recorded(tmp_path):
     col = collect([results])
     groups = representatives(col, "vggsound-instruments", "cign", "audio-visual")
     assert [g.display_name for g in groups] == ["LwF (renamed)", "Mine (ext)", "Other method"]
+
+
+def test_forgetting_curve_legends_name_the_tasks_classes():
+    """Legends name each task's classes as the run recorded them (metrics.json run.classes, in the
+    run's class order); a task of many classes shows two and the count; no names: numbers."""
+    import types
+
+    from avcl_bench.reporting.plots import _task_classes
+
+    def group(classes, num_classes, tasks):
+        first = types.SimpleNamespace(num_classes=num_classes, info={"run": {"classes": classes}})
+        return types.SimpleNamespace(first=first, num_tasks=tasks)
+
+    g = group(["cat", "dog", "owl", "bee"], 4, 2)
+    assert [_task_classes(g, j) for j in range(2)] == ["Task 1: cat, dog", "Task 2: owl, bee"]
+    many = group([f"c{i}" for i in range(20)], 20, 2)
+    assert _task_classes(many, 1) == "Task 2: c10, c11, … (10 classes)"
+    assert _task_classes(group(None, 4, 2), 1) == "Task 2 (classes 3–4)"

@@ -127,11 +127,22 @@ def _grid(n: int, max_cols: int = 4, w: float = 3.0, h: float = 2.6):
     return fig, axes.flat[:n]
 
 
+#: the most class names a legend entry lists (a task of more shows the first two and the count)
+LEGEND_NAMES = 4
+
+
 def _task_classes(g: Group, j: int) -> str:
+    """The legend of task j: its classes by the names the run recorded (metrics.json, in the run's
+    class order), else by number."""
     C, T = g.first.num_classes, g.num_tasks
     if not C or C % T:
         return f"Task {j + 1}"
     k = C // T
+    names = (g.first.info.get("run") or {}).get("classes")
+    if isinstance(names, list) and len(names) == C and all(isinstance(n, str) for n in names):
+        mine = names[j * k : (j + 1) * k]
+        shown = ", ".join(mine) if k <= LEGEND_NAMES else f"{mine[0]}, {mine[1]}, … ({k} classes)"
+        return f"Task {j + 1}: {shown}"
     return f"Task {j + 1} (classes {j * k + 1}–{(j + 1) * k})"
 
 
