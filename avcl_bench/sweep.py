@@ -495,14 +495,16 @@ def execute_spec(spec_json: dict) -> dict:
             return {**base, "state": "failed", "error": error, "seconds": 0.0}
         return {**base, "state": "skipped", "seconds": 0.0}
 
-    if finished():
-        return finished()
+    done = finished()
+    if done:
+        return done
     lock = acquire_run_lock(path)
     if lock is None:
         return {**base, "state": "busy", "error": lock_in_use_message(path), "seconds": 0.0}
     try:
-        if finished():  # finished by another sweep between the check and the lock
-            return finished()
+        done = finished()  # finished by another sweep between the check and the lock
+        if done:
+            return done
         threads = spec_json.get("threads")
         if threads:
             import torch
